@@ -1,0 +1,106 @@
+"""Glue between invoke tasks and the engine: settings → context → steps → recap → exit status."""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from invoke.exceptions import Exit
+
+from gptoss_gke.config import Settings, load_settings, parse_set, require
+from gptoss_gke.core.redact import Redactor
+from gptoss_gke.core.report import Printer, write_report
+from gptoss_gke.core.result import StepResult
+from gptoss_gke.core.retry import RetryPolicy
+from gptoss_gke.core.runner import Context, Runner
+from gptoss_gke.core.shell import Shell
+from gptoss_gke.core.step import Step
+from gptoss_gke.errors import ConfigError, ToolError
+from gptoss_gke.targets import CATALOGUE
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Playbook:
+    """One run of one task: the settings, a context for the steps, and the results so far."""
+
+    def __init__(self, task: str, settings: Settings, ctx: Context, report: str | None):
+        self.task = task
+        self.settings = settings
+        self.ctx = ctx
+        self.report = report
+        self.runner = Runner(ctx)
+        self.extra: dict = {}
+
+    def run(self, steps: list[Step]) -> list[StepResult]:
+        return self.runner.run(steps)
+
+    @property
+    def results(self) -> list[StepResult]:
+        return self.runner.results
+
+
+def resolve_targets(target: str | None, settings: Settings | None = None, *, allow_all: bool = True) -> list[str]:
+    from gptoss_gke.config import _did_you_mean
+
+    if target in (None, "", "all"):
+        if not allow_all:
+            raise ConfigError("this task needs --target", f"use one of: {', '.join(CATALOGUE)}")
+        return settings.enabled_targets() if settings else list(CATALOGUE)
+    names = [t.strip() for t in target.split(",") if t.strip()]
+    for name in names:
+        if name not in CATALOGUE:
+            raise ConfigError(f"unknown target '{name}'{_did_you_mean(name, CATALOGUE)}",
+                              f"use one of: {', '.join(CATALOGUE)} (or all)")
+    return names
+
+
+def _fail(message: str, code: int) -> Exit:
+    sys.stderr.write(message.rstrip() + "\n")
+    sys.stderr.flush()
+    return Exit(code=code)
+
+
+@contextmanager
+def playbook(c, task: str, *, env: str | None = None, set_: list[str] | None = None, dry_run: bool = False,
+             report: str | None = None, yes: bool = False, target: str | None = "all",
+             allow_all_targets: bool = True, needs_project: bool = True, executor=None) -> Iterator[Playbook]:
+    """Load settings, build the context, run the body, print the recap, set the exit status."""
+    started = time.monotonic()
+    redactor = Redactor()
+    try:
+        settings = load_settings(env, root=PROJECT_ROOT, overrides=parse_set(set_ or []))
+        if settings.hf_token:
+            redactor.add(settings.hf_token.get_secret_value())
+        targets = resolve_targets(target, settings, allow_all=allow_all_targets)
+        if needs_project:
+            require(settings, targets=targets, dry_run=dry_run)
+    except ConfigError as exc:
+        raise _fail(f"error: {exc}", 2) from None
+
+    printer = Printer(redactor)
+    s = settings.retry
+    shell = Shell(executor if executor is not None else c, redactor, dry_run=dry_run,
+                  retry=RetryPolicy(s.attempts, s.base_delay_s, s.max_delay_s), emit=printer.line)
+    ctx = Context(settings, shell, printer, redactor, dry_run=dry_run, assume_yes=yes)
+    ctx.targets = targets
+    pb = Playbook(task, settings, ctx, report)
+    mode = " (dry-run: reads only, nothing will change)" if dry_run else ""
+    printer.line(f"PLAYBOOK [{task}] env={settings.env_name} project={settings.project} "
+                 f"targets={','.join(targets) or '-'}{mode}", "bold")
+    try:
+        yield pb
+    except ToolError as exc:
+        # A failure outside any step (a refusal to proceed, say): same shape as a failed step.
+        pb.results.append(StepResult(task, "playbook", error=exc.problem, fix=exc.fix, action="skip"))
+        printer.result(pb.results[-1])
+    finally:
+        printer.recap(pb.results, time.monotonic() - started)
+        if report:
+            write_report(report, pb.results, redactor, task=task, dry_run=dry_run,
+                         extra={"env": settings.env_name, **pb.extra})
+    if any(r.status == "failed" for r in pb.results):
+        raise Exit(code=1)

@@ -1,0 +1,73 @@
+"""The one place transient failures are retried (429, 5xx, connection resets)."""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+TRANSIENT_HTTP = {408, 429, 500, 502, 503, 504}
+
+# What gcloud, kubectl, skopeo print when the other side was busy or the connection broke.
+_TRANSIENT_TEXT = re.compile(
+    r"\b(429|500|502|503|504)\b|RESOURCE_EXHAUSTED|UNAVAILABLE|Too Many Requests|"
+    r"Service Unavailable|Internal Server Error|rateLimitExceeded|backendError|"
+    r"Connection reset|Connection aborted|RemoteDisconnected|timed out|TLS handshake timeout|"
+    r"connection refused by peer|EOF occurred",
+    re.IGNORECASE,
+)
+
+
+def is_transient_text(text: str) -> bool:
+    return bool(_TRANSIENT_TEXT.search(text or ""))
+
+
+def is_transient_exception(exc: BaseException) -> bool:
+    """Transient by HTTP status (any client that exposes one) or by connection-level failure."""
+    for attr in ("status", "code", "status_code"):
+        status = getattr(exc, attr, None)
+        if isinstance(status, int) and status in TRANSIENT_HTTP:
+            return True
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None) or getattr(response, "status", None)
+    if isinstance(status, int) and status in TRANSIENT_HTTP:
+        return True
+    return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    base_delay: float = 1.0
+    max_delay: float = 20.0
+
+    def delays(self):
+        """Exponential backoff with full jitter, so parallel callers spread out."""
+        for attempt in range(self.attempts - 1):
+            yield random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+
+    def call(
+        self,
+        fn: Callable[[], T],
+        *,
+        transient: Callable[[BaseException], bool] = is_transient_exception,
+        on_retry: Callable[[BaseException, float], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> T:
+        delays = self.delays()
+        while True:
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001 - re-raised unless transient
+                if not transient(exc):
+                    raise
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                if on_retry:
+                    on_retry(exc, delay)
+                sleep(delay)

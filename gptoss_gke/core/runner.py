@@ -1,0 +1,204 @@
+"""The runner: observe (concurrently where possible) → plan → act in order → verify → report."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable
+
+from gptoss_gke.core.redact import Redactor
+from gptoss_gke.core.report import Printer
+from gptoss_gke.core.result import StepResult
+from gptoss_gke.core.shell import Shell
+from gptoss_gke.core.step import Plan, Step
+from gptoss_gke.errors import CannotObserve, Conflict, ToolError
+
+MAX_PARALLEL_READS = 8
+
+
+class Context:
+    """What every step gets: settings, the shell, the printer, and a cache of shared facts."""
+
+    def __init__(self, settings: Any, shell: Shell, printer: Printer, redactor: Redactor, *,
+                 dry_run: bool = False, assume_yes: bool = False, interactive: bool | None = None):
+        self.settings = settings
+        self.shell = shell
+        self.printer = printer
+        self.redact = redactor
+        self.dry_run = dry_run
+        self.assume_yes = assume_yes
+        self.interactive = sys.stdin.isatty() if interactive is None else interactive
+        self.targets: list[str] = []
+        self._facts: dict[str, Any] = {}
+        self._fact_locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def fact(self, key: str, compute: Callable[[], Any]) -> Any:
+        """Compute a shared observation once per run (project number, API clients, ...)."""
+        with self._lock:
+            if key in self._facts:
+                return self._facts[key]
+            lock = self._fact_locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._facts:
+                value = compute()
+                with self._lock:
+                    self._facts[key] = value
+            return self._facts[key]
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._facts.pop(key, None)
+
+    def confirm(self, question: str) -> bool:
+        if self.assume_yes:
+            return True
+        if not self.interactive:
+            return False
+        answer = input(self.redact(question) + " [y/N] ")
+        return answer.strip().lower() in ("y", "yes")
+
+
+class _StepOutput:
+    """Commands a step ran are buffered while its reads run in the background, shown in order."""
+
+    def __init__(self, printer: Printer, result: StepResult):
+        self.printer = printer
+        self.result = result
+        self.live = False
+        self._pending: list = []
+        self._lock = threading.Lock()
+
+    def __call__(self, rec) -> None:
+        with self._lock:
+            self.result.commands.append(rec)
+            if not self.live:
+                self._pending.append(rec)
+                return
+        self.printer.command(rec.argv, rec.elapsed if rec.executed else None, rec.write, rec.executed)
+
+    def go_live(self) -> None:
+        with self._lock:
+            pending, self._pending, self.live = self._pending, [], True
+        for rec in pending:
+            self.printer.command(rec.argv, rec.elapsed if rec.executed else None, rec.write, rec.executed)
+
+
+class Runner:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.results: list[StepResult] = []
+        self.started = time.monotonic()
+
+    def run(self, steps: list[Step]) -> list[StepResult]:
+        ctx = self.ctx
+        outputs = [_StepOutput(ctx.printer, StepResult(s.name, s.section, dry_run=ctx.dry_run)) for s in steps]
+        last_gate = max((i for i, s in enumerate(steps) if s.gate), default=-1)
+        observed: dict[int, Future] = {}
+        pool = ThreadPoolExecutor(max_workers=MAX_PARALLEL_READS, thread_name_prefix="observe")
+        anything_changed = False
+        try:
+            for i, step in enumerate(steps):
+                out = outputs[i]
+                result = out.result
+                if i == last_gate + 1:
+                    # Everything after the gates may be read at once; acting stays in order.
+                    for j in range(i, len(steps)):
+                        observed[j] = pool.submit(self._observe, steps[j], outputs[j])
+                ctx.printer.task(step.section, step.name)
+                out.go_live()
+                ctx.shell.record_into(out)
+                started = time.monotonic()
+                blocker = self._blocked_by(step)
+                if blocker:
+                    result.action, result.reason = "skip", f"not run: {blocker} failed"
+                else:
+                    stale = anything_changed and not ctx.dry_run
+                    future = observed.get(i) if not stale else None
+                    self._run_step(step, result, future, out)
+                    anything_changed = anything_changed or (result.changed and not ctx.dry_run)
+                result.elapsed = round(time.monotonic() - started, 3)
+                ctx.shell.record_into(None)
+                ctx.printer.result(result)
+                self.results.append(result)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return self.results
+
+    def _blocked_by(self, step: Step) -> str | None:
+        failed = [r for r in self.results if r.status == "failed"]
+        if not failed:
+            return None
+        if step.needs is None:
+            return failed[0].name
+        for r in failed:
+            if r.name in step.needs:
+                return r.name
+        return None
+
+    def _observe(self, step: Step, out: _StepOutput) -> Any:
+        self.ctx.shell.record_into(out)
+        try:
+            return step.observe(self.ctx)
+        finally:
+            self.ctx.shell.record_into(None)
+
+    def _observe_or_unknown(self, step: Step, result: StepResult, future: Future | None, out: _StepOutput):
+        try:
+            return future.result() if future is not None else self._observe(step, out)
+        except CannotObserve as exc:
+            if not self.ctx.dry_run:
+                raise
+            result.observed = False
+            result.facts["not_observed"] = str(exc)
+            return None
+
+    def _run_step(self, step: Step, result: StepResult, future: Future | None, out: _StepOutput) -> None:
+        ctx = self.ctx
+        try:
+            current = self._observe_or_unknown(step, result, future, out)
+            plan = step.plan(ctx, current)
+            self._describe(result, plan)
+            if plan.action in ("noop", "skip"):
+                return
+            result.changed = True
+            for change in plan.changes:
+                for line in change.detail:
+                    ctx.printer.line(f"    {line}", "dim")
+            if ctx.dry_run:
+                for change in plan.changes:
+                    if change.argv is not None:
+                        ctx.shell.write(change.argv, env=change.env, purpose=change.summary)
+                result.reason = "would " + "; ".join(c.summary for c in plan.changes)
+                return
+            try:
+                for change in plan.changes:
+                    step.apply(ctx, change)
+            except Conflict as exc:
+                # Someone (or a retried request) got there first: look again before failing.
+                ctx.printer.line(f"  conflict: {exc.problem}; observing again", "dim")
+            if step.verify:
+                after = step.plan(ctx, step.observe(ctx))
+                if after.action == "noop" or after.action == "skip":
+                    result.facts.update(after.facts)
+                else:
+                    left = "; ".join(c.summary for c in after.changes)
+                    raise ToolError(
+                        f"still differs after acting: {left}",
+                        "the change was accepted but did not take effect; check the resource, then re-run",
+                    )
+            result.reason = "; ".join(c.summary for c in plan.changes)
+        except ToolError as exc:
+            result.error = exc.problem
+            result.fix = exc.fix
+        except Exception as exc:  # an unexpected bug still produces a report line and a recap
+            result.error = f"{type(exc).__name__}: {exc}"
+
+    @staticmethod
+    def _describe(result: StepResult, plan: Plan) -> None:
+        result.action = plan.action
+        result.reason = plan.reason or plan.action
+        result.diff = plan.diff
+        result.facts.update(plan.facts)

@@ -1,0 +1,163 @@
+"""Running child processes: echoed (redacted), timed, retried when transient, skipped in dry-run.
+
+The executor is anything with invoke's ``run`` signature: an ``invoke.Context`` locally or a
+``fabric.Connection`` for a remote host, so a step does not know where it runs.
+"""
+
+from __future__ import annotations
+
+import shlex
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from gptoss_gke.core.redact import Redactor
+from gptoss_gke.core.result import CommandRecord
+from gptoss_gke.core.retry import RetryPolicy, is_transient_text
+from gptoss_gke.errors import CannotObserve, CommandFailed, StepError
+
+INSTALL_HINTS = {
+    "gcloud": "install the Google Cloud CLI: https://cloud.google.com/sdk/docs/install",
+    "gke-gcloud-auth-plugin": "gcloud components install gke-gcloud-auth-plugin "
+    "(or apt-get install google-cloud-cli-gke-gcloud-auth-plugin)",
+    "kubectl": "gcloud components install kubectl (or apt-get install kubectl)",
+    "skopeo": "apt-get install -y skopeo (Debian/Ubuntu) or brew install skopeo (macOS)",
+}
+
+
+@dataclass
+class Completed:
+    stdout: str
+    stderr: str
+    rc: int
+    elapsed: float
+
+
+class _Recorder(threading.local):
+    sink: Callable[[CommandRecord], None] | None = None
+
+
+class _LineEcho:
+    """A write-only stream that prints a child's progress lines (redacted) as they arrive."""
+
+    def __init__(self, emit: Callable[[str], None]):
+        self._emit = emit
+        self._buf = ""
+
+    def write(self, data: str) -> None:
+        self._buf += data.replace("\r", "\n")
+        *lines, self._buf = self._buf.split("\n")
+        for ln in lines:
+            if ln.strip():
+                self._emit(f"    | {ln.rstrip()}")
+
+    def flush(self) -> None:
+        pass
+
+
+class Shell:
+    def __init__(
+        self,
+        executor: Any,
+        redactor: Redactor,
+        *,
+        dry_run: bool,
+        retry: RetryPolicy,
+        emit: Callable[[str], None],
+        where: str = "local",
+        base_env: dict[str, str] | None = None,
+    ):
+        self.executor = executor
+        self.redact = redactor
+        self.dry_run = dry_run
+        self.retry = retry
+        self.emit = emit
+        self.where = where
+        self.base_env = dict(base_env or {})
+        self.offline: str | None = None  # set once we know no cloud can be reached (dry-run)
+        self._recorder = _Recorder()
+
+    # The runner points this at the current step's result, per thread.
+    def record_into(self, sink: Callable[[CommandRecord], None] | None) -> None:
+        self._recorder.sink = sink
+
+    def _record(self, rec: CommandRecord) -> None:
+        if self._recorder.sink:
+            self._recorder.sink(rec)
+
+    def display(self, argv: list[str]) -> str:
+        return self.redact(shlex.join(argv))
+
+    def _guard(self, argv: list[str]) -> None:
+        # Secrets travel through env or files; a secret in argv is a bug we refuse to ship.
+        if self.redact.contains_secret(" ".join(argv)):
+            raise StepError(
+                f"refusing to run {argv[0]}: a secret would appear on its command line",
+                "pass the secret through the environment or a 0600 file",
+            )
+
+    def read(self, argv: list[str], *, env: dict[str, str] | None = None, ok_codes: tuple[int, ...] = (0,),
+             timeout: float | None = None, stdin: str | None = None) -> Completed:
+        """A command that changes nothing: it runs in dry-run too."""
+        if self.offline:
+            raise CannotObserve(self.offline)
+        return self._run(argv, env=env, ok_codes=ok_codes, timeout=timeout, write=False, stdin=stdin)
+
+    def write(self, argv: list[str], *, env: dict[str, str] | None = None, timeout: float | None = None,
+              purpose: str = "", stdin: str | None = None) -> Completed | None:
+        """A command that changes the world: recorded but not run in dry-run."""
+        self._guard(argv)
+        if self.dry_run:
+            self._record(CommandRecord(self.display(argv), write=True, executed=False, where=self.where))
+            return None
+        return self._run(argv, env=env, ok_codes=(0,), timeout=timeout, write=True, purpose=purpose, stdin=stdin)
+
+    def _run(self, argv, *, env, ok_codes, timeout, write, purpose="", stdin=None) -> Completed:
+        self._guard(argv)
+        shown = self.display(argv)
+        full_env = {**self.base_env, **(env or {})}
+
+        def once() -> Completed:
+            started = time.monotonic()
+            kwargs: dict[str, Any] = dict(warn=True, env=full_env, in_stream=False, pty=False)
+            if write:
+                # Long writes (cluster and node-pool operations) show their progress live.
+                kwargs.update(hide="out", err_stream=_LineEcho(self.emit))
+            else:
+                kwargs.update(hide=True)
+            if timeout:
+                kwargs["timeout"] = timeout
+            if stdin is not None:
+                import io
+
+                kwargs["in_stream"] = io.StringIO(stdin)
+            try:
+                res = self.executor.run(shlex.join(argv), **kwargs)
+            except Exception as exc:  # invoke raises CommandTimedOut, UnexpectedExit is disabled by warn
+                if type(exc).__name__ == "CommandTimedOut":
+                    raise StepError(
+                        f"timed out after {timeout:.0f}s waiting for: {purpose or shown}",
+                        "check the operation in the console; re-running resumes where it stopped",
+                    ) from None
+                raise
+            elapsed = time.monotonic() - started
+            done = Completed(res.stdout or "", res.stderr or "", res.exited, elapsed)
+            self._record(CommandRecord(shown, write=write, executed=True, rc=done.rc, elapsed=elapsed,
+                                       where=self.where))
+            if done.rc == 127 or (done.rc != 0 and "command not found" in done.stderr):
+                tool = argv[0]
+                raise CannotObserve(f"{tool} is not installed (or not on PATH)", INSTALL_HINTS.get(tool))
+            if done.rc not in ok_codes:
+                detail = self.redact(done.stderr.strip() or done.stdout.strip())
+                raise CommandFailed(f"`{shown}` exited {done.rc}: {detail[-2000:]}", rc=done.rc, stderr=detail)
+            return done
+
+        def transient(exc: BaseException) -> bool:
+            return isinstance(exc, CommandFailed) and is_transient_text(exc.stderr)
+
+        def announce(exc: BaseException, delay: float) -> None:
+            first = str(getattr(exc, "stderr", exc)).strip().splitlines()[-1:] or [""]
+            self.emit(f"    retrying in {delay:.1f}s after a transient error: {self.redact(first[0])[:200]}")
+
+        return self.retry.call(once, transient=transient, on_retry=announce)

@@ -1,0 +1,1 @@
+"""gcloud-backed resources: credentials, project, APIs, cluster, node pools, Artifact Registry."""

@@ -1,0 +1,108 @@
+"""Credentials, the project, and the APIs the chain needs."""
+
+from __future__ import annotations
+
+from gptoss_gke.core.step import Change, Plan, Step, noop
+from gptoss_gke.errors import CannotObserve, CommandFailed, StepError
+from gptoss_gke.gcp import gcloud
+
+# container: GKE; artifactregistry: images; storage: weights; iamcredentials + sts: Workload
+# Identity tokens for the pods; compute: node pools' VMs.
+REQUIRED_APIS = (
+    "compute.googleapis.com",
+    "container.googleapis.com",
+    "artifactregistry.googleapis.com",
+    "storage.googleapis.com",
+    "iamcredentials.googleapis.com",
+    "sts.googleapis.com",
+)
+
+
+def access_token(ctx) -> str:
+    """gcloud's own identity, shared with the Python clients so nobody logs in twice."""
+
+    def fetch() -> str:
+        try:
+            token = ctx.shell.read(["gcloud", "auth", "print-access-token", "--quiet"]).stdout.strip()
+        except CommandFailed as exc:
+            raise gcloud.classify(exc, what="an access token") from None
+        ctx.redact.add(token)
+        return token
+
+    return ctx.fact("gcp.access_token", fetch)
+
+
+class GcloudStep(Step):
+    """A step whose writes are gcloud commands: errors are classified (409 → re-observe)."""
+
+    def apply(self, ctx, change: Change) -> None:
+        if change.apply is not None:
+            change.apply(ctx)
+        else:
+            gcloud.write(ctx, change.argv, what=change.summary, timeout=change.timeout)
+
+
+class Credentials(GcloudStep):
+    section = "auth"
+    name = "gcloud credentials"
+    gate = True
+
+    def observe(self, ctx):
+        try:
+            access_token(ctx)
+        except CannotObserve as exc:
+            if ctx.dry_run:
+                # Everything after this would fail the same way: plan the rest without reading.
+                ctx.shell.offline = f"{exc.problem}; planned without observing"
+            raise
+        return {"token": True}
+
+    def plan(self, ctx, current) -> Plan:
+        if current is None:
+            return noop("no usable credentials: every read below is planned as if nothing existed")
+        return noop("gcloud has a usable access token; the Python clients reuse this identity")
+
+
+class Project(GcloudStep):
+    section = "auth"
+    name = "project"
+    gate = True
+
+    def observe(self, ctx):
+        data = gcloud.read_json(ctx, "projects", "describe", ctx.settings.project, what="the project",
+                                project=False)
+        if data is None:
+            return None
+        ctx.fact("gcp.project_number", lambda: str(data.get("projectNumber", "")))
+        return data
+
+    def plan(self, ctx, current) -> Plan:
+        p = ctx.settings.project
+        if current is None:
+            if ctx.dry_run:
+                return noop(f"project {p} assumed reachable (not observed)")
+            raise StepError(f"project {p} was not found or you cannot see it",
+                            f"check `project:` in {ctx.settings.env_file}, or ask for roles/viewer on {p}")
+        state = current.get("lifecycleState", "ACTIVE")
+        if state != "ACTIVE":
+            raise StepError(f"project {p} is {state}", "restore the project or choose another one")
+        return noop(f"project {p} is reachable (number {current.get('projectNumber')})",
+                    project_number=current.get("projectNumber"))
+
+
+class Apis(GcloudStep):
+    section = "project"
+    name = "APIs"
+
+    def observe(self, ctx):
+        data = gcloud.read_json(ctx, "services", "list", "--enabled", what="enabled APIs", absent_ok=False)
+        return {s.get("config", {}).get("name") or s.get("name", "").rsplit("/", 1)[-1] for s in data or []}
+
+    def plan(self, ctx, current) -> Plan:
+        enabled = current or set()
+        missing = [api for api in REQUIRED_APIS if api not in enabled]
+        if not missing:
+            return noop(f"all {len(REQUIRED_APIS)} required APIs already enabled")
+        return Plan(changes=[Change(f"enable {', '.join(missing)}", action="create",
+                                    argv=gcloud.argv(ctx, "services", "enable", *missing))],
+                    diff={"enable": missing})
