@@ -1,0 +1,55 @@
+"""Shared test plumbing. Every server a test starts binds 127.0.0.1; gcloud never leaves loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+INV = str(Path(sys.executable).with_name("inv"))
+
+
+def require_tool(name: str, install: str) -> str:
+    """A system tool the test needs: fail under CI with the install hint, skip loudly elsewhere."""
+    path = shutil.which(name)
+    if path:
+        return path
+    message = f"{name} is not installed: {install}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(f"SKIPPED LOUDLY: {message}")
+
+
+def offline_gcloud_env(tmp_path: Path) -> dict[str, str]:
+    """gcloud with an empty config and both switches that keep it from querying off the machine."""
+    cfg = tmp_path / "gcloud-config"
+    cfg.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUDSDK_", "GPTOSS_", "HF_", "GOOGLE_"))}
+    env.update(
+        CLOUDSDK_CONFIG=str(cfg),
+        CLOUDSDK_CORE_CHECK_GCE_METADATA="False",
+        CLOUDSDK_METRICS_ENVIRONMENT="tests",
+        CLOUDSDK_CORE_DISABLE_PROMPTS="1",
+        KUBECONFIG=str(tmp_path / "kubeconfig"),
+        GPTOSS_KUBE__KUBECONFIG=str(tmp_path / "kubeconfig"),
+        NO_COLOR="1",
+        HOME=str(tmp_path / "home"),
+    )
+    (tmp_path / "home").mkdir(exist_ok=True)
+    return env
+
+
+def run_inv(args: list[str], env: dict[str, str], *, cwd: Path = REPO, timeout: float = 300,
+            stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([INV, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+                          input=stdin if stdin is not None else "")
+
+
+@pytest.fixture
+def offline_env(tmp_path):
+    return offline_gcloud_env(tmp_path)
