@@ -150,6 +150,7 @@ class KubeSettings(_Strict):
     service_account: str = "vllm"
     api_key_secret: str = "vllm-api-key"
     field_manager: str = "gptoss-gke"
+    poll_interval_s: float = Field(default=5.0, gt=0)  # how often rollout waits look again
 
     @field_validator("namespace", "service_account", "api_key_secret")
     @classmethod

@@ -39,6 +39,18 @@ class NodePoolShape:
     accelerator_resource: str = ""  # the Kubernetes extended resource a pod requests
     accelerator_memory_gib: float = 0.0  # per node, for `plan`
     min_gke_version: str | None = None
+    tpu_accelerator: str | None = None  # the node label value GKE sets (cloud.google.com/gke-tpu-accelerator)
+
+    @property
+    def node_selector(self) -> dict[str, str]:
+        """How a pod finds this pool's nodes, from the labels GKE puts on them."""
+        if self.tpu_topology:
+            return {"cloud.google.com/gke-tpu-accelerator": self.tpu_accelerator or "",
+                    "cloud.google.com/gke-tpu-topology": self.tpu_topology}
+        selector = {"cloud.google.com/gke-nodepool": self.name}
+        if self.accelerator_type:
+            selector["cloud.google.com/gke-accelerator"] = self.accelerator_type
+        return selector
 
 
 @dataclass(frozen=True)
@@ -96,7 +108,6 @@ L4 = Target(
     # engine never swaps), no --max-num-partial-prefills (1 is the default).
     vllm_args=(
         "--tensor-parallel-size=1",
-        "--max-num-seqs=3",
         "--enable-auto-tool-choice",
         "--tool-call-parser=openai",
     ),
@@ -129,11 +140,11 @@ IRONWOOD = Target(
         accelerator_count=4,
         accelerator_memory_gib=4 * 192.0,
         min_gke_version="1.34.0-gke.2201000",
+        tpu_accelerator="tpu7x",
     ),
     vllm_args=(
         "--tensor-parallel-size=2",
         "--data-parallel-size=4",
-        "--max-num-seqs=2048",
         "--no-enable-prefix-caching",
         "--load-format=runai_streamer",
         "--async-scheduling",

@@ -1,0 +1,1 @@
+"""Kubernetes: rendering, server-side apply, the API-key Secret, waiting with hints, port-forward."""

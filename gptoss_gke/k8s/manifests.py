@@ -1,0 +1,140 @@
+"""Render manifests/<target>/*.yaml (+ common/) from the settings.
+
+Placeholders are `${name}`; each is replaced by the JSON encoding of its value. JSON is valid YAML,
+so a value (a label, an argument list) can never change the document's structure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gptoss_gke.errors import StepError
+
+MANIFESTS = Path(__file__).resolve().parent.parent.parent / "manifests"
+_PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
+
+# Apply in this order, delete in reverse (dependencies first: a pod needs its namespace, account,
+# secret and claim before it can start).
+KIND_ORDER = ["Namespace", "ServiceAccount", "Secret", "ConfigMap", "PersistentVolume", "PersistentVolumeClaim",
+              "Service", "StatefulSet", "Deployment", "Job", "Ingress"]
+
+
+def kind_rank(obj: dict) -> int:
+    kind = obj.get("kind")
+    return KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
+
+
+def model_path(settings, target) -> str:
+    """Where vLLM finds the weights inside its pod."""
+    if target.weights == "bucket":
+        from gptoss_gke.models import model_folder
+
+        return "/model-vol-mount/" + model_folder(settings, target).strip("/")
+    return f"/models/{target.model_id}/{target.model_revision}"
+
+
+def selector(target) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "vllm", "app.kubernetes.io/instance": f"gptoss-{target.name}"}
+
+
+def ownership(settings, target) -> dict[str, str]:
+    return {**settings.ownership_labels, "gptoss-gke/target": target.name}
+
+
+def vllm_args(settings, target) -> list[str]:
+    extra = settings.target_settings(target.name).vllm_extra_args
+    return [
+        f"--model={model_path(settings, target)}",
+        f"--served-model-name={target.model_id}",
+        "--host=0.0.0.0",
+        f"--port={target.port}",
+        f"--max-model-len={target.max_model_len}",
+        f"--gpu-memory-utilization={target.gpu_memory_utilization}",
+        f"--kv-cache-dtype={target.kv_cache_dtype}",
+        f"--max-num-batched-tokens={target.max_num_batched_tokens}",
+        f"--max-num-seqs={target.max_num_seqs}",
+        *target.vllm_args,
+        *extra,
+    ]
+
+
+def workload_name(target) -> str:
+    return f"gptoss-{target.name}"
+
+
+def render_vars(settings, target, image: str) -> dict[str, Any]:
+    ts = settings.target_settings(target.name)
+    name = workload_name(target)
+    return {
+        "namespace": settings.kube.namespace,
+        "name": name,
+        "headless_service": f"{name}-headless",
+        "service_account": settings.kube.service_account,
+        "api_key_secret": settings.kube.api_key_secret,
+        "image": image,
+        "port": target.port,
+        "replicas": ts.replicas,
+        "selector": selector(target),
+        "pod_labels": {**selector(target), **ownership(settings, target)},
+        "ownership_labels": ownership(settings, target),
+        "node_selector": target.node_pool.node_selector,
+        "vllm_args": vllm_args(settings, target),
+        "startup_failure_threshold": max(6, math.ceil(target.load_budget_s / 10)),
+        "model_id": target.model_id,
+        "model_revision": target.model_revision,
+        "model_path": model_path(settings, target),
+        "ignore_patterns": json.dumps(list(target.ignore_patterns)),
+        "storage_class": ts.storage_class,
+        "pvc_size": f"{ts.pvc_size_gi}Gi",
+        "accelerator_count": target.node_pool.accelerator_count,
+        "bucket": settings.models.bucket or "",
+        # PersistentVolumes are cluster-wide: the name carries namespace and target.
+        "pv_name": f"{settings.kube.namespace}-{target.name}-weights",
+        "pvc_name": f"{target.name}-weights",
+        "ingress_host": ts.ingress_host or "",
+    }
+
+
+def _fill(text: str, values: dict[str, Any], source: str) -> str:
+    def sub(m: re.Match) -> str:
+        key = m.group(1)
+        if key not in values:
+            raise StepError(f"{source}: unknown placeholder ${{{key}}}",
+                            f"use one of: {', '.join(sorted(values))}")
+        return json.dumps(values[key])
+
+    return _PLACEHOLDER.sub(sub, text)
+
+
+def _wanted(path: Path, settings, target) -> bool:
+    if not path.name.startswith("optional-"):
+        return True
+    expose = settings.target_settings(target.name).expose
+    return path.name.startswith(f"optional-{expose}-")
+
+
+def render(settings, target, image: str) -> list[dict]:
+    """Every object for one target, ownership-labelled, in apply order."""
+    values = render_vars(settings, target, image)
+    if settings.target_settings(target.name).expose == "ingress" and not values["ingress_host"]:
+        raise StepError(f"targets.{target.name}.expose is ingress but ingress_host is empty",
+                        f"set targets.{target.name}.ingress_host in {settings.env_file}")
+    labels = ownership(settings, target)
+    objects = []
+    for folder in (MANIFESTS / "common", MANIFESTS / target.manifests):
+        for path in sorted(folder.glob("*.yaml")):
+            if not _wanted(path, settings, target):
+                continue
+            for doc in yaml.safe_load_all(_fill(path.read_text(), values, str(path.relative_to(MANIFESTS)))):
+                if not doc:
+                    continue
+                meta = doc.setdefault("metadata", {})
+                meta["labels"] = {**meta.get("labels", {}), **labels}
+                objects.append(doc)
+    return sorted(objects, key=kind_rank)

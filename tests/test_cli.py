@@ -1,0 +1,85 @@
+"""The command-line surface: task list, instant startup, doctor, the offline plan."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import INV, REPO, run_inv
+
+TOP_LEVEL = ["setup-cluster", "deploy", "teardown", "doctor", "plan", "smoke", "bench", "auth", "stage-model",
+             "mirror-image", "port-forward", "show-api-key"]
+
+
+def test_list_shows_every_top_level_task_with_help(offline_env):
+    proc = run_inv(["--list"], offline_env)
+    assert proc.returncode == 0, proc.stderr
+    lines = {ln.split()[0]: ln for ln in proc.stdout.splitlines()[2:] if ln.strip() and not ln.startswith("    ")}
+    for task in TOP_LEVEL:
+        assert task in lines, f"{task} missing from inv --list:\n{proc.stdout}"
+        assert len(lines[task].split()) > 2, f"{task} has no help text"
+
+
+def test_list_and_help_import_no_cloud_sdk(offline_env):
+    for args in (["--list"], ["--help", "deploy"]):
+        proc = subprocess.run([sys.executable, "-X", "importtime", INV, *args], cwd=REPO, env=offline_env,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        imported = {ln.split("|")[-1].strip() for ln in proc.stderr.splitlines() if ln.startswith("import time:")}
+        heavy = {m for m in imported if m.split(".")[0] in ("google", "kubernetes", "huggingface_hub", "pydantic",
+                                                          "fabric", "paramiko", "gptoss_gke.config")}
+        assert not heavy, f"inv {' '.join(args)} imported {sorted(heavy)[:5]}"
+
+
+def test_doctor_names_each_missing_tool_and_its_fix(offline_env, tmp_path):
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    env = {**offline_env, "PATH": str(empty)}
+    proc = run_inv(["doctor"], env)
+    assert proc.returncode == 1
+    out = proc.stdout
+    assert "failed: gcloud not found on PATH" in out and "fix: install the Google Cloud CLI" in out
+    assert "failed: skopeo not found on PATH" in out and "apt-get install -y skopeo" in out
+    assert "failed: gke-gcloud-auth-plugin not found" in out
+    assert "ok: kubectl not found (optional" in out
+    assert "RECAP" in out
+
+
+def test_doctor_without_credentials_points_to_inv_auth(offline_env):
+    proc = run_inv(["doctor"], offline_env)
+    assert "failed: gcloud has no usable credentials" in proc.stdout
+    assert "fix: run `inv auth`" in proc.stdout
+
+
+def test_offline_setup_cluster_plan_is_complete_and_exits_0(offline_env, tmp_path):
+    report = tmp_path / "plan.json"
+    proc = run_inv(["setup-cluster", "--dry-run", f"--report={report}"], offline_env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    for expected in (
+        "would run: gcloud services enable",
+        "would run: gcloud container clusters create gptoss --location=us-central1 "
+        "--workload-pool=example-project.svc.id.goog",
+        "--addons=GcsFuseCsiDriver,HttpLoadBalancing,HorizontalPodAutoscaling",
+        "would run: gcloud container node-pools create l4-gptoss",
+        "--accelerator=type=nvidia-l4,count=1,gpu-driver-version=latest",
+        "--node-taints=nvidia.com/gpu=present:NoSchedule",
+        "would run: gcloud container node-pools create ironwood-gptoss",
+        "--machine-type=tpu7x-standard-4t",
+        "would run: gcloud container clusters get-credentials gptoss",
+        "[not observed: planned as if absent]",
+    ):
+        assert expected in out, expected
+    assert "--reservation" not in out  # no reservation configured → no affinity flags (errata)
+    doc = json.loads(report.read_text())
+    assert doc["dry_run"] is True and doc["recap"]["failed"] == 0
+    assert any(not s["observed"] for s in doc["steps"])
+
+
+def test_offline_plan_without_gcloud_at_all(offline_env, tmp_path):
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    proc = run_inv(["setup-cluster", "--dry-run"], {**offline_env, "PATH": str(empty)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "would run: gcloud container clusters create" in proc.stdout
