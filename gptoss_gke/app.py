@@ -38,6 +38,20 @@ class Playbook:
     def run(self, steps: list[Step]) -> list[StepResult]:
         return self.runner.run(steps)
 
+    def preview(self, steps: list[Step]) -> list[StepResult]:
+        """Run the steps read-only (whatever --dry-run says) and return what they would do.
+
+        For destructive playbooks: list everything, ask, then run for real. The preview's results
+        are not part of the recap unless nothing follows it.
+        """
+        ctx = self.ctx
+        shell = Shell(ctx.shell.executor, ctx.redact, dry_run=True, retry=ctx.shell.retry, emit=ctx.shell.emit,
+                      where=ctx.shell.where, base_env=ctx.shell.base_env)
+        dry = Context(ctx.settings, shell, ctx.printer, ctx.redact, dry_run=True, assume_yes=ctx.assume_yes,
+                      interactive=ctx.interactive)
+        dry.targets = ctx.targets
+        return Runner(dry).run(steps)
+
     @property
     def results(self) -> list[StepResult]:
         return self.runner.results

@@ -116,6 +116,19 @@ class RegistrySettings(_Strict):
     repository: str = "gptoss"
     mode: Literal["copy", "remote"] = "copy"  # copy with skopeo, or an AR remote repo on Docker Hub
     platform: str = "linux/amd64"  # or "all"
+    # The registry host images are pushed to and pinned at. Default (None): <location>-docker.pkg.dev.
+    # Set it only for a private mirror or a loopback test registry.
+    host: str | None = None
+    # Verify TLS when skopeo talks to the source and destination registries. false only for a
+    # plain-HTTP registry on loopback (tests); never for Artifact Registry or Docker Hub.
+    tls_verify: bool = True
+
+    @field_validator("platform")
+    @classmethod
+    def _platform(cls, v):
+        if v != "all" and not re.match(r"^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$", v):
+            raise ValueError("platform is os/arch[/variant] (e.g. linux/amd64) or all")
+        return v
 
     @field_validator("repository")
     @classmethod
@@ -134,6 +147,7 @@ class ModelStoreSettings(_Strict):
     chunk_mib: int = Field(default=64, ge=8)
     max_temp_gib: float = Field(default=8.0, gt=0)
     temp_dir: str | None = None
+    hf_endpoint: str | None = None  # the Hugging Face Hub (or a mirror); HF_ENDPOINT in the environment wins
 
     @field_validator("bucket")
     @classmethod
@@ -181,11 +195,10 @@ class Price(_Strict):
 
 
 def _default_prices() -> dict[str, Price]:
-    # USD per node-hour, us-central1, list prices at the time of writing; override per environment.
-    return {
-        "g2-standard-4": Price(on_demand=0.7068, spot=0.2121),
-        "tpu7x-standard-4t": Price(on_demand=48.0, spot=None),
-    }
+    # USD per node-hour for g2-standard-4 in us-central1 (the tutorial quotes ~$0.70 and ~$0.21).
+    # Add your own per environment (prices: {machine type: {on_demand, spot}}); TPU v7 pricing is
+    # contract-specific, so no default is shipped for it.
+    return {"g2-standard-4": Price(on_demand=0.7068, spot=0.2121)}
 
 
 class Settings(_Strict):
@@ -480,6 +493,8 @@ def load_settings(
 
     settings.env_name = name
     settings.env_file = shown
+    if environ.get("HF_ENDPOINT"):
+        settings.models.hf_endpoint = environ["HF_ENDPOINT"].rstrip("/")
     token = environ.get("HF_TOKEN")
     if not token and settings.models.hf_token_file:
         token_path = Path(os.path.expanduser(settings.models.hf_token_file))

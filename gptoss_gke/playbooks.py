@@ -62,8 +62,97 @@ def auth(c, adc=True):
         c.run("gcloud auth application-default login", pty=True)
 
 
+@task(iterable=["set_"], help=_help(
+    target="l4 or ironwood (or a comma-separated list)",
+    skip_smoke="stop after the rollout is ready; do not run the smoke test",
+    rotate_api_key="generate a new API key even if the Secret has one",
+))
+def deploy(c, target=None, env=None, dry_run=False, report=None, set_=None, skip_smoke=False, rotate_api_key=False):
+    """Image → Artifact Registry, weights → GCS, secret, manifests, rollout, smoke test."""
+    from gptoss_gke.app import playbook
+    from gptoss_gke.deploy import deploy_steps
+
+    with playbook(c, "deploy", env=env, set_=set_, dry_run=dry_run, report=report, target=target,
+                  allow_all_targets=False) as pb:
+        pb.run(deploy_steps(pb.settings, pb.ctx.targets, rotate_api_key=rotate_api_key, skip_smoke=skip_smoke))
+
+
+@task(iterable=["set_"], help=_help(
+    target=TARGET_HELP.replace("the enabled targets", "all"),
+    yes="do not ask before deleting (needed without a terminal)",
+    purge_model="also delete the staged weights under our bucket folder, our IAM binding, and the l4 model cache",
+    purge_images="also delete the mirrored images (and the repository, if we created it)",
+    delete_cluster="delete the cluster itself (only if this tool created it)",
+    scale_to_zero="keep the node pools but scale them to zero, for a quick return",
+))
+def teardown(c, target="all", env=None, dry_run=False, report=None, set_=None, yes=False, purge_model=False,
+             purge_images=False, delete_cluster=False, scale_to_zero=False):
+    """Delete what we created (ownership labels only), after listing it and asking."""
+    from gptoss_gke.app import playbook
+    from gptoss_gke.errors import ToolError
+    from gptoss_gke.targets import CATALOGUE
+    from gptoss_gke.teardown import teardown_steps
+
+    all_targets = target in (None, "", "all")
+    with playbook(c, "teardown", env=env, set_=set_, dry_run=dry_run, report=report, yes=yes,
+                  target="all" if all_targets else target) as pb:
+        def steps():
+            # "all" means every catalogue target, enabled or not: one may have been enabled earlier.
+            return teardown_steps(pb.settings, list(CATALOGUE) if all_targets else pb.ctx.targets,
+                                  all_targets=all_targets, purge_model=purge_model, purge_images=purge_images,
+                                  delete_cluster=delete_cluster, scale_to_zero=scale_to_zero)
+
+        if dry_run:
+            pb.run(steps())
+            return
+        preview = pb.preview(steps())
+        doomed = [r for r in preview if r.changed]
+        if any(r.status == "failed" for r in preview) or not doomed:
+            pb.results.extend(preview)  # nothing to delete (or cannot tell): the preview is the answer
+            return
+        pb.ctx.printer.line("")
+        pb.ctx.printer.line(f"About to change {len(doomed)} item(s) listed above as 'changed (dry-run)'.", "bold")
+        if not pb.ctx.confirm("Delete them?"):
+            raise ToolError("nothing deleted: teardown needs confirmation",
+                            "answer y at the prompt, or pass --yes (required without a terminal)")
+        pb.run(steps())
+
+
+@task(iterable=["set_"], help=_help(
+    "env", "set_", "report",
+    target="l4 or ironwood",
+    model="a catalogue model id or the path of a Hugging Face config.json (default: the target's)",
+    kv_cache_memory="bytes for the KV cache, as vLLM's --kv-cache-memory-bytes (default: estimated)",
+    max_model_len="tokens per request (default: the target's)",
+    max_num_batched_tokens="vLLM's --max-num-batched-tokens (default: the target's)",
+    kv_cache_dtype="auto, fp8, ... (default: the target's)",
+    block_size="KV block size in tokens (default: vLLM's for the platform)",
+    throughput="output tokens/s for tokens-per-dollar (default: the target's measured or assumed figure)",
+))
+def plan(c, target=None, env=None, report=None, set_=None, model=None, kv_cache_memory=None, max_model_len=None,
+         max_num_batched_tokens=None, kv_cache_dtype=None, block_size=None, throughput=None):
+    """Offline: will the model fit, KV tokens, max concurrency (vLLM's arithmetic), and cost."""
+    from gptoss_gke.app import playbook
+    from gptoss_gke.serving.plan import CapacityPlan
+
+    def number(v, kind=int):
+        return kind(v) if v is not None else None
+
+    with playbook(c, "plan", env=env, set_=set_, report=report, target=target, allow_all_targets=False,
+                  needs_project=False) as pb:
+        steps = [CapacityPlan(pb.settings, t, model=model, kv_cache_memory=number(kv_cache_memory),
+                              max_model_len=number(max_model_len),
+                              max_num_batched_tokens=number(max_num_batched_tokens), kv_cache_dtype=kv_cache_dtype,
+                              block_size=number(block_size), throughput=number(throughput, float))
+                 for t in pb.ctx.targets]
+        pb.run(steps)
+        pb.extra["plans"] = [s.report for s in steps]
+        if len(steps) == 1:
+            pb.extra.update({k: steps[0].report.get(k) for k in ("kv_cache_tokens", "max_concurrency")})
+
+
 def build_collection() -> Collection:
     ns = Collection()
-    for t in (setup_cluster, doctor, auth):
+    for t in (setup_cluster, deploy, teardown, plan, doctor, auth):
         ns.add_task(t)
     return ns
