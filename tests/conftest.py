@@ -53,3 +53,38 @@ def run_inv(args: list[str], env: dict[str, str], *, cwd: Path = REPO, timeout: 
 @pytest.fixture
 def offline_env(tmp_path):
     return offline_gcloud_env(tmp_path)
+
+
+def write_env_file(folder: Path, name: str = "dev", text: str = "") -> Path:
+    """A temporary env/<name>.yaml; returns the folder to put in GPTOSS_ENV_DIR."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.yaml").write_text(text)
+    return folder
+
+
+@pytest.fixture
+def gcloud_world(tmp_path, gcp_emulator):
+    """The real gcloud pointed at the loopback control plane, plus an environment file for our tool."""
+    require_tool("gcloud", "install the Google Cloud CLI (Debian: apt-get install google-cloud-cli)")
+    from tests.emulators.gcp import gcloud_env
+
+    env = gcloud_env(gcp_emulator, tmp_path, "test-project")
+    folder = write_env_file(tmp_path / "env", "dev", f"""\
+project: test-project
+region: us-central1
+zone: us-central1-a
+cluster:
+  name: gptoss
+models:
+  bucket: test-project-models
+kube:
+  kubeconfig: {tmp_path / 'kubeconfig'}
+retry:
+  base_delay_s: 0.05
+  max_delay_s: 0.2
+""")
+    env.update(GPTOSS_ENV_DIR=str(folder), NO_COLOR="1")
+    return gcp_emulator, env
+
+
+from tests.emulators.gcp import gcp_emulator  # noqa: E402,F401  (fixture)

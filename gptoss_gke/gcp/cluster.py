@@ -108,8 +108,10 @@ class Cluster(_ClusterScoped):
                 f"--labels={_label_flag({**s.gcp_labels, **s.cluster.labels})}",
             )
             kind = "regional" if s.cluster_is_regional else "zonal"
+            # gcloud writes the kubeconfig context on create: into our configured file, not $KUBECONFIG.
             return Plan([Change(f"create {kind} cluster {name} in {s.cluster_location}", "create", argv=argv,
-                                timeout=OPERATION_TIMEOUT_S)], diff={"cluster": "absent → present"})
+                                env={"KUBECONFIG": s.kubeconfig_path}, timeout=OPERATION_TIMEOUT_S)],
+                        diff={"cluster": "absent → present"})
         self._current = current
         status = current.get("status", "RUNNING")
         if status not in ("RUNNING", "RECONCILING"):

@@ -1,0 +1,175 @@
+"""setup-cluster with the real gcloud CLI against the loopback GKE / Service Usage / RM emulator."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import run_inv
+
+P, L, C = "test-project", "us-central1", "gptoss"
+APIS_MISSING = ("sts.googleapis.com",)
+
+
+def setup(env, *args):
+    return run_inv(["setup-cluster", *args], env)
+
+
+def bodies(emu, method, pattern):
+    return [r.body for r in emu.find_requests(method, pattern)]
+
+
+def converge(emu, env, *args):
+    proc = setup(env, *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_first_run_creates_what_is_missing_second_run_changes_nothing(gcloud_world, tmp_path):
+    emu, env = gcloud_world
+    report = tmp_path / "first.json"
+    proc = converge(emu, env, f"--report={report}")
+    out = proc.stdout
+    assert "changed: enable sts.googleapis.com" in out
+    assert "changed: create regional cluster gptoss in us-central1" in out
+    assert "changed: create node pool l4-gptoss" in out and "changed: create node pool ironwood-gptoss" in out
+    # gcloud writes the kubeconfig context while creating the cluster: nothing left to do after.
+    assert "ok: context gke_test-project_us-central1_gptoss in" in out
+    assert "RECAP ok=3 changed=4 skipped=0 failed=0" in out
+
+    [create] = bodies(emu, "POST", r"/clusters$")
+    cluster = create["cluster"]
+    assert cluster["workloadIdentityConfig"]["workloadPool"] == "test-project.svc.id.goog"
+    addons = cluster["addonsConfig"]
+    assert addons["gcsFuseCsiDriverConfig"]["enabled"] is True
+    assert not addons.get("horizontalPodAutoscaling", {}).get("disabled")  # the seed's --addons disabled HPA
+    assert not addons.get("httpLoadBalancing", {}).get("disabled")
+    assert cluster["networkConfig"]["gatewayApiConfig"]["channel"] == "CHANNEL_STANDARD"
+
+    pools = {b["nodePool"]["name"]: b["nodePool"] for b in bodies(emu, "POST", r"/nodePools$")}
+    l4, tpu = pools["l4-gptoss"], pools["ironwood-gptoss"]
+    assert l4["config"]["machineType"] == "g2-standard-4"
+    assert l4["config"]["accelerators"][0]["acceleratorType"] == "nvidia-l4"
+    assert l4["config"]["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}]
+    assert l4["autoscaling"]["enabled"] and l4["autoscaling"].get("maxNodeCount") == 1
+    assert l4["locations"] == ["us-central1-a"]
+    assert tpu["config"]["machineType"] == "tpu7x-standard-4t"
+    assert tpu["placementPolicy"]["tpuTopology"] == "2x2x1"
+    assert tpu["config"]["workloadMetadataConfig"]["mode"] == "GKE_METADATA"
+    assert "reservationAffinity" not in tpu["config"]  # no reservation configured → no affinity (errata)
+
+    emu.clear_log()
+    second = converge(emu, env)
+    assert emu.mutating_requests() == []
+    assert "RECAP ok=7 changed=0 skipped=0 failed=0" in second.stdout
+    assert "ok: cluster gptoss already has workload identity" in second.stdout
+    doc = json.loads(report.read_text())
+    assert [s["status"] for s in doc["steps"]].count("changed") == 4
+    assert "ya29" not in report.read_text() and "ya29" not in out  # gcloud's token never shown
+
+
+def test_dry_run_sends_no_write_and_prints_exact_commands(gcloud_world):
+    emu, env = gcloud_world
+    proc = converge(emu, env, "--dry-run")
+    assert emu.mutating_requests() == []
+    assert ("would run: gcloud container clusters create gptoss --location=us-central1 "
+            "--workload-pool=test-project.svc.id.goog --release-channel=rapid") in proc.stdout
+    assert "would run: gcloud services enable sts.googleapis.com --project=test-project" in proc.stdout
+    assert "[not observed" not in proc.stdout  # everything could be read
+
+
+def test_each_drifted_setting_gets_exactly_one_update(gcloud_world):
+    emu, env = gcloud_world
+    converge(emu, env, "--target=l4")
+    with emu.lock:
+        c = emu.state.clusters[(P, L, C)]
+        c["workloadIdentityConfig"] = {}
+        c["addonsConfig"]["horizontalPodAutoscaling"] = {"disabled": True}
+        c["networkConfig"]["gatewayApiConfig"] = {}
+        np_ = emu.state.nodepools[(P, L, C, "l4-gptoss")]
+        np_["autoscaling"]["maxNodeCount"] = 3
+        np_["config"]["labels"] = {"service": "something-else", "team": "ml"}
+    emu.clear_log()
+    proc = converge(emu, env, "--target=l4")
+    updates = [r for r in emu.mutating_requests()]
+    cluster_updates = [r.body["update"] for r in updates if r.method == "PUT" and r.path.endswith(f"/clusters/{C}")]
+    kinds = sorted(next(iter(u)) for u in cluster_updates)
+    assert kinds == ["desiredAddonsConfig", "desiredGatewayApiConfig", "desiredNodePoolAutoscaling",
+                     "desiredWorkloadIdentityConfig"]
+    addons = next(u["desiredAddonsConfig"] for u in cluster_updates if "desiredAddonsConfig" in u)
+    assert addons == {"horizontalPodAutoscaling": {"disabled": False}}
+    [labels] = [r.body for r in updates if r.path.endswith("/nodePools/l4-gptoss")]
+    assert labels["labels"]["labels"] == {"service": "gpt-oss-20b", "team": "ml"}  # others' labels kept
+    assert len(updates) == 5
+    assert "changed: workload pool unset → test-project.svc.id.goog" in proc.stdout
+    emu.clear_log()
+    converge(emu, env, "--target=l4")
+    assert emu.mutating_requests() == []
+
+
+def test_immutable_drift_fails_with_the_fix_and_sends_nothing(gcloud_world):
+    emu, env = gcloud_world
+    converge(emu, env, "--target=l4")
+    with emu.lock:
+        emu.state.nodepools[(P, L, C, "l4-gptoss")]["config"]["machineType"] = "g2-standard-8"
+    emu.clear_log()
+    proc = setup(env, "--target=l4")
+    assert proc.returncode == 1
+    assert "failed: node pool l4-gptoss differs in what cannot change in place: machine type is g2-standard-8, " \
+           "want g2-standard-4" in proc.stdout
+    assert "gcloud container node-pools delete l4-gptoss" in proc.stdout
+    assert emu.mutating_requests() == []
+    assert "skipped: not run: node pool l4-gptoss (l4) failed" in proc.stdout
+
+
+def test_transient_errors_are_retried_and_converge(gcloud_world):
+    emu, env = gcloud_world
+    emu.inject("GET", r"/clusters/gptoss$", 503, times=1)  # a read (gcloud does not retry container 503)
+    emu.inject("POST", r"/nodePools$", 503, times=1)  # a write
+    proc = converge(emu, env, "--target=l4")
+    assert proc.stdout.count("retrying in") >= 2
+    assert emu.get_nodepool(P, L, C, "l4-gptoss") is not None
+
+
+def test_409_race_on_create_is_observed_again_and_ok(gcloud_world):
+    emu, env = gcloud_world
+    converge(emu, env, "--target=l4")
+    with emu.lock:
+        del emu.state.nodepools[(P, L, C, "l4-gptoss")]
+    # The create takes effect but its answer is lost (503); our retry then meets 409 Already exists.
+    emu.inject("POST", r"/nodePools$", 503, times=1, after_processing=True)
+    emu.clear_log()
+    proc = converge(emu, env, "--target=l4")
+    posts = emu.find_requests("POST", r"/nodePools$")
+    assert len(posts) == 2  # the first (lost answer) and the retry that met 409
+    assert "conflict:" in proc.stdout and "observing again" in proc.stdout
+    assert "changed: create node pool l4-gptoss" in proc.stdout
+    assert emu.get_nodepool(P, L, C, "l4-gptoss") is not None
+
+
+def test_operation_error_fails_the_step_and_stops_the_rest(gcloud_world):
+    emu, env = gcloud_world
+    emu.fail_operation(r"/nodePools$", "Quota 'NVIDIA_L4_GPUS' exceeded. Limit: 0.0 in region us-central1.")
+    proc = setup(env, "--target=l4")
+    assert proc.returncode == 1
+    assert "failed:" in proc.stdout and "Quota 'NVIDIA_L4_GPUS' exceeded" in proc.stdout
+    assert "skipped: not run: node pool l4-gptoss (l4) failed" in proc.stdout  # kubectl credentials
+
+
+def test_old_control_plane_blocks_ironwood_pool_with_the_fix(gcloud_world):
+    emu, env = gcloud_world
+    emu.add_cluster(P, L, C, currentMasterVersion="1.33.5-gke.1308000", currentNodeVersion="1.33.5-gke.1308000")
+    emu.clear_log()
+    proc = setup(env, "--target=ironwood")
+    assert proc.returncode == 1
+    assert "runs GKE 1.33.5-gke.1308000; tpu7x-standard-4t needs >= 1.34.0-gke.2201000" in proc.stdout
+    assert "gcloud container clusters upgrade gptoss --master" in proc.stdout
+    assert not emu.find_requests("POST", r"/nodePools$")
+
+
+def test_reservation_flags_only_when_configured(gcloud_world):
+    emu, env = gcloud_world
+    env = {**env, "GPTOSS_TARGETS__IRONWOOD__NODE_POOL__RESERVATION": "my-tpu-res"}
+    converge(emu, env, "--target=ironwood")
+    [body] = bodies(emu, "POST", r"/nodePools$")
+    ra = body["nodePool"]["config"]["reservationAffinity"]
+    assert ra["consumeReservationType"] == "SPECIFIC_RESERVATION" and ra["values"] == ["my-tpu-res"]
