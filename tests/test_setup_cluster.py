@@ -34,7 +34,7 @@ def test_first_run_creates_what_is_missing_second_run_changes_nothing(gcloud_wor
     assert "changed: create node pool l4-gptoss" in out and "changed: create node pool ironwood-gptoss" in out
     # gcloud writes the kubeconfig context while creating the cluster: nothing left to do after.
     assert "ok: context gke_test-project_us-central1_gptoss in" in out
-    assert "RECAP ok=3 changed=4 skipped=0 failed=0" in out
+    assert "RECAP ok=2 changed=4 skipped=0 failed=0" in out
 
     [create] = bodies(emu, "POST", r"/clusters$")
     cluster = create["cluster"]
@@ -60,7 +60,7 @@ def test_first_run_creates_what_is_missing_second_run_changes_nothing(gcloud_wor
     emu.clear_log()
     second = converge(emu, env)
     assert emu.mutating_requests() == []
-    assert "RECAP ok=7 changed=0 skipped=0 failed=0" in second.stdout
+    assert "RECAP ok=6 changed=0 skipped=0 failed=0" in second.stdout
     assert "ok: cluster gptoss already has workload identity" in second.stdout
     doc = json.loads(report.read_text())
     assert [s["status"] for s in doc["steps"]].count("changed") == 4

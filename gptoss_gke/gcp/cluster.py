@@ -15,7 +15,7 @@ import yaml
 from gptoss_gke.core.step import Change, Plan, Step, noop
 from gptoss_gke.errors import StepError
 from gptoss_gke.gcp import gcloud
-from gptoss_gke.gcp.project import Apis, Credentials, GcloudStep, Project
+from gptoss_gke.gcp.project import Apis, GcloudStep, Project
 
 CLUSTER_FACT = "gke.cluster"
 # Every add-on we need, listed in full: `--addons` enables what it lists and disables the rest.
@@ -295,7 +295,6 @@ class KubeCredentials(GcloudStep):
 
 def setup_cluster_steps(settings, targets: list[str]) -> list[Step]:
     return [
-        Credentials(),
         Project(),
         Apis(),
         Cluster(settings),
