@@ -195,3 +195,12 @@ def test_offline_reads_are_not_attempted_after_credentials_fail():
 
     with pytest.raises(CannotObserve):
         ctx.shell.read(["true"])
+
+
+def test_writes_after_a_fresh_observation_are_still_shown_and_recorded(tmp_path):
+    # The second step is observed again (the first changed something), then writes: its command
+    # must still reach the output and the report.
+    ctx, out = make_ctx()
+    results = Runner(ctx).run([FileContent(tmp_path / "a", "1"), FileContent(tmp_path / "b", "2")])
+    assert [len([c for c in r.commands if c.write]) for r in results] == [1, 1]
+    assert out.getvalue().count("$ sh -c") == 2

@@ -139,11 +139,11 @@ class Runner:
         return None
 
     def _observe(self, step: Step, out: _StepOutput) -> Any:
-        self.ctx.shell.record_into(out)
+        previous = self.ctx.shell.record_into(out)
         try:
             return step.observe(self.ctx)
         finally:
-            self.ctx.shell.record_into(None)
+            self.ctx.shell.record_into(previous)
 
     def _observe_or_unknown(self, step: Step, result: StepResult, future: Future | None, out: _StepOutput):
         try:

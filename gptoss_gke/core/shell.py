@@ -79,8 +79,10 @@ class Shell:
         self._recorder = _Recorder()
 
     # The runner points this at the current step's result, per thread.
-    def record_into(self, sink: Callable[[CommandRecord], None] | None) -> None:
-        self._recorder.sink = sink
+    def record_into(self, sink: Callable[[CommandRecord], None] | None) -> Callable | None:
+        """Point this thread's command records at `sink`; returns the previous sink to restore."""
+        previous, self._recorder.sink = self._recorder.sink, sink
+        return previous
 
     def _record(self, rec: CommandRecord) -> None:
         if self._recorder.sink:
