@@ -151,8 +151,96 @@ def plan(c, target=None, env=None, report=None, set_=None, model=None, kv_cache_
             pb.extra.update({k: steps[0].report.get(k) for k in ("kv_cache_tokens", "max_concurrency")})
 
 
+@task(iterable=["set_"], help=_help(target=TARGET_HELP))
+def mirror_image(c, target="all", env=None, dry_run=False, report=None, set_=None):
+    """Copy the serving image into Artifact Registry with skopeo (no Docker daemon), pinned by digest."""
+    from gptoss_gke.app import playbook
+    from gptoss_gke.gcp.project import Credentials
+    from gptoss_gke.images import mirror_image_steps
+
+    with playbook(c, "mirror-image", env=env, set_=set_, dry_run=dry_run, report=report, target=target) as pb:
+        pb.run([Credentials(), *mirror_image_steps(pb.settings, pb.ctx.targets)])
+
+
+@task(iterable=["set_"], help=_help(target="l4 or ironwood (or a comma-separated list)"))
+def smoke(c, target=None, env=None, dry_run=False, report=None, set_=None):
+    """Through a port-forward: /health, the served model, one streamed answer (TTFT, tok/s), 401 without the key."""
+    from gptoss_gke.app import playbook
+    from gptoss_gke.serving.smoke import Smoke
+
+    with playbook(c, "smoke", env=env, set_=set_, dry_run=dry_run, report=report, target=target,
+                  allow_all_targets=False) as pb:
+        pb.run([Smoke(pb.settings, t) for t in pb.ctx.targets])
+
+
+@task(iterable=["set_"], help=_help("env", "set_", target="l4 or ironwood",
+                                    local_port="local port to listen on, 127.0.0.1 only (default 8000; 0: any free)"))
+def port_forward(c, target=None, local_port=8000, env=None, set_=None):
+    """Open 127.0.0.1:<port> to a Ready pod of the target until Ctrl-C; prints the URL, never the key."""
+    from gptoss_gke.app import playbook
+    from gptoss_gke.errors import ConfigError
+    from gptoss_gke.serving.access import ForwardSession
+
+    with playbook(c, "port-forward", env=env, set_=set_, target=target, allow_all_targets=False) as pb:
+        if len(pb.ctx.targets) != 1:
+            raise ConfigError("port-forward opens one target at a time", "use --target=l4 or --target=ironwood")
+        pb.run([ForwardSession(pb.settings, pb.ctx.targets[0], local_port=int(local_port))])
+
+
+@task(iterable=["set_"], help=_help("env", "set_", "report",
+                                    target="l4 or ironwood (the key is shared by the namespace)",
+                                    force="print even when standard output is not a terminal"))
+def show_api_key(c, target=None, env=None, report=None, set_=None, force=False):
+    """Print the endpoint's API key, to a person at a terminal (or with --force). Never in a report."""
+    from gptoss_gke.app import playbook
+    from gptoss_gke.serving.access import ShowApiKey
+
+    with playbook(c, "show-api-key", env=env, set_=set_, report=report, target=target,
+                  allow_all_targets=False) as pb:
+        pb.run([ShowApiKey(pb.settings, force=force)])
+
+
+@task(iterable=["set_"], help=_help(
+    target="l4 or ironwood",
+    in_cluster="run `vllm bench serve` as a Job in the cluster instead of the three tests through a port-forward",
+    num_prompts="--in-cluster: prompts to send (default 30)",
+    concurrency="--in-cluster: requests in flight at once (default 3)",
+))
+def bench(c, target=None, env=None, dry_run=False, report=None, set_=None, in_cluster=False, num_prompts=30,
+          concurrency=3):
+    """The tutorial's three tests (TTFT, ITL, TPOT, tok/s) beside its L4 figures; --report writes them as JSON."""
+    from gptoss_gke.app import playbook
+    from gptoss_gke.errors import ConfigError
+    from gptoss_gke.serving.bench import Bench, BenchJob
+
+    with playbook(c, "bench", env=env, set_=set_, dry_run=dry_run, report=report, target=target,
+                  allow_all_targets=False) as pb:
+        if len(pb.ctx.targets) != 1:
+            raise ConfigError("bench measures one target at a time", "use --target=l4 or --target=ironwood")
+        name = pb.ctx.targets[0]
+        if in_cluster:
+            step = BenchJob(pb.settings, name, num_prompts=int(num_prompts), concurrency=int(concurrency))
+        else:
+            step = Bench(pb.settings, name)
+        pb.run([step])
+        if step.doc:
+            pb.extra["bench"] = step.doc
+
+
+@task(iterable=["set_"], help=_help(target=TARGET_HELP))
+def stage_model(c, target="all", env=None, dry_run=False, report=None, set_=None):
+    """Hugging Face → Cloud Storage: only what vLLM loads, sha256-verified, resumable; bucket + IAM grant."""
+    from gptoss_gke.app import playbook
+    from gptoss_gke.gcp.project import Credentials, Project
+    from gptoss_gke.models import stage_model_steps
+
+    with playbook(c, "stage-model", env=env, set_=set_, dry_run=dry_run, report=report, target=target) as pb:
+        pb.run([Credentials(), Project(), *stage_model_steps(pb.settings, pb.ctx.targets)])
+
+
 def build_collection() -> Collection:
     ns = Collection()
-    for t in (setup_cluster, deploy, teardown, plan, doctor, auth):
+    for t in (setup_cluster, deploy, teardown, plan, doctor, auth, mirror_image, smoke, port_forward, show_api_key,
+              bench, stage_model):
         ns.add_task(t)
     return ns

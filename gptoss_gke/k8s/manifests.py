@@ -75,6 +75,7 @@ def render_vars(settings, target, image: str) -> dict[str, Any]:
         "namespace": settings.kube.namespace,
         "name": name,
         "headless_service": f"{name}-headless",
+        "public_service": f"{name}-public",
         "service_account": settings.kube.service_account,
         "api_key_secret": settings.kube.api_key_secret,
         "image": image,
@@ -131,10 +132,22 @@ def render(settings, target, image: str) -> list[dict]:
         for path in sorted(folder.glob("*.yaml")):
             if not _wanted(path, settings, target):
                 continue
-            for doc in yaml.safe_load_all(_fill(path.read_text(), values, str(path.relative_to(MANIFESTS)))):
+            source = str(path.relative_to(MANIFESTS))
+            try:
+                docs = list(yaml.safe_load_all(_fill(path.read_text(), values, source)))
+            except yaml.YAMLError as exc:
+                raise StepError(f"manifests/{source} does not render to valid YAML: {exc}",
+                                "a ${placeholder} must be a whole value, never part of one") from None
+            for doc in docs:
                 if not doc:
                     continue
                 meta = doc.setdefault("metadata", {})
                 meta["labels"] = {**meta.get("labels", {}), **labels}
                 objects.append(doc)
     return sorted(objects, key=kind_rank)
+
+
+def render_template(relative: str, values: dict[str, Any]) -> list[dict]:
+    """One manifest file outside the per-target folders (e.g. bench/job.yaml), filled from `values`."""
+    text = (MANIFESTS / relative).read_text()
+    return [doc for doc in yaml.safe_load_all(_fill(text, values, relative)) if doc]

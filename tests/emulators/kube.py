@@ -48,6 +48,26 @@ implements, with the API server's semantics, what the playbooks use:
   :meth:`KubeEmulator.set_logs`; port-forward over WebSocket (``v4.channel.k8s.io``) relaying to a
   loopback TCP target set with :meth:`KubeEmulator.set_port_forward_target`.
 
+Using it with the kubernetes v37 client (all verified by ``test_kube_emulator.py``)::
+
+    emu = KubeEmulator().start()                      # or the ``kube_emulator`` fixture
+    emu.write_kubeconfig(path, context="test")        # plain http, token auth (any token)
+    api = kubernetes.config.new_client_from_config(config_file=str(path), context="test")
+    dyn = kubernetes.dynamic.DynamicClient(api, cache_file=str(tmp / "discovery.json"))
+    res = dyn.resources.get(api_version="apps/v1", kind="StatefulSet")
+    obj = res.server_side_apply(body=manifest, name=name, namespace=ns, field_manager="gptoss-gke")
+    preview = res.server_side_apply(body=manifest, name=name, namespace=ns, field_manager="gptoss-gke",
+                                    dry_run="All")          # force_conflicts=True to take fields over
+    # typed client: apps.patch_namespaced_stateful_set(name, ns, manifest, field_manager="gptoss-gke",
+    #                                                  _content_type="application/apply-patch+yaml")
+    emu.set_port_forward_target("vllm-", 8000, ("127.0.0.1", fake_vllm.port))
+    pf = kubernetes.stream.portforward(core.connect_get_namespaced_pod_portforward, "vllm-0", ns, ports="8000")
+    conn = http.client.HTTPConnection("localhost", 8000); conn.sock = pf.socket(8000)   # then conn.request(...)
+    # no target / refused: pf.socket(8000).recv() returns b"" and pf.error(8000) holds the kubelet-style message
+
+``kubectl`` works too with ``KubeEmulator(anonymous=True)`` (client-go sends no bearer token over plain http)
+and ``--validate=false`` (there is no OpenAPI document); it prints plain columns (no Table conversion).
+
 Differences from a real cluster worth knowing: ticks are logical (one per API request by default), Pod
 deletion is graceful for exactly one tick, no admission webhooks (no GCS FUSE sidecar injection), no
 Endpoints/ControllerRevisions, Service ``LoadBalancer`` status stays empty, ``Node`` objects exist only when
@@ -71,6 +91,7 @@ import re
 import socket
 import threading
 import time
+import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -540,14 +561,6 @@ def _parse_fields_v1(fv1: dict, path: tuple = (), out: set | None = None) -> set
     return out
 
 
-def _elem_name(e: str) -> Any:
-    if e.startswith("f:"):
-        return e[2:]
-    if e.startswith("k:"):
-        return json.loads(e[2:])
-    return e
-
-
 def _human_path(p: tuple) -> str:
     out = ""
     for e in p:
@@ -826,8 +839,6 @@ def _validate(rt: ResourceType, obj: dict, old: dict | None) -> None:
             causes.append(("metadata.name", "FieldValueInvalid", f'Invalid value: "{name}": {_DNS1035_MSG}'))
     elif not _DNS_SUBDOMAIN.match(name) or len(name) > 253:
         causes.append(("metadata.name", "FieldValueInvalid", f'Invalid value: "{name}": {_SUBDOMAIN_MSG}'))
-    if rt.kind == "StatefulSet" and len(name) > 52 and not causes:
-        pass  # the real limit comes from the controller-revision-hash label (name + 11 chars <= 63)
     for k, v in (meta.get("labels") or {}).items():
         if not _KEY_RE.match(k) or len(k.split("/")[-1]) > 63:
             causes.append(("metadata.labels", "FieldValueInvalid",
@@ -974,8 +985,6 @@ def _default_pod_spec(spec: dict, *, restart: str = "Always") -> None:
             v["configMap"].setdefault("defaultMode", 420)
         if isinstance(v.get("secret"), dict):
             v["secret"].setdefault("defaultMode", 420)
-        if isinstance(v.get("emptyDir"), dict) is False and "emptyDir" in v and v["emptyDir"] is None:
-            v["emptyDir"] = {}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -1193,7 +1202,7 @@ class KubeEmulator:
     """A Kubernetes API server on 127.0.0.1 with a tiny controller. See the module docstring."""
 
     def __init__(self, *, seed: int = 0, auto_tick: bool = True, tick_interval: float | None = None,
-                 tokens: Iterable[str] | None = None, git_version: str = GIT_VERSION,
+                 tokens: Iterable[str] | None = None, anonymous: bool = False, git_version: str = GIT_VERSION,
                  default_storage_class: str = "standard-rwo", namespace_delete_ticks: int = 1,
                  node_name: str = "gke-emulator-default-pool-1a2b3c4d-x0x0",
                  default_scenario: str = "ready", default_scenario_params: dict | None = None,
@@ -1201,6 +1210,7 @@ class KubeEmulator:
         self.auto_tick = auto_tick
         self.tick_interval = tick_interval
         self.tokens = set(tokens) if tokens is not None else None  # None: any non-empty bearer token
+        self.anonymous = anonymous  # accept requests without a token (kubectl sends none over plain http)
         self.git_version = git_version
         self.default_storage_class = default_storage_class
         self.namespace_delete_ticks = namespace_delete_ticks
@@ -1209,6 +1219,7 @@ class KubeEmulator:
         self.job_scenario = (job_scenario, dict(job_scenario_params or {}))
         self.watch_tick_s = 0.05
         self.requests: list[RecordedRequest] = []
+        self.errors: list[str] = []  # tracebacks of emulator bugs (answered as 500 InternalError)
         self.ticks = 0
         self._lock = threading.RLock()
         self._rng = random.Random(seed)
@@ -1229,6 +1240,7 @@ class KubeEmulator:
         self._runner: web.AppRunner | None = None
         self._sock: socket.socket | None = None
         self._timer: asyncio.Task | None = None
+        self._long_running: set = set()  # watch and port-forward handlers, cancelled on stop()
         self.port: int | None = None
         self.kubeconfig_path: str | None = None
         for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
@@ -1272,6 +1284,8 @@ class KubeEmulator:
     async def _astop(self) -> None:
         if self._timer:
             self._timer.cancel()
+        for task in list(self._long_running):
+            task.cancel()
         if self._runner:
             await self._runner.cleanup()
 
@@ -1488,17 +1502,25 @@ class KubeEmulator:
         try:
             auth = request.headers.get("Authorization", "")
             token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-            if not token or (self.tokens is not None and token not in self.tokens):
+            if (not token and not self.anonymous) or (token and self.tokens is not None
+                                                       and token not in self.tokens):
                 raise ApiError(401, "Unauthorized", "Unauthorized")
-            if request.method == "GET" and request.path.endswith("/portforward"):
-                return await self._portforward(request, rec)
-            if request.method == "GET" and query.get("watch") in ("true", "1"):
-                return await self._watch(request, rec, query)
+            if request.method == "GET" and (request.path.endswith("/portforward")
+                                             or query.get("watch") in ("true", "1")):
+                task = asyncio.current_task()
+                self._long_running.add(task)
+                try:
+                    if request.path.endswith("/portforward"):
+                        return await self._portforward(request, rec)
+                    return await self._watch(request, rec, query)
+                finally:
+                    self._long_running.discard(task)
             with self._lock:
                 status, payload = self._dispatch(request.method, request.path, query, request.headers, raw, ctype)
         except ApiError as exc:
             status, payload = exc.code, exc.status()
         except Exception as exc:  # pragma: no cover - an emulator bug: answer like the server would
+            self.errors.append(traceback.format_exc())
             status, payload = 500, ApiError(500, f"emulator error: {exc!r}").status()
         rec.status = status
         if isinstance(payload, str):
@@ -1983,7 +2005,7 @@ class KubeEmulator:
             out.append({"entry": e, "paths": _parse_fields_v1(e.get("fieldsV1") or {})})
         return out
 
-    def _write_managers(self, rt: ResourceType, obj: dict, managers: list[dict], old_entries: list) -> None:
+    def _write_managers(self, obj: dict, managers: list[dict]) -> None:
         entries = []
         for m in managers:
             if not m["paths"]:
@@ -2022,7 +2044,7 @@ class KubeEmulator:
             managers.append(mine)
         if mine is not None:
             mine["paths"] = (mine["paths"] | changed) - removed
-        self._write_managers(rt, new, managers, old["metadata"].get("managedFields") or [])
+        self._write_managers(new, managers)
 
     def _replace(self, rt: ResourceType, ns: str | None, name: str, body: Any, manager: str, dry: bool,
                  sub: str | None) -> tuple[int, dict]:
@@ -2073,7 +2095,8 @@ class KubeEmulator:
                                             "message": "Required value: is required for apply patch",
                                             "field": "fieldManager"}]})
             body = self._parse_body(raw, "yaml")
-            return self._apply(rt, ns, name, body, query["fieldManager"], query.get("force") == "true", dry, sub)
+            force = (query.get("force") or "").lower() in ("1", "t", "true")  # Go's strconv.ParseBool
+            return self._apply(rt, ns, name, body, query["fieldManager"], force, dry, sub)
         if query.get("force") is not None:
             raise ApiError(422, 'PatchOptions.meta.k8s.io "" is invalid: force: Forbidden: may not be specified '
                                 "for non-apply patch", "Invalid")
@@ -2183,7 +2206,7 @@ class KubeEmulator:
             mine = {"entry": self._mf_entry(rt, manager, "Apply", (), sub), "paths": set()}
             managers.append(mine)
         mine["paths"] = set(new_l)
-        self._write_managers(rt, new, managers, old["metadata"].get("managedFields") or [])
+        self._write_managers(new, managers)
         return self._commit(rt, key, old, new, dry)
 
     # ---- deletes ---------------------------------------------------------------------------------------

@@ -103,6 +103,12 @@ def test_unauthenticated_requests_get_401(k8s):
         urllib.request.urlopen(k8s.emu.url + "/api/v1/namespaces", timeout=5)
     assert err.value.code == 401
     assert json.loads(err.value.read())["reason"] == "Unauthorized"
+    k8s.emu.anonymous = True  # what kubectl needs: it sends no bearer token over plain http
+    assert urllib.request.urlopen(k8s.emu.url + "/api/v1/namespaces", timeout=5).status == 200
+    k8s.emu.tokens = {"only-this"}  # a rejected token (e.g. expired credentials) is a 401 for the client
+    with pytest.raises(ApiException) as err:
+        k8s.core.list_namespace()
+    assert err.value.status == 401
 
 
 # ---- server-side apply ---------------------------------------------------------------------------------------
@@ -234,9 +240,9 @@ def test_crud_errors_are_status_objects(k8s):
     with pytest.raises(ApiException) as err:
         core.create_namespaced_config_map(NS, {"metadata": {"name": "Bad_Name"}})
     assert err.value.status == 422 and status_of(err.value)["reason"] == "Invalid"
-    with pytest.raises(ApiException) as err:  # label values are strings; a YAML number is a decode error
-        core.create_namespaced_config_map(NS, {"metadata": {"name": "y", "labels": {"v": 1}}})
-    assert err.value.status == 400
+    with pytest.raises(dyn_exc.BadRequestError):  # label values are strings; a YAML number is a decode error
+        apply(k8s, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "y", "namespace": NS,
+                                                                         "labels": {"version": 1}}})
     with pytest.raises(ApiException) as err:
         k8s.apps.create_namespaced_deployment(NS, {"metadata": {"name": "d"}, "spec": {
             "selector": {"matchLabels": {"app": "a"}},
@@ -297,8 +303,10 @@ def test_invalid_selector_is_400_and_list_has_no_item_kinds(k8s):
     with pytest.raises(ApiException) as err:
         k8s.core.list_namespaced_config_map("default", label_selector="a in ()")
     assert err.value.status == 400
-    res = k8s.dyn.request("GET", "/api/v1/namespaces")
-    assert res.kind == "NamespaceList" and "kind" not in res.items[0].to_dict()
+    import urllib.request
+    req = urllib.request.Request(k8s.emu.url + "/api/v1/namespaces", headers={"Authorization": "Bearer t"})
+    raw = json.loads(urllib.request.urlopen(req, timeout=5).read())
+    assert raw["kind"] == "NamespaceList" and "kind" not in raw["items"][0]  # as the real API server answers
 
 
 # ---- controller ----------------------------------------------------------------------------------------------
@@ -330,6 +338,13 @@ def test_statefulset_becomes_ready_with_claims_and_events(k8s):
                      lambda s: s.status.observed_generation == 2 and s.status.updated_replicas == 1
                      and (s.status.ready_replicas or 0) == 1)
     assert k8s.core.read_namespaced_pod("vllm-0", NS).spec.containers[0].image.endswith("v0.12.1")
+
+    # Deleting the StatefulSet removes its pods (garbage collection at the next read); the claim is retained
+    # (persistentVolumeClaimRetentionPolicy defaults to Retain).
+    k8s.apps.delete_namespaced_stateful_set("vllm", NS)
+    assert k8s.core.list_namespaced_pod(NS).items == []
+    assert k8s.core.read_namespaced_persistent_volume_claim("model-cache-vllm-0", NS).status.phase == "Bound"
+    assert emu.errors == []
 
 
 def test_deployment_job_and_deletion_propagation(k8s):
@@ -364,6 +379,23 @@ def test_deployment_job_and_deletion_propagation(k8s):
     assert err.value.status == 403
     assert all(n.metadata.name != NS for n in k8s.core.list_namespace().items)
     assert emu.objects("Pod", NS) == [] and emu.objects("Job", NS) == []
+
+
+def test_foreground_deletion_and_finalizers(k8s):
+    apply(k8s, namespace())
+    apply(k8s, deployment(replicas=1))
+    read_until(lambda: k8s.core.list_namespaced_pod(NS).items, lambda pods: len(pods) == 1)
+    gone = k8s.apps.delete_namespaced_deployment("web", NS, propagation_policy="Foreground")
+    assert gone["metadata"]["deletionTimestamp"] and "foregroundDeletion" in gone["metadata"]["finalizers"]
+    assert k8s.core.list_namespaced_pod(NS).items == [] and k8s.apps.list_namespaced_deployment(NS).items == []
+
+    k8s.core.create_namespaced_config_map(NS, {"metadata": {"name": "held", "finalizers": ["example.com/hold"]}})
+    k8s.core.delete_namespaced_config_map("held", NS)
+    assert k8s.core.read_namespaced_config_map("held", NS).metadata.deletion_timestamp
+    k8s.core.patch_namespaced_config_map("held", NS, {"metadata": {"finalizers": None}})
+    with pytest.raises(ApiException) as err:
+        k8s.core.read_namespaced_config_map("held", NS)
+    assert err.value.status == 404
 
 
 @pytest.mark.parametrize("scenario,params,check", [
@@ -498,6 +530,13 @@ def test_seed_and_request_log(k8s):
     assert emu.writes() == []
     k8s.core.create_namespaced_config_map("other", {"metadata": {"name": "a"}})
     (w,) = emu.writes()
-    assert (w.method, w.path, w.content_type, w.status) == ("POST", "/api/v1/namespaces/other/configmaps",
-                                                            "application/json", 201)
-    assert emu.get("Namespace", None, "other") and emu.objects("configmap", "other", label_selector="")
+    # the v37 typed client sends create bodies without a Content-Type; the API server assumes JSON
+    assert (w.method, w.path, w.content_type, w.status) == ("POST", "/api/v1/namespaces/other/configmaps", "", 201)
+    apply(k8s, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b", "namespace": "other"}},
+          dry_run="All")
+    apply(k8s, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b", "namespace": "other"}})
+    last = emu.writes()[-1]
+    assert (last.method, last.path, last.content_type, last.field_manager, last.status) == (
+        "PATCH", "/api/v1/namespaces/other/configmaps/b", "application/apply-patch+yaml", MANAGER, 201)
+    assert len(emu.writes()) == 2 and emu.requests[-2].dry_run
+    assert emu.get("Namespace", None, "other") and len(emu.objects("configmap", "other")) == 3
