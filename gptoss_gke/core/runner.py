@@ -106,7 +106,8 @@ class Runner:
                 if i == last_gate + 1:
                     # Everything after the gates may be read at once; acting stays in order.
                     for j in range(i, len(steps)):
-                        observed[j] = pool.submit(self._observe, steps[j], outputs[j])
+                        if steps[j].observe_early:
+                            observed[j] = pool.submit(self._observe, steps[j], outputs[j])
                 ctx.printer.task(step.section, step.name)
                 out.go_live()
                 ctx.shell.record_into(out)

@@ -64,6 +64,9 @@ class Step:
     needs: tuple[str, ...] | None = None
     # After acting, observe again and fail if the world still differs from the plan.
     verify: bool = True
+    # False for observations that only mean something once the steps before have acted (a rollout,
+    # a smoke test): they are not read ahead with the others.
+    observe_early: bool = True
 
     def observe(self, ctx: "Context") -> Any:
         """Read the current state. Reads only. Return None when the thing is absent."""

@@ -126,6 +126,7 @@ def ready(workload: dict | None) -> bool:
 class Rollout(Step):
     section = "rollout"
     verify = False  # waiting is the verification
+    observe_early = False
 
     def __init__(self, settings, target_name: str):
         self.target = settings.target(target_name)

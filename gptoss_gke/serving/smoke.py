@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from gptoss_gke.core.step import Change, Plan, Step
+from gptoss_gke.core.step import Change, Plan, Step, noop
 from gptoss_gke.errors import StepError
 
 CHAT_PROMPT = "In one sentence: what does a Kubernetes Service do?"
@@ -32,8 +32,12 @@ def _tunnel_errors(tunnel) -> str:
 
 
 class Smoke(Step):
+    """The checks are reads (nothing on the server changes), so they run as the observation: a pass is
+    `ok`, a miss is `failed`, and a dry-run only shows what would be checked."""
+
     section = "smoke"
-    verify = False  # the checks are the verification
+    verify = False
+    observe_early = False  # only meaningful once the rollout before it is ready
 
     def __init__(self, settings, target_name: str, *, health_timeout_s: float = 90.0,
                  request_timeout_s: float = 120.0, local_port: int = 0):
@@ -45,9 +49,19 @@ class Smoke(Step):
         self.measured: dict[str, Any] = {}
 
     def observe(self, ctx):
-        return None
+        if ctx.dry_run:
+            return None
+        self.measured = {}
+        self.run(ctx)
+        return self.measured
 
     def plan(self, ctx, current) -> Plan:
+        if current is not None:
+            m = current
+            rate = f", {m['tokens_per_s']:.1f} tok/s" if m.get("tokens_per_s") else ""
+            ttft = f", TTFT {m['ttft_s']:.3f} s" if m.get("ttft_s") is not None else ""
+            return noop(f"{self.target.model_id} answered through the port-forward{ttft}{rate}; "
+                        f"401 without the key", smoke=m)
         t = self.target
         if t.smoke == "chat":
             gen = f"POST /v1/chat/completions (streaming, max_tokens {CHAT_MAX_TOKENS}): answer, reasoning, TTFT, tok/s"
