@@ -14,7 +14,7 @@ from gptoss_gke.gcp import gcloud
 from gptoss_gke.gcp.cluster import OPERATION_TIMEOUT_S, _ClusterScoped, _location_flags, describe_cluster
 from gptoss_gke.gcp.project import Credentials
 from gptoss_gke.k8s.apply import describe, owned
-from gptoss_gke.k8s.client import kube
+from gptoss_gke.k8s.client import SDK, kube
 from gptoss_gke.k8s.manifests import KIND_ORDER, render, selector
 
 # (apiVersion, kind, namespaced) in apply order; deleted in reverse.
@@ -43,6 +43,7 @@ class DeleteKubeObjects(Step):
 
     section = "kubernetes"
     needs = ()  # what is already gone must not stop the rest
+    sdk_modules = SDK
 
     def __init__(self, settings, api_version: str, kind: str, namespaced: bool, targets: list[str], *,
                  all_targets: bool, purge_model: bool):

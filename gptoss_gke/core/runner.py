@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 import threading
 import time
@@ -99,6 +100,8 @@ class Runner:
         observed: dict[int, Future] = {}
         pool = ThreadPoolExecutor(max_workers=MAX_PARALLEL_READS, thread_name_prefix="observe")
         anything_changed = False
+        for module in sorted({m for s in steps for m in s.sdk_modules}):
+            importlib.import_module(module)
         try:
             for i, step in enumerate(steps):
                 out = outputs[i]

@@ -67,6 +67,10 @@ class Step:
     # False for observations that only mean something once the steps before have acted (a rollout,
     # a smoke test): they are not read ahead with the others.
     observe_early: bool = True
+    # SDK modules the step imports lazily. The runner imports them once on the main thread before
+    # reads run concurrently: two threads importing one large package at once can meet it half
+    # initialised ("partially initialized module ...").
+    sdk_modules: tuple[str, ...] = ()
 
     def observe(self, ctx: "Context") -> Any:
         """Read the current state. Reads only. Return None when the thing is absent."""

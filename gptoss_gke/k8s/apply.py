@@ -8,7 +8,7 @@ import yaml
 
 from gptoss_gke.core.step import Change, Plan, Step, noop
 from gptoss_gke.errors import StepError
-from gptoss_gke.k8s.client import kube
+from gptoss_gke.k8s.client import SDK, kube
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 # Fields the server owns; they differ between any two reads and say nothing about our intent.
@@ -54,6 +54,7 @@ def _short(value: Any) -> str:
 
 class KubeObject(Step):
     section = "kubernetes"
+    sdk_modules = SDK
 
     def __init__(self, obj: dict):
         self.obj = obj

@@ -6,6 +6,9 @@ import os
 
 from gptoss_gke.errors import CannotObserve
 
+# What steps that talk to the Kubernetes API import (see Step.sdk_modules).
+SDK = ("kubernetes.client", "kubernetes.config", "kubernetes.dynamic", "kubernetes.stream")
+
 
 class Kube:
     def __init__(self, api_client):

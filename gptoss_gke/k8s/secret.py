@@ -8,7 +8,7 @@ import secrets as pysecrets
 from gptoss_gke.core.step import Change, Plan, Step, noop
 from gptoss_gke.errors import StepError
 from gptoss_gke.k8s.apply import owned
-from gptoss_gke.k8s.client import kube
+from gptoss_gke.k8s.client import SDK, kube
 
 KEY = "VLLM_API_KEY"
 
@@ -39,6 +39,7 @@ def read_api_key(ctx) -> str:
 
 class ApiKeySecret(Step):
     section = "kubernetes"
+    sdk_modules = SDK
 
     def __init__(self, settings, rotate: bool = False):
         self.rotate = rotate

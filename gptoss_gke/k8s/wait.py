@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from gptoss_gke.core.report import format_duration
 from gptoss_gke.core.step import Change, Plan, Step, noop
 from gptoss_gke.errors import StepError
-from gptoss_gke.k8s.client import kube
+from gptoss_gke.k8s.client import SDK, kube
 from gptoss_gke.k8s.manifests import selector, workload_name
 
 
@@ -125,6 +125,7 @@ def ready(workload: dict | None) -> bool:
 
 class Rollout(Step):
     section = "rollout"
+    sdk_modules = SDK
     verify = False  # waiting is the verification
     observe_early = False
 

@@ -1,0 +1,110 @@
+"""`inv deploy --target=l4` end to end on loopback: image mirrored and pinned, objects applied in kind
+order with our labels, the API key generated once and kept, rollout waited, smoke test passed."""
+
+from __future__ import annotations
+
+import json
+
+from tests.deploy_world import NS, deploy_world  # noqa: F401  (fixture)
+from tests.emulators.kube import kube_emulator  # noqa: F401  (fixture)
+from tests.registry import registries  # noqa: F401  (fixture)
+
+OBJECTS = ["Namespace gptoss", "ServiceAccount gptoss/vllm", "Secret gptoss/vllm-api-key",
+           "Service gptoss/gptoss-l4-headless", "Service gptoss/gptoss-l4", "StatefulSet gptoss/gptoss-l4"]
+
+
+def test_first_deploy_creates_everything_second_changes_nothing(deploy_world, tmp_path):
+    w = deploy_world
+    report = tmp_path / "deploy.json"
+    w.kube.script_pods("gptoss-l4", "ready", ticks=8)  # a few polls of "starting" before Ready
+    first = w.inv("deploy", "--target=l4", f"--report={report}")
+    out = first.stdout
+    assert first.returncode == 0, out + first.stderr
+    positions = [out.index(f"TASK [kubernetes : {name}]") for name in OBJECTS]
+    assert positions == sorted(positions)  # kind order: namespace, account, secret, services, workload
+    assert "changed: generate a new API key and store it in the Secret" in out
+    assert "changed: create StatefulSet gptoss/gptoss-l4" in out
+    assert "phase: " in out and "ready after" in out
+    assert "ok: openai/gpt-oss-20b answered through the port-forward" in out
+    assert "RECAP" in out and "failed=0" in out
+
+    sts = w.kube.get("StatefulSet", NS, "gptoss-l4")
+    image = sts["spec"]["template"]["spec"]["containers"][0]["image"]
+    digest = w.dst.manifest_digest(f"test-project/gptoss/vllm/vllm-openai", "v0.12.0")
+    assert image == f"{w.dst.host}/test-project/gptoss/vllm/vllm-openai@{digest}"  # pinned by digest
+    for kind in ("Namespace", "ServiceAccount", "Secret", "Service", "StatefulSet"):
+        assert w.labelled(kind), f"no {kind} carries our labels"
+    key = w.api_key()
+    assert key and len(key) >= 40
+    doc = report.read_text()
+    for text in (out, first.stderr, doc, json.dumps(sts)):
+        assert key not in text and w.token not in text
+
+    w.kube.clear_log()
+    w.gcp.clear_log()
+    copies_before = len([r for r in w.dst.requests() if r.method == "PUT"])
+    second = w.inv("deploy", "--target=l4")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert w.kube.writes() == [] and w.gcp.mutating_requests() == []
+    assert len([r for r in w.dst.requests() if r.method == "PUT"]) == copies_before
+    assert "changed:" not in second.stdout
+    assert "ok: API key present and kept" in second.stdout
+    assert "ok: StatefulSet gptoss/gptoss-l4 matches the manifest (server-side dry run)" in second.stdout
+    assert w.api_key() == key  # kept across runs
+    assert key not in second.stdout
+
+
+def test_a_changed_setting_patches_only_that_object(deploy_world):
+    w = deploy_world
+    assert w.inv("deploy", "--target=l4", "--skip-smoke").returncode == 0
+    w.kube.clear_log()
+    proc = w.inv("deploy", "--target=l4", "--skip-smoke", "--set", "targets.l4.max_model_len=64000")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    patched = {(r.path.rsplit("/", 1)[-1]) for r in w.kube.writes()}
+    assert patched == {"gptoss-l4"} and all("statefulsets" in r.path for r in w.kube.writes())
+    assert "changed: update StatefulSet gptoss/gptoss-l4 (1 field)" in proc.stdout
+    assert "--max-model-len=128000" in proc.stdout and "--max-model-len=64000" in proc.stdout  # the diff line
+    args = w.kube.get("StatefulSet", NS, "gptoss-l4")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--max-model-len=64000" in args
+
+
+def test_rotate_api_key_only_when_asked(deploy_world):
+    w = deploy_world
+    assert w.inv("deploy", "--target=l4", "--skip-smoke").returncode == 0
+    first = w.api_key()
+    proc = w.inv("deploy", "--target=l4", "--skip-smoke", "--rotate-api-key")
+    assert proc.returncode == 0, proc.stdout
+    assert "changed: rotate the API key" in proc.stdout
+    assert w.api_key() not in (None, first)
+
+
+def test_dry_run_writes_nothing_and_shows_the_manifests(deploy_world):
+    w = deploy_world
+    w.kube.clear_log()
+    proc = w.inv("deploy", "--target=l4", "--dry-run")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert w.kube.writes() == [] and w.gcp.mutating_requests() == []
+    assert "changed (dry-run): would create StatefulSet gptoss/gptoss-l4" in proc.stdout
+    assert "+ kind: StatefulSet" in proc.stdout
+    assert "would smoke-test the endpoint" in proc.stdout
+
+
+def test_missing_node_pool_points_to_setup_cluster(deploy_world):
+    w = deploy_world
+    with w.gcp.lock:
+        del w.gcp.state.nodepools[("test-project", "us-central1", "gptoss", "l4-gptoss")]
+    proc = w.inv("deploy", "--target=l4")
+    assert proc.returncode == 1
+    assert "node pool(s) l4-gptoss missing from cluster gptoss" in proc.stdout
+    assert "fix: run `inv setup-cluster --target=l4` first" in proc.stdout
+    assert w.kube.writes() == []
+
+
+def test_an_unlabelled_object_is_not_taken_over(deploy_world):
+    w = deploy_world
+    w.kube.seed({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "gptoss-l4", "namespace": NS},
+                 "spec": {"ports": [{"port": 80}]}})
+    proc = w.inv("deploy", "--target=l4", "--skip-smoke")
+    assert proc.returncode == 1
+    assert "Service gptoss/gptoss-l4 exists but does not carry our labels" in proc.stdout
+    assert w.kube.get("Service", NS, "gptoss-l4")["metadata"].get("labels") in (None, {})
