@@ -75,6 +75,12 @@ class DeleteKubeObjects(Step):
             items = []
         if self.kind not in SHARED_KINDS:
             items = [o for o in items if (o["metadata"].get("labels") or {}).get("gptoss-gke/target") in self.targets]
+        caches = []
+        if self.kind == "Namespace" and not self.purge_model:
+            # Deleting a namespace deletes what is in it: the kept model cache would go too.
+            claims = kube(ctx).resource("v1", "PersistentVolumeClaim").get(
+                namespace=s.kube.namespace, label_selector=_label_selector(s.ownership_labels)).to_dict()["items"]
+            caches = [describe(c) for c in claims if c["metadata"]["name"].startswith(MODEL_CACHE_CLAIM)]
         lookalikes = []
         found = {(o["metadata"].get("namespace"), o["metadata"]["name"]) for o in items}
         for ns_name, name in sorted(self.our_names - found, key=str):
@@ -84,10 +90,13 @@ class DeleteKubeObjects(Step):
                 continue
             if not owned(other, s):
                 lookalikes.append(describe(other))
-        return {"items": items, "lookalikes": lookalikes}
+        return {"items": items, "lookalikes": lookalikes, "caches": caches}
 
     def plan(self, ctx, current) -> Plan:
-        current = current or {"items": [], "lookalikes": []}
+        current = current or {"items": [], "lookalikes": [], "caches": []}
+        if current["caches"] and current["items"]:
+            return noop(f"namespace kept: it holds the model cache {', '.join(current['caches'])} "
+                        f"(--purge-model deletes both)")
         keep_note = f"; left alone (not ours): {', '.join(current['lookalikes'])}" if current["lookalikes"] else ""
         if self.kind in SHARED_KINDS and not self.all_targets:
             return noop(f"shared by every target: kept (teardown --target=all removes it){keep_note}")

@@ -44,8 +44,15 @@ def offline_gcloud_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+# Where a test did not start a server for a client, the client still gets a loopback address (the
+# discard port: connection refused at once), so a missing fixture fails fast instead of reaching out.
+LOOPBACK_DEFAULTS = {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9", "HF_ENDPOINT": "http://127.0.0.1:9",
+                     "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
 def run_inv(args: list[str], env: dict[str, str], *, cwd: Path = REPO, timeout: float = 300,
             stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = {**LOOPBACK_DEFAULTS, **env}
     return subprocess.run([INV, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
                           input=stdin if stdin is not None else "")
 
