@@ -73,6 +73,10 @@ class TargetSettings(_Strict):
     enabled: bool = True  # setup-cluster --target=all creates node pools for enabled targets
     node_pool: NodePoolSettings = Field(default_factory=NodePoolSettings)
     model_revision: str | None = None  # a commit, or a branch resolved to its commit at staging time
+    # Which repository files are the weights vLLM loads (Hugging Face patterns; `*` crosses `/`, so
+    # exclude the original/ and metal/ copies with ignore patterns rather than relying on allow).
+    allow_patterns: list[str] | None = None
+    ignore_patterns: list[str] | None = None
     image: str | None = None  # upstream image to mirror
     max_model_len: int | None = Field(default=None, gt=0)
     vllm_extra_args: list[str] = Field(default_factory=list)
@@ -315,7 +319,9 @@ class Settings(_Strict):
         pool = t.node_pool.model_dump(exclude={"spot", "reservation", "node_locations"})
         if pool.get("labels") is not None:
             pool["labels"] = {**base.node_pool.labels, **pool["labels"]}
-        return base.with_overrides(model_revision=t.model_revision, image=t.image,
+        patterns = {k: tuple(v) for k, v in (("allow_patterns", t.allow_patterns),
+                                                ("ignore_patterns", t.ignore_patterns)) if v is not None}
+        return base.with_overrides(model_revision=t.model_revision, image=t.image, **patterns,
                                    max_model_len=t.max_model_len, load_budget_s=t.load_timeout_s,
                                    node_pool=pool)
 

@@ -49,7 +49,8 @@ def with_image(obj: dict, image: str) -> dict:
 
 
 class TargetObject(KubeObject):
-    """A rendered object whose image is the digest mirror-image pinned (known only at run time)."""
+    """A rendered object completed with what is known only at run time: the image digest mirror-image
+    pinned, and the commit a branch-named revision resolved to while staging."""
 
     def __init__(self, obj: dict, target_name: str):
         super().__init__(obj)
@@ -58,8 +59,17 @@ class TargetObject(KubeObject):
 
     def observe(self, ctx):
         from gptoss_gke.images import pinned_image
+        from gptoss_gke.models import resolved_revision
 
-        self.obj = with_image(self.template, pinned_image(ctx, self.target_name))
+        s = ctx.settings
+        target = s.target(self.target_name)
+        resolved = resolved_revision(ctx, self.target_name)
+        obj = self.template
+        if resolved != target.model_revision:
+            kind, meta = self.template["kind"], self.template["metadata"]
+            obj = next(o for o in render(s, target.with_overrides(model_revision=resolved), image="-")
+                       if o["kind"] == kind and o["metadata"]["name"] == meta["name"])
+        self.obj = with_image(obj, pinned_image(ctx, self.target_name))
         return super().observe(ctx)
 
 

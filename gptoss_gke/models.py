@@ -84,6 +84,7 @@ from typing import Any, Callable
 
 from gptoss_gke.core.report import format_duration
 from gptoss_gke.core.retry import TRANSIENT_HTTP, is_transient_exception
+from gptoss_gke.gcp.project import project_number
 from gptoss_gke.core.step import Change, Plan, Step, noop, skip
 from gptoss_gke.errors import CannotObserve, StepError
 
@@ -119,6 +120,21 @@ def model_folder(settings, target, revision: str | None = None) -> str:
     rev = revision or target.model_revision
     prefix = settings.models.prefix.strip("/")
     return f"{prefix}/{target.model_id}/{rev}/" if prefix else f"{target.model_id}/{rev}/"
+
+
+def resolved_revision(ctx, target_name: str) -> str:
+    """The commit a target's weights come from: the configured one, or the commit its branch points at
+    now (asked of the hub once per run, so staging and the manifests agree)."""
+    target = ctx.settings.target(target_name)
+    requested = target.model_revision
+    if re.fullmatch(r"[0-9a-f]{40}", requested):
+        return requested
+
+    def resolve() -> str:
+        _offline_guard(ctx)
+        return HubRepo(ctx.settings, target_name, target.model_id).resolve(requested)
+
+    return ctx.fact(f"models.revision.{target_name}", resolve)
 
 
 def workload_principal(settings, project_number: str) -> str:
@@ -166,57 +182,6 @@ def _offline_guard(ctx) -> None:
 
 class _Transient(ConnectionError):
     """A short read or similar: worth another try."""
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Transient for every HTTP client involved: requests (our downloads, GCS), httpx (HfApi 1.x/2.x)."""
-    if is_transient_exception(exc):
-        return True
-    response = getattr(exc, "response", None)
-    if getattr(response, "status_code", None) in TRANSIENT_HTTP:
-        return True
-    for module in ("httpx2", "httpx"):  # whichever huggingface_hub uses, if any
-        mod = sys.modules.get(module)
-        if mod is not None and isinstance(exc, mod.TransportError):
-            return True
-    try:
-        import requests
-        from google.auth.exceptions import TransportError as AuthTransportError
-        from google.resumable_media import DataCorruption, InvalidResponse
-        from urllib3.exceptions import ProtocolError
-    except ImportError:  # pragma: no cover
-        return False
-    if isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                        ProtocolError, AuthTransportError, DataCorruption)):
-        return True
-    if isinstance(exc, InvalidResponse):
-        status = getattr(exc.response, "status_code", None)
-        return status in TRANSIENT_HTTP
-    return False
-
-
-def _retry(ctx, fn: Callable[[], Any], what: str) -> Any:
-    def announce(exc: BaseException, delay: float) -> None:
-        msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        ctx.printer.line(f"    retrying {what} in {delay:.1f}s after a transient error: {msg}", "dim")
-
-    return ctx.shell.retry.call(fn, transient=is_transient, on_retry=announce)
-
-
-def project_number(ctx) -> str:
-    """The project number (IAM principals name it); shared with the Project step's observation."""
-
-    def compute() -> str:
-        from gptoss_gke.gcp import gcloud
-
-        data = gcloud.read_json(ctx, "projects", "describe", ctx.settings.project, what="the project",
-                                project=False)
-        if not data or not data.get("projectNumber"):
-            raise StepError(f"project {ctx.settings.project} was not found or you cannot see it",
-                            f"check `project:` in {ctx.settings.env_file}")
-        return str(data["projectNumber"])
-
-    return ctx.fact("gcp.project_number", compute)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,7 +236,7 @@ def _gcs_error(exc: Exception, *, bucket: str, doing: str) -> Exception:
     if isinstance(exc, gexc.Unauthorized):
         return CannotObserve(f"Cloud Storage refused the credentials while {doing} gs://{bucket}",
                              "run `inv auth` (gcloud auth login)")
-    if is_transient(exc) and isinstance(exc, OSError):
+    if is_transient_exception(exc) and isinstance(exc, OSError):
         return CannotObserve(f"cannot reach Cloud Storage while {doing} gs://{bucket}: {exc}",
                              "check the network or proxy; `inv doctor` tests the whole chain")
     return exc
@@ -299,7 +264,7 @@ class Bucket(Step):
         _offline_guard(ctx)
         client = gcs_client(ctx)
         try:
-            b = _retry(ctx, lambda: client.get_bucket(self.bucket, retry=None), "reading the bucket")
+            b = ctx.retrying(lambda: client.get_bucket(self.bucket, retry=None), "reading the bucket")
         except gexc.NotFound:
             return None
         except Exception as exc:  # noqa: BLE001 - classified
@@ -363,7 +328,7 @@ class Bucket(Step):
         b.iam_configuration.public_access_prevention = "enforced"
         b.labels = dict(s.gcp_labels)
         try:
-            _retry(ctx, lambda: client.create_bucket(b, location=s.bucket_location, retry=None), "creating the bucket")
+            ctx.retrying(lambda: client.create_bucket(b, location=s.bucket_location, retry=None), "creating the bucket")
         except gexc.Conflict:
             raise StepError(f"bucket name {self.bucket} is taken by another project (bucket names are global)",
                             f"set models.bucket to a name of your own, e.g. {s.project}-gptoss-models") from None
@@ -375,7 +340,7 @@ class Bucket(Step):
         b = client.bucket(self.bucket)
         b.iam_configuration.uniform_bucket_level_access_enabled = True
         try:
-            _retry(ctx, lambda: b.patch(retry=None), "updating the bucket")
+            ctx.retrying(lambda: b.patch(retry=None), "updating the bucket")
         except Exception as exc:  # noqa: BLE001
             raise _gcs_error(exc, bucket=self.bucket, doing="updating") from None
 
@@ -404,7 +369,7 @@ class BucketIamBinding(Step):
         member = self._member(ctx)
         bucket = gcs_client(ctx).bucket(self.bucket)
         try:
-            policy = _retry(ctx, lambda: bucket.get_iam_policy(requested_policy_version=3, retry=None),
+            policy = ctx.retrying(lambda: bucket.get_iam_policy(requested_policy_version=3, retry=None),
                             "reading the bucket policy")
         except gexc.NotFound:
             return {"member": member, "present": False, "bucket": False}
@@ -428,14 +393,14 @@ class BucketIamBinding(Step):
         bucket = gcs_client(ctx).bucket(self.bucket)
         for _attempt in range(5):
             try:
-                policy = _retry(ctx, lambda: bucket.get_iam_policy(requested_policy_version=3, retry=None),
+                policy = ctx.retrying(lambda: bucket.get_iam_policy(requested_policy_version=3, retry=None),
                                 "reading the bucket policy")
                 if _has_binding(policy, member):
                     return  # someone added it meanwhile
                 policy.version = 3
                 policy.bindings.append({"role": VIEWER_ROLE, "members": {member}})
                 # The policy carries the etag we read: GCS answers 412 if it changed since.
-                _retry(ctx, lambda: bucket.set_iam_policy(policy, retry=None), "writing the bucket policy")
+                ctx.retrying(lambda: bucket.set_iam_policy(policy, retry=None), "writing the bucket policy")
                 return
             except gexc.PreconditionFailed:
                 ctx.printer.line("    the bucket policy changed while we edited it; reading it again", "dim")
@@ -470,7 +435,7 @@ class RevokeBucketIamBinding(BucketIamBinding):
         bucket = gcs_client(ctx).bucket(self.bucket)
         for _attempt in range(5):
             try:
-                policy = _retry(ctx, lambda: bucket.get_iam_policy(requested_policy_version=3, retry=None),
+                policy = ctx.retrying(lambda: bucket.get_iam_policy(requested_policy_version=3, retry=None),
                                 "reading the bucket policy")
                 if not _has_binding(policy, member):
                     return
@@ -482,7 +447,7 @@ class RevokeBucketIamBinding(BucketIamBinding):
                     if b.get("members"):
                         kept.append(b)
                 policy.bindings = kept
-                _retry(ctx, lambda: bucket.set_iam_policy(policy, retry=None), "writing the bucket policy")
+                ctx.retrying(lambda: bucket.set_iam_policy(policy, retry=None), "writing the bucket policy")
                 return
             except gexc.PreconditionFailed:
                 continue
@@ -613,7 +578,7 @@ class HubRepo:
         if status == 403:
             return StepError(f"the Hugging Face Hub denied access to {repo}: {exc}",
                              f"check the token's permissions at {_TOKEN_PAGE}")
-        if is_transient(exc) and status is None:
+        if is_transient_exception(exc) and status is None:
             return CannotObserve(f"cannot reach the Hugging Face Hub at {self.endpoint}: {type(exc).__name__}",
                                  "check the network or proxy (or HF_ENDPOINT)")
         return exc
@@ -803,8 +768,7 @@ class StageModel(Step):
         _offline_guard(ctx)
         hub = HubRepo(ctx.settings, self.target_name, self.target.model_id)
         requested = self.target.model_revision
-        revision = hub.resolve(requested)
-        ctx.fact(f"models.revision.{self.target_name}", lambda: revision)
+        revision = resolved_revision(ctx, self.target_name)
         repo_files = hub.files(revision)
         chosen = set(select_files([f.path for f in repo_files], self.target.allow_patterns,
                                   self.target.ignore_patterns))
@@ -829,7 +793,7 @@ class StageModel(Step):
         partials: dict[str, StagedObject] = {}
         manifest = None
         try:
-            blobs = _retry(ctx, lambda: list(client.list_blobs(self.bucket, prefix=base, retry=None)),
+            blobs = ctx.retrying(lambda: list(client.list_blobs(self.bucket, prefix=base, retry=None)),
                            "listing the bucket")
         except gexc.NotFound:
             return objects, partials, None, False
@@ -842,7 +806,7 @@ class StageModel(Step):
                 rel = b.name[len(folder):]
                 if rel == MANIFEST_NAME:
                     try:
-                        manifest = json.loads(_retry(ctx, lambda: b.download_as_bytes(retry=None),
+                        manifest = json.loads(ctx.retrying(lambda: b.download_as_bytes(retry=None),
                                                      "reading the manifest"))
                     except (ValueError, gexc.NotFound):
                         manifest = None
@@ -939,7 +903,7 @@ class StageModel(Step):
         blob = bucket.blob(folder + MANIFEST_NAME)
         data = json.dumps(doc, indent=2).encode()
         try:
-            _retry(ctx, lambda: blob.upload_from_string(data, content_type="application/json", retry=None),
+            ctx.retrying(lambda: blob.upload_from_string(data, content_type="application/json", retry=None),
                    "writing the manifest")
         except Exception as exc:  # noqa: BLE001
             raise _gcs_error(exc, bucket=self.bucket, doing="writing the manifest into") from None
@@ -977,7 +941,7 @@ class PurgeStagedModel(Step):
         _offline_guard(ctx)
         client = gcs_client(ctx)
         try:
-            blobs = _retry(ctx, lambda: list(client.list_blobs(self.bucket, prefix=self.root, retry=None)),
+            blobs = ctx.retrying(lambda: list(client.list_blobs(self.bucket, prefix=self.root, retry=None)),
                            "listing the bucket")
         except gexc.NotFound:
             return []
@@ -1011,7 +975,7 @@ class PurgeStagedModel(Step):
 
         def one(name: str) -> None:
             try:
-                _retry(ctx, lambda: bucket.blob(name).delete(retry=None), "deleting an object")
+                ctx.retrying(lambda: bucket.blob(name).delete(retry=None), "deleting an object")
             except gexc.NotFound:
                 pass
 
@@ -1381,7 +1345,7 @@ class _Transfer:
                           "pid": os.getpid()}).encode()
         blob = self._marker()
         try:
-            _retry(self.ctx, lambda: blob.upload_from_string(doc, content_type="application/json", retry=None),
+            self.ctx.retrying(lambda: blob.upload_from_string(doc, content_type="application/json", retry=None),
                    "writing to the bucket")
         except Exception as exc:  # noqa: BLE001
             err = _gcs_error(exc, bucket=self.bucket.name, doing="writing to")
@@ -1403,7 +1367,7 @@ class _Transfer:
         start, _ = job.span(index)
         buf = _Buffer(self.tuning.temp_dir)
         try:
-            _retry(self.ctx, lambda: self._fetch(job.f, start, length, buf), f"downloading {job.f.path}")
+            self.ctx.retrying(lambda: self._fetch(job.f, start, length, buf), f"downloading {job.f.path}")
         except Exception as exc:
             buf.close()
             self.budget.release(length)
@@ -1519,7 +1483,7 @@ class _Transfer:
             return StagedObject(name, int(blob.size or buf.size), metadata.get(SHA_KEY), blob.crc32c, dict(metadata))
 
         try:
-            return _retry(self.ctx, once, f"uploading {name.rsplit('/', 1)[-1]}")
+            return self.ctx.retrying(once, f"uploading {name.rsplit('/', 1)[-1]}")
         except StepError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -1543,14 +1507,14 @@ class _Transfer:
                 group = sources[g:g + COMPOSE_LIMIT]
                 dest = self.bucket.blob(f"{job.pdir}compose-{level}-{g // COMPOSE_LIMIT:04d}")
                 dest.content_type = "application/octet-stream"
-                _retry(self.ctx, lambda d=dest, grp=group: d.compose(grp, retry=None), f"composing {job.f.path}")
+                self.ctx.retrying(lambda d=dest, grp=group: d.compose(grp, retry=None), f"composing {job.f.path}")
                 nxt.append(dest)
             sources, level = nxt, level + 1
         final = self.bucket.blob(self.folder + job.f.path)
         final.content_type = "application/octet-stream"
         final.metadata = self._final_metadata(job)
         try:
-            _retry(self.ctx, lambda: final.compose(sources, retry=None), f"composing {job.f.path}")
+            self.ctx.retrying(lambda: final.compose(sources, retry=None), f"composing {job.f.path}")
         except Exception as exc:  # noqa: BLE001
             raise _gcs_error(exc, bucket=self.bucket.name, doing="composing in") from None
         if final.crc32c != _b64crc(job.crc) or int(final.size or 0) != job.f.size:

@@ -93,7 +93,7 @@ def run_steps(settings, *, dry_run=False):
     printer = Printer(redactor, stream=out, color=False)
     shell = Shell(invoke.Context(), redactor, dry_run=dry_run, retry=RetryPolicy(4, 0.01, 0.05), emit=printer.line)
     ctx = Context(settings, shell, printer, redactor, dry_run=dry_run, interactive=False)
-    ctx.fact("gcp.project_number", lambda: PROJECT_NUMBER)  # what the Project step observes via gcloud
+    ctx.fact("gcp.project", lambda: {"projectNumber": PROJECT_NUMBER, "lifecycleState": "ACTIVE"})  # what the Project step observes via gcloud
     results = Runner(ctx).run(stage_model_steps(settings, ["ironwood"]))
     return results, out.getvalue(), ctx
 
@@ -439,7 +439,7 @@ def test_teardown_purge_deletes_only_what_we_staged_and_revokes_the_grant(tmp_pa
     printer = Printer(redactor, stream=io.StringIO(), color=False)
     shell = Shell(invoke.Context(), redactor, dry_run=False, retry=RetryPolicy(4, 0.01, 0.05), emit=printer.line)
     ctx = Context(s, shell, printer, redactor, interactive=False)
-    ctx.fact("gcp.project_number", lambda: PROJECT_NUMBER)
+    ctx.fact("gcp.project", lambda: {"projectNumber": PROJECT_NUMBER, "lifecycleState": "ACTIVE"})
     results = Runner(ctx).run(purge_model_steps(s, ["l4", "ironwood"]))
     assert [r.status for r in results] == ["changed", "changed"]
     assert set(listing(fake_gcs)) == {f"models/{REPO_ID}/notes.txt", "elsewhere/model.safetensors"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
@@ -26,8 +27,17 @@ def is_transient_text(text: str) -> bool:
     return bool(_TRANSIENT_TEXT.search(text or ""))
 
 
+def _classes(module: str, *names: str) -> tuple[type, ...]:
+    """Exception classes of a client library, only if that library is already loaded (an exception
+    from it implies it is; we never import an SDK just to classify)."""
+    mod = sys.modules.get(module)
+    return tuple(getattr(mod, n) for n in names if mod is not None and hasattr(mod, n))
+
+
 def is_transient_exception(exc: BaseException) -> bool:
-    """Transient by HTTP status (any client that exposes one) or by connection-level failure."""
+    """Transient by HTTP status (any client that exposes one) or by connection-level failure, for
+    every HTTP client the tool uses: requests/urllib3 (GCS, downloads), httpx (huggingface_hub),
+    google-auth and google-resumable-media, the kubernetes client."""
     for attr in ("status", "code", "status_code"):
         status = getattr(exc, attr, None)
         if isinstance(status, int) and status in TRANSIENT_HTTP:
@@ -36,7 +46,14 @@ def is_transient_exception(exc: BaseException) -> bool:
     status = getattr(response, "status_code", None) or getattr(response, "status", None)
     if isinstance(status, int) and status in TRANSIENT_HTTP:
         return True
-    return isinstance(exc, (ConnectionError, TimeoutError))
+    connection_level = (
+        _classes("requests.exceptions", "ConnectionError", "Timeout", "ChunkedEncodingError")
+        + _classes("urllib3.exceptions", "ProtocolError")
+        + _classes("httpx", "TransportError") + _classes("httpx2", "TransportError")
+        + _classes("google.auth.exceptions", "TransportError")
+        + _classes("google.resumable_media", "DataCorruption")
+    )
+    return isinstance(exc, (ConnectionError, TimeoutError, *connection_level))
 
 
 @dataclass(frozen=True)

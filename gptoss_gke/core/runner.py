@@ -49,6 +49,17 @@ class Context:
                     self._facts[key] = value
             return self._facts[key]
 
+    def retrying(self, fn: Callable[[], Any], what: str) -> Any:
+        """Run an SDK call under the run's one retry policy; transient failures are announced."""
+        from gptoss_gke.core.retry import is_transient_exception
+
+        def announce(exc: BaseException, delay: float) -> None:
+            text = str(exc).strip()
+            msg = text.splitlines()[0][:160] if text else type(exc).__name__
+            self.printer.line(f"    retrying {what} in {delay:.1f}s after a transient error: {msg}", "dim")
+
+        return self.shell.retry.call(fn, transient=is_transient_exception, on_retry=announce)
+
     def forget(self, key: str) -> None:
         with self._lock:
             self._facts.pop(key, None)

@@ -32,6 +32,21 @@ def access_token(ctx) -> str:
     return ctx.fact("gcp.access_token", fetch)
 
 
+def describe_project(ctx) -> dict | None:
+    """`gcloud projects describe`, once per run (it also proves the credentials work)."""
+    return ctx.fact("gcp.project", lambda: gcloud.read_json(ctx, "projects", "describe", ctx.settings.project,
+                                                            what="the project", project=False))
+
+
+def project_number(ctx) -> str:
+    """The project number (IAM principals name it)."""
+    data = describe_project(ctx)
+    if not data or not data.get("projectNumber"):
+        raise StepError(f"project {ctx.settings.project} was not found or you cannot see it",
+                        f"check `project:` in {ctx.settings.env_file}")
+    return str(data["projectNumber"])
+
+
 class GcloudStep(Step):
     """A step whose writes are gcloud commands: errors are classified (409 → re-observe)."""
 
@@ -75,16 +90,11 @@ class Project(GcloudStep):
 
     def observe(self, ctx):
         try:
-            data = gcloud.read_json(ctx, "projects", "describe", ctx.settings.project, what="the project",
-                                    project=False)
+            return describe_project(ctx)
         except CannotObserve as exc:
             if ctx.dry_run:
                 ctx.shell.offline = f"{exc.problem}; planned without observing"
             raise
-        if data is None:
-            return None
-        ctx.fact("gcp.project_number", lambda: str(data.get("projectNumber", "")))
-        return data
 
     def plan(self, ctx, current) -> Plan:
         p = ctx.settings.project
