@@ -31,6 +31,8 @@ KINDS = [
     ("networking.k8s.io/v1", "Ingress", True),
 ]
 SHARED_KINDS = {"Namespace", "ServiceAccount", "Secret"}  # used by every target: removed with --target=all
+# What Kubernetes itself puts in every namespace: not a reason to keep one.
+_BUILT_IN = {("ServiceAccount", "default"), ("ConfigMap", "kube-root-ca.crt")}
 MODEL_CACHE_CLAIM = "model-cache"  # the l4 StatefulSet's volumeClaimTemplate
 
 
@@ -75,12 +77,15 @@ class DeleteKubeObjects(Step):
             items = []
         if self.kind not in SHARED_KINDS:
             items = [o for o in items if (o["metadata"].get("labels") or {}).get("gptoss-gke/target") in self.targets]
+        # Already being deleted (finalizers running, e.g. pvc-protection): nothing left for us to do.
+        items = [o for o in items if not o["metadata"].get("deletionTimestamp")]
         caches = []
         if self.kind == "Namespace" and not self.purge_model:
             # Deleting a namespace deletes what is in it: the kept model cache would go too.
             claims = kube(ctx).resource("v1", "PersistentVolumeClaim").get(
                 namespace=s.kube.namespace, label_selector=_label_selector(s.ownership_labels)).to_dict()["items"]
             caches = [describe(c) for c in claims if c["metadata"]["name"].startswith(MODEL_CACHE_CLAIM)]
+        foreign = self._foreign_residents(ctx) if self.kind == "Namespace" and items else []
         lookalikes = []
         found = {(o["metadata"].get("namespace"), o["metadata"]["name"]) for o in items}
         for ns_name, name in sorted(self.our_names - found, key=str):
@@ -90,13 +95,29 @@ class DeleteKubeObjects(Step):
                 continue
             if not owned(other, s):
                 lookalikes.append(describe(other))
-        return {"items": items, "lookalikes": lookalikes, "caches": caches}
+        return {"items": items, "lookalikes": lookalikes, "caches": caches, "foreign": foreign}
+
+    def _foreign_residents(self, ctx) -> list[str]:
+        """Objects in our namespace that are not ours: deleting the namespace would delete them too."""
+        s = ctx.settings
+        found = []
+        for api_version, kind, namespaced in KINDS + [("v1", "ConfigMap", True), ("v1", "Pod", True)]:
+            if not namespaced:
+                continue
+            for obj in kube(ctx).resource(api_version, kind).get(namespace=s.kube.namespace).to_dict()["items"]:
+                meta = obj["metadata"]
+                if not owned(obj, s) and (kind, meta["name"]) not in _BUILT_IN and not meta.get("ownerReferences"):
+                    found.append(describe({**obj, "kind": kind}))
+        return found
 
     def plan(self, ctx, current) -> Plan:
-        current = current or {"items": [], "lookalikes": [], "caches": []}
+        current = current or {"items": [], "lookalikes": [], "caches": [], "foreign": []}
         if current["caches"] and current["items"]:
             return noop(f"namespace kept: it holds the model cache {', '.join(current['caches'])} "
                         f"(--purge-model deletes both)")
+        if current.get("foreign") and current["items"]:
+            return noop(f"namespace kept: it also holds objects that are not ours "
+                        f"({', '.join(current['foreign'][:5])})")
         keep_note = f"; left alone (not ours): {', '.join(current['lookalikes'])}" if current["lookalikes"] else ""
         if self.kind in SHARED_KINDS and not self.all_targets:
             return noop(f"shared by every target: kept (teardown --target=all removes it){keep_note}")
@@ -109,9 +130,7 @@ class DeleteKubeObjects(Step):
         if not doomed:
             return noop(f"no {self.kind} of ours left{kept_note}{keep_note}")
         changes = [Change(f"delete {describe(o)}", "delete", apply=self._deleter(o)) for o in doomed]
-        plan = Plan(changes, diff={"delete": [describe(o) for o in doomed]})
-        plan.reason = f"{'; '.join(c.summary for c in changes)}{kept_note}{keep_note}"
-        return plan
+        return Plan(changes, diff={"delete": [describe(o) for o in doomed]}, note=f"{kept_note}{keep_note}")
 
     def _deleter(self, obj: dict):
         def delete(ctx) -> None:
@@ -163,7 +182,7 @@ class DeleteNodePool(_ClusterScoped):
         common = [f"--cluster={s.cluster.name}", *_location_flags(ctx)]
         if self.scale_to_zero:
             auto = pool.get("autoscaling") or {}
-            if auto.get("enabled") and int(auto.get("minNodeCount", 0)) == 0 and not pool.get("initialNodeCount"):
+            if auto.get("enabled") and int(auto.get("minNodeCount", 0)) == 0:
                 return noop(f"node pool {self.pool} already scales to zero (kept for a quick return)")
             return Plan([Change(f"scale node pool {self.pool} to zero (kept)", "update", timeout=OPERATION_TIMEOUT_S,
                                 argv=gcloud.argv(ctx, "container", "node-pools", "update", self.pool, *common,

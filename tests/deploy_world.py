@@ -49,6 +49,7 @@ class World:
     dst: object
     env: dict
     token: str
+    gcs: object = None
 
     def inv(self, *args: str, env: dict | None = None, stdin: str | None = None):
         return run_inv(list(args), {**self.env, **(env or {})}, timeout=300, stdin=stdin)
@@ -72,7 +73,7 @@ def seed_cluster(gcp) -> None:
 
 
 @pytest.fixture
-def deploy_world(tmp_path, gcp_emulator, kube_emulator, registries):
+def deploy_world(tmp_path, gcp_emulator, kube_emulator, registries, gcs_front):
     require_tool("gcloud", "install the Google Cloud CLI (Debian: apt-get install google-cloud-cli)")
     token = "gptoss-test-token-" + secrets.token_hex(12)
     (tmp_path / "gcloud-token").write_text(token + "\n")
@@ -110,8 +111,8 @@ def deploy_world(tmp_path, gcp_emulator, kube_emulator, registries):
           base_delay_s: 0.05
           max_delay_s: 0.2
         """))
-    env.update(GPTOSS_ENV_DIR=str(envdir), NO_COLOR="1")
+    env.update(GPTOSS_ENV_DIR=str(envdir), NO_COLOR="1", STORAGE_EMULATOR_HOST=gcs_front.url)
     try:
-        yield World(tmp_path, gcp_emulator, kube_emulator, vllm, src, dst, env, token)
+        yield World(tmp_path, gcp_emulator, kube_emulator, vllm, src, dst, env, token, gcs_front)
     finally:
         vllm.stop()

@@ -7,6 +7,7 @@ import json
 
 from tests.deploy_world import NS, deploy_world  # noqa: F401  (fixture)
 from tests.emulators.kube import kube_emulator  # noqa: F401  (fixture)
+from tests.gcs import fake_gcs, gcs_front  # noqa: F401  (fixtures)
 from tests.registry import registries  # noqa: F401  (fixture)
 
 OBJECTS = ["Namespace gptoss", "ServiceAccount gptoss/vllm", "Secret gptoss/vllm-api-key",

@@ -186,7 +186,7 @@ class Runner:
                 for change in plan.changes:
                     if change.argv is not None:
                         ctx.shell.write(change.argv, env=change.env, purpose=change.summary)
-                result.reason = "would " + "; ".join(c.summary for c in plan.changes)
+                result.reason = "would " + "; ".join(c.summary for c in plan.changes) + plan.note
                 return
             try:
                 for change in plan.changes:
@@ -204,7 +204,7 @@ class Runner:
                         f"still differs after acting: {left}",
                         "the change was accepted but did not take effect; check the resource, then re-run",
                     )
-            result.reason = "; ".join(c.summary for c in plan.changes)
+            result.reason = "; ".join(c.summary for c in plan.changes) + plan.note
         except ToolError as exc:
             result.error = exc.problem
             result.fix = exc.fix

@@ -33,6 +33,7 @@ class Plan:
     diff: Any = None
     skipped: str | None = None
     facts: dict[str, Any] = field(default_factory=dict)  # observations worth reporting
+    note: str = ""  # said after the changes' summary (what was left alone and why)
 
     @property
     def action(self) -> str:

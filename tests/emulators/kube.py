@@ -2559,6 +2559,29 @@ class KubeEmulator:
                             self._remove(key)
                         changed = True
 
+        self._release_pvc_protection()
+
+    def _release_pvc_protection(self) -> None:
+        """The pvc-protection controller: a terminating claim no pod uses loses its finalizer and goes."""
+        for key, o in list(self._store.items()):
+            fins = o["metadata"].get("finalizers") or []
+            if key[0] != "PersistentVolumeClaim" or not _terminating(o) or "kubernetes.io/pvc-protection" not in fins:
+                continue
+            in_use = any(
+                k[0] == "Pod" and k[1] == key[1]
+                and any((v.get("persistentVolumeClaim") or {}).get("claimName") == key[2]
+                        for v in (p.get("spec") or {}).get("volumes") or [])
+                for k, p in self._store.items())
+            if in_use:
+                continue
+            rest = [f for f in fins if f != "kubernetes.io/pvc-protection"]
+            if rest:
+                n = copy.deepcopy(o)
+                n["metadata"]["finalizers"] = rest
+                self._put(key, n)
+            else:
+                self._remove(key)
+
     def _owned(self, kind: str, ns: str, owner_uid: str) -> list[tuple[tuple, dict]]:
         return [(k, o) for k, o in sorted(self._store.items())
                 if k[0] == kind and k[1] == ns and _controller_uid(o) == owner_uid]
