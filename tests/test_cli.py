@@ -83,3 +83,25 @@ def test_offline_plan_without_gcloud_at_all(offline_env, tmp_path):
     proc = run_inv(["setup-cluster", "--dry-run"], {**offline_env, "PATH": str(empty)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "would run: gcloud container clusters create" in proc.stdout
+
+
+def test_readme_offline_plan_for_ironwood_exits_0_and_is_complete(offline_env, tmp_path):
+    report = tmp_path / "plan.json"
+    proc = run_inv(["deploy", "--target=ironwood", "--dry-run", f"--report={report}"], offline_env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    for expected in (
+        "would run: gcloud artifacts repositories create gptoss",
+        "would run: skopeo",
+        "would create bucket gs://example-project-gptoss-models",
+        "would grant roles/storage.objectViewer on gs://example-project-gptoss-models",
+        "would stage openai/gpt-oss-120b@b5c939de8f75",
+        "would create PersistentVolume gptoss-ironwood-weights",
+        "would create Deployment gptoss/gptoss-ironwood",
+        "would wait up to 1h00m",
+        "would smoke-test the endpoint",
+        "NOT pinned",
+    ):
+        assert expected in out, expected
+    steps = json.loads(report.read_text())["steps"]
+    assert all(s["status"] in ("ok", "changed") for s in steps)
