@@ -387,6 +387,17 @@ class BucketIamBinding(Step):
                             apply=self._grant)], diff={"bindings": {VIEWER_ROLE: {"add": [current["member"]]}}})
 
     def _grant(self, ctx) -> None:
+        def add(policy, member: str) -> bool:
+            if _has_binding(policy, member):
+                return False  # someone added it meanwhile
+            policy.bindings.append({"role": VIEWER_ROLE, "members": {member}})
+            return True
+
+        self._edit_policy(ctx, add)
+
+    def _edit_policy(self, ctx, edit) -> None:
+        """Read-modify-write of the bucket policy. The policy carries the etag we read, so GCS answers 412
+        if someone changed it meanwhile: read again and redo the edit (at most 5 times)."""
         from google.api_core import exceptions as gexc
 
         member = self._member(ctx)
@@ -394,12 +405,10 @@ class BucketIamBinding(Step):
         for _attempt in range(5):
             try:
                 policy = ctx.retrying(lambda: bucket.get_iam_policy(requested_policy_version=3, retry=None),
-                                "reading the bucket policy")
-                if _has_binding(policy, member):
-                    return  # someone added it meanwhile
+                                      "reading the bucket policy")
+                if not edit(policy, member):
+                    return
                 policy.version = 3
-                policy.bindings.append({"role": VIEWER_ROLE, "members": {member}})
-                # The policy carries the etag we read: GCS answers 412 if it changed since.
                 ctx.retrying(lambda: bucket.set_iam_policy(policy, retry=None), "writing the bucket policy")
                 return
             except gexc.PreconditionFailed:
@@ -429,32 +438,19 @@ class RevokeBucketIamBinding(BucketIamBinding):
                             apply=self._revoke)], diff={"bindings": {VIEWER_ROLE: {"remove": [current["member"]]}}})
 
     def _revoke(self, ctx) -> None:
-        from google.api_core import exceptions as gexc
+        def remove(policy, member: str) -> bool:
+            if not _has_binding(policy, member):
+                return False
+            kept = []
+            for b in policy.bindings:
+                if b.get("role") == VIEWER_ROLE and not b.get("condition"):
+                    b = {**b, "members": set(b.get("members") or ()) - {member}}
+                if b.get("members"):
+                    kept.append(b)
+            policy.bindings = kept
+            return True
 
-        member = self._member(ctx)
-        bucket = gcs_client(ctx).bucket(self.bucket)
-        for _attempt in range(5):
-            try:
-                policy = ctx.retrying(lambda: bucket.get_iam_policy(requested_policy_version=3, retry=None),
-                                "reading the bucket policy")
-                if not _has_binding(policy, member):
-                    return
-                policy.version = 3
-                kept = []
-                for b in policy.bindings:
-                    if b.get("role") == VIEWER_ROLE and not b.get("condition"):
-                        b = {**b, "members": set(b.get("members") or ()) - {member}}
-                    if b.get("members"):
-                        kept.append(b)
-                policy.bindings = kept
-                ctx.retrying(lambda: bucket.set_iam_policy(policy, retry=None), "writing the bucket policy")
-                return
-            except gexc.PreconditionFailed:
-                continue
-            except Exception as exc:  # noqa: BLE001
-                raise _gcs_error(exc, bucket=self.bucket, doing="setting the IAM policy of") from None
-        raise StepError(f"the IAM policy of gs://{self.bucket} kept changing under us (5 attempts)",
-                        "re-run when whoever else edits it is done")
+        self._edit_policy(ctx, remove)
 
 
 def _has_binding(policy, member: str) -> bool:
