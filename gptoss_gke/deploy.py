@@ -84,7 +84,6 @@ def kube_steps(settings, target_name: str, *, rotate_api_key: bool, with_secret:
 
 
 def deploy_steps(settings, targets: list[str], *, rotate_api_key: bool = False, skip_smoke: bool = False) -> list[Step]:
-    from gptoss_gke.gcp.registry import ArtifactRepository  # noqa: F401  (import errors surface early)
     from gptoss_gke.images import mirror_image_steps
     from gptoss_gke.models import stage_model_steps
 

@@ -80,10 +80,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from gptoss_gke.core.report import format_duration
-from gptoss_gke.core.retry import TRANSIENT_HTTP, is_transient_exception
+from gptoss_gke.core.retry import is_transient_exception
 from gptoss_gke.gcp.project import project_number
 from gptoss_gke.core.step import Change, Plan, Step, noop, skip
 from gptoss_gke.errors import CannotObserve, StepError

@@ -101,6 +101,8 @@ from urllib.parse import parse_qsl
 import yaml
 from aiohttp import WSMsgType, web
 
+from tests.emulators.aioserver import LoopbackAioServer
+
 try:  # pytest is optional for importing the emulator itself.
     import pytest
 except ImportError:  # pragma: no cover
@@ -1198,7 +1200,9 @@ class _Journal:
         return self.events[0][0] if self.events else 0
 
 
-class KubeEmulator:
+class KubeEmulator(LoopbackAioServer):
+    thread_label = "kube-emulator"
+
     """A Kubernetes API server on 127.0.0.1 with a tiny controller. See the module docstring."""
 
     def __init__(self, *, seed: int = 0, auto_tick: bool = True, tick_interval: float | None = None,
@@ -1252,20 +1256,6 @@ class KubeEmulator:
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
 
-    def start(self) -> "KubeEmulator":
-        if self._thread:
-            return self
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((LOOPBACK, 0))
-        self.port = self._sock.getsockname()[1]
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=f"kube-emulator:{self.port}",
-                                        daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._astart(), self._loop).result(10)
-        return self
-
     async def _astart(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
@@ -1289,24 +1279,6 @@ class KubeEmulator:
         if self._runner:
             await self._runner.cleanup()
 
-    def stop(self) -> None:
-        if not self._thread:
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(self._astop(), self._loop).result(10)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._loop.close()
-            self._thread = None
-            if self._sock:
-                self._sock.close()
-
-    def __enter__(self) -> "KubeEmulator":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def write_kubeconfig(self, path: str | Path, context: str = "test", *, namespace: str = "default",
                          token: str = "emulator-token", cluster: str | None = None, merge: bool = False) -> str:

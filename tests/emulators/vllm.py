@@ -44,6 +44,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.emulators.aioserver import LoopbackAioServer
+
 try:  # pytest is optional for importing the fake itself.
     import pytest
 except ImportError:  # pragma: no cover
@@ -92,7 +94,9 @@ def _words(text: Any) -> int:
     return 0
 
 
-class FakeVllm:
+class FakeVllm(LoopbackAioServer):
+    thread_label = "fake-vllm"
+
     """Fake vLLM OpenAI server on 127.0.0.1. See the module docstring."""
 
     def __init__(self, model_id: str = "openai/gpt-oss-20b", api_key: str | None = None, *,
@@ -144,19 +148,8 @@ class FakeVllm:
         self.never_ready = False
         self.ready_after_s = 0.0
 
-    def start(self) -> "FakeVllm":
-        if self._thread:
-            return self
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((LOOPBACK, 0))  # bound, not listening: connections are refused until ready
-        self.port = self._sock.getsockname()[1]
+    def _before_start(self) -> None:
         self._started_at = time.monotonic()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=f"fake-vllm:{self.port}", daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._astart(), self._loop).result(10)
-        return self
 
     async def _astart(self) -> None:
         app = web.Application()
@@ -193,24 +186,6 @@ class FakeVllm:
         if self._runner:
             await self._runner.cleanup()
 
-    def stop(self) -> None:
-        if not self._thread:
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(self._astop(), self._loop).result(10)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._loop.close()
-            self._thread = None
-            if self._sock:
-                self._sock.close()
-
-    def __enter__(self) -> "FakeVllm":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def completion_requests(self) -> list[VllmRequest]:
         with self._lock:
