@@ -14,7 +14,7 @@ fake-gcs-server. Both ways start from an empty folder of the same bucket.
 Then each way runs again against the complete folder (re-run). Printed: wall times, bytes from the
 hub and into the bucket, and the ratios (goal: first run <= 0.5x the tutorial way, re-run <= 0.05x).
 
-    . .venv/bin/activate && python bench/bench_stage_model.py [--shard-mib 680] [--shards 3]
+    . .venv/bin/activate && python -m bench.bench_stage_model [--shard-mib 680] [--shards 3]
         [--copies full|none] [--skip-filtered]
 
 Needs the ``hf`` CLI (huggingface_hub) in the virtualenv and gcloud on PATH. Everything listens on
@@ -35,14 +35,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 REPO_ID = "openai/gpt-oss-120b"  # the ironwood target's model id (the only target staged to a bucket)
 BUCKET = "bench-models"
 
 _HUB_CHILD = """
 import json, sys
-sys.path.insert(0, {repo!r})
 from tests.emulators.hfhub import HubEmulator, make_gptoss_like_repo
 hub = HubEmulator().start()
 sha = make_gptoss_like_repo(hub, {repo_id!r}, shard_size={shard}, n_shards={shards}, copy_size={copy})
@@ -60,9 +58,10 @@ class Hub:
     """The hub emulator in a child process; ``bytes_served`` asks it."""
 
     def __init__(self, shard: int, shards: int, copy: int):
-        code = _HUB_CHILD.format(repo=str(REPO), repo_id=REPO_ID, shard=shard, shards=shards, copy=copy)
+        code = _HUB_CHILD.format(repo_id=REPO_ID, shard=shard, shards=shards, copy=copy)
+        # `python -c` puts its working directory first on sys.path: run it from the repository root.
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)
+                                     text=True, cwd=REPO)
         info = json.loads(self.proc.stdout.readline())
         self.url, self.sha = info["url"], info["sha"]
 
