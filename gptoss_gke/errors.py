@@ -6,10 +6,11 @@ class ToolError(Exception):
 
     exit_code = 1
 
-    def __init__(self, problem: str, fix: str | None = None):
+    def __init__(self, problem: str, fix: str | None = None, *, facts: dict | None = None):
         super().__init__(problem)
         self.problem = problem
         self.fix = fix
+        self.facts = facts or {}  # what was measured before failing; the report keeps it
 
     def __str__(self) -> str:
         return self.problem if not self.fix else f"{self.problem}\n  fix: {self.fix}"

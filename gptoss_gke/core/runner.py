@@ -208,6 +208,7 @@ class Runner:
         except ToolError as exc:
             result.error = exc.problem
             result.fix = exc.fix
+            result.facts.update(exc.facts)
         except Exception as exc:  # an unexpected bug still produces a report line and a recap
             result.error = f"{type(exc).__name__}: {exc}"
 

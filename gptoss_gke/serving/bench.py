@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from gptoss_gke.core.step import Change, Plan, Step
+from gptoss_gke.core.step import Change, Plan, Step, noop
 from gptoss_gke.errors import StepError
 
 
@@ -122,10 +122,12 @@ def format_table(tests: list[dict[str, Any]]) -> list[str]:
 
 
 class Bench(Step):
-    """The three tests through a port-forward; Change.apply runs them, dry-run shows the plan."""
+    """The three tests through a port-forward. Measuring changes nothing on the server, so the tests run
+    as the observation: results are `ok`, a failed request fails the step, dry-run shows the plan."""
 
     section = "bench"
     verify = False
+    observe_early = False
 
     def __init__(self, settings, target_name: str, *, tests: tuple[BenchTest, ...] = TUTORIAL_TESTS,
                  ignore_eos: bool = True, local_port: int = 0, request_timeout_s: float = 600.0):
@@ -139,9 +141,16 @@ class Bench(Step):
         self.doc: dict[str, Any] = {}
 
     def observe(self, ctx):
-        return None
+        if ctx.dry_run:
+            return None
+        self.doc = {}
+        self.run(ctx)
+        return self.doc
 
     def plan(self, ctx, current) -> Plan:
+        if current is not None:
+            return noop(f"measured {len(current['tests'])} tests against {self.target.model_id} (table above)",
+                        bench=current)
         path = "/v1/chat/completions" if self.kind == "chat" else "/v1/completions"
         detail = [f"port-forward 127.0.0.1 → a Ready pod of {self.target.name}, port {self.target.port}"]
         detail += [f"{t.name}: {t.description} (POST {path}, streaming"
@@ -181,7 +190,8 @@ class Bench(Step):
         total = sum(x["aggregate"]["requests"] for x in self.doc["tests"])
         if failed:
             raise StepError(f"{failed} of {total} benchmark requests failed; the figures above leave them out",
-                            "see the errors listed under the table; re-run `inv bench` once the endpoint is healthy")
+                            "see the errors listed under the table; re-run `inv bench` once the endpoint is healthy",
+                            facts={"bench": self.doc})
 
 
 # ---------------------------------------------------------------------------------------------
