@@ -105,3 +105,9 @@ def test_readme_offline_plan_for_ironwood_exits_0_and_is_complete(offline_env, t
         assert expected in out, expected
     steps = json.loads(report.read_text())["steps"]
     assert all(s["status"] in ("ok", "changed") for s in steps)
+
+
+def test_auth_without_a_terminal_explains_the_alternative(offline_env):
+    proc = run_inv(["auth"], offline_env)
+    assert proc.returncode == 2
+    assert "needs a terminal" in proc.stderr and "gcloud auth activate-service-account" in proc.stderr

@@ -146,3 +146,15 @@ def test_purge_model_deletes_only_our_staged_objects_and_our_grant(deploy_world)
     assert left == ["datasets/theirs.parquet", "models/openai/gpt-oss-120b/notes.txt"]
     members = {m for b in w.gcs.policy("test-project-models").get("bindings", []) for m in b.get("members", [])}
     assert member not in members and "user:alice@example.com" in members
+
+
+def test_delete_cluster_removes_a_cluster_we_created(deploy_world):
+    w = deploy_world
+    deployed(w)
+    proc = w.inv("teardown", "--yes", "--delete-cluster")
+    assert proc.returncode == 0, proc.stdout
+    assert "changed: delete cluster gptoss" in proc.stdout
+    assert w.gcp.get_cluster(P, L, C) is None
+    again = w.inv("teardown", "--yes", "--delete-cluster")
+    assert again.returncode == 0, again.stdout
+    assert "ok: cluster gptoss does not exist" in again.stdout and "changed=0" in again.stdout
