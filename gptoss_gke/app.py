@@ -34,6 +34,7 @@ class Playbook:
         self.report = report
         self.runner = Runner(ctx)
         self.extra: dict = {}
+        self.remote = None  # a gptoss_gke.remote.RemoteSession when the task runs with --on
 
     def run(self, steps: list[Step]) -> list[StepResult]:
         return self.runner.run(steps)
@@ -81,10 +82,17 @@ def _fail(message: str, code: int) -> Exit:
 @contextmanager
 def playbook(c, task: str, *, env: str | None = None, set_: list[str] | None = None, dry_run: bool = False,
              report: str | None = None, yes: bool = False, target: str | None = "all",
-             allow_all_targets: bool = True, needs_project: bool = True, executor=None) -> Iterator[Playbook]:
-    """Load settings, build the context, run the body, print the recap, set the exit status."""
+             allow_all_targets: bool = True, needs_project: bool = True, executor=None, on=None,
+             remote_shell: bool = True) -> Iterator[Playbook]:
+    """Load settings, build the context, run the body, print the recap, set the exit status.
+
+    ``on`` (the tasks' ``--on``): a remote host from ``remote.*``; ``pb.remote`` is its (lazily opened)
+    session, closed at the end. With ``remote_shell`` the Shell runs every command there (a bastion);
+    without, the shell stays local and the task decides what runs remotely (stage-model).
+    """
     started = time.monotonic()
     redactor = Redactor()
+    remote_settings = None
     try:
         settings = load_settings(env, root=PROJECT_ROOT, overrides=parse_set(set_ or []))
         if settings.hf_token:
@@ -92,19 +100,33 @@ def playbook(c, task: str, *, env: str | None = None, set_: list[str] | None = N
         targets = resolve_targets(target, settings, allow_all=allow_all_targets)
         if needs_project:
             require(settings, targets=targets, dry_run=dry_run)
+        if on:
+            from gptoss_gke.remote import resolve_remote
+
+            remote_settings = resolve_remote(settings.remote, on)
     except ConfigError as exc:
         raise _fail(f"error: {exc}", 2) from None
 
     printer = Printer(redactor)
+    remote = where = None
+    if remote_settings is not None:
+        from gptoss_gke.remote import RemoteSession
+
+        remote = RemoteSession(remote_settings, redactor=redactor, emit=printer.line)
+        if remote_shell:
+            executor, where = remote.executor(), remote.label
     s = settings.retry
     shell = Shell(executor if executor is not None else c, redactor, dry_run=dry_run,
-                  retry=RetryPolicy(s.attempts, s.base_delay_s, s.max_delay_s), emit=printer.line)
+                  retry=RetryPolicy(s.attempts, s.base_delay_s, s.max_delay_s), emit=printer.line,
+                  where=where or "local")
     ctx = Context(settings, shell, printer, redactor, dry_run=dry_run, assume_yes=yes)
     ctx.targets = targets
     pb = Playbook(task, settings, ctx, report)
+    pb.remote = remote
     mode = " (dry-run: reads only, nothing will change)" if dry_run else ""
+    on_host = f" on={remote.label}" if remote is not None else ""
     printer.line(f"PLAYBOOK [{task}] env={settings.env_name} project={settings.project} "
-                 f"targets={','.join(targets) or '-'}{mode}", "bold")
+                 f"targets={','.join(targets) or '-'}{on_host}{mode}", "bold")
     try:
         yield pb
     except ToolError as exc:
@@ -112,6 +134,8 @@ def playbook(c, task: str, *, env: str | None = None, set_: list[str] | None = N
         pb.results.append(StepResult(task, "playbook", error=exc.problem, fix=exc.fix, action="skip"))
         printer.result(pb.results[-1])
     finally:
+        if remote is not None:
+            remote.close()
         printer.recap(pb.results, time.monotonic() - started)
         if report:
             write_report(report, pb.results, redactor, task=task, dry_run=dry_run,

@@ -181,10 +181,12 @@ class KubeSettings(_Strict):
 class RemoteSettings(_Strict):
     host: str | None = None
     user: str | None = None
-    port: int = 22
+    port: int = Field(default=22, ge=1, le=65535)
     key_file: str | None = None
     known_hosts: str = "~/.ssh/known_hosts"
-    strict_host_keys: bool = True
+    strict_host_keys: bool = True  # false: trust an unknown host on first use (recorded); a changed key still refuses
+    python: str = "python3"  # the remote interpreter that runs shipped steps (a virtualenv's python, say)
+    connect_timeout_s: float = Field(default=15.0, gt=0)
 
 
 class RetrySettings(_Strict):

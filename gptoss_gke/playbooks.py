@@ -22,6 +22,8 @@ def _help(*common: str, **extra: str) -> dict[str, str]:
 
 
 TARGET_HELP = "l4, ironwood, a comma-separated list, or all (default: the enabled targets)"
+ON_HELP = ("run on another host over SSH: --on=[user@]host[:port], or bare --on for remote.host "
+           "(host key checked against remote.known_hosts)")
 
 
 @task(iterable=["set_"], help=_help(target=TARGET_HELP))
@@ -34,15 +36,24 @@ def setup_cluster(c, target="all", env=None, dry_run=False, report=None, set_=No
         pb.run(setup_cluster_steps(pb.settings, pb.ctx.targets))
 
 
-@task(iterable=["set_"], help=_help("env", "set_", "report"))
-def doctor(c, env=None, report=None, set_=None):
+@task(iterable=["set_"], optional=["on"], help=_help("env", "set_", "report", on=ON_HELP + "; checks that host's "
+                                                       "tools and credentials (a bastion) and its python"))
+def doctor(c, env=None, report=None, set_=None, on=None):
     """Check local tools, gcloud credentials and project access; print the fix for each miss."""
     from gptoss_gke.app import playbook
     from gptoss_gke.doctor import doctor_steps
 
     with playbook(c, "doctor", env=env, set_=set_, report=report, target="all", dry_run=False,
-                  needs_project=False) as pb:
-        pb.run(doctor_steps())
+                  needs_project=False, on=on) as pb:
+        steps = doctor_steps()
+        if pb.remote is not None:
+            from gptoss_gke.remote import STAGING_MODULES, RemoteHost
+
+            host = RemoteHost(pb.remote, modules=STAGING_MODULES, purpose="stage-model", modules_required=False)
+            for step in steps:
+                step.needs = (host.name,)  # one connection failure, not one per check
+            steps = [host, *steps]
+        pb.run(steps)
 
 
 @task(help={"adc": "also create Application Default Credentials for the Python clients (default: yes)"})
@@ -227,15 +238,22 @@ def bench(c, target=None, env=None, dry_run=False, report=None, set_=None, in_cl
             pb.extra["bench"] = step.doc
 
 
-@task(iterable=["set_"], help=_help(target=TARGET_HELP))
-def stage_model(c, target="all", env=None, dry_run=False, report=None, set_=None):
+@task(iterable=["set_"], optional=["on"], help=_help(target=TARGET_HELP, on=ON_HELP + "; the transfer runs there "
+                                                                           "(a VM in the bucket's region)"))
+def stage_model(c, target="all", env=None, dry_run=False, report=None, set_=None, on=None):
     """Hugging Face → Cloud Storage: only what vLLM loads, sha256-verified, resumable; bucket + IAM grant."""
     from gptoss_gke.app import playbook
     from gptoss_gke.gcp.project import Credentials, Project
     from gptoss_gke.models import stage_model_steps
 
-    with playbook(c, "stage-model", env=env, set_=set_, dry_run=dry_run, report=report, target=target) as pb:
-        pb.run([Credentials(), Project(), *stage_model_steps(pb.settings, pb.ctx.targets)])
+    with playbook(c, "stage-model", env=env, set_=set_, dry_run=dry_run, report=report, target=target, on=on,
+                  remote_shell=False) as pb:
+        if pb.remote is not None:
+            from gptoss_gke.remote import stage_model_remotely
+
+            stage_model_remotely(pb)
+        else:
+            pb.run([Credentials(), Project(), *stage_model_steps(pb.settings, pb.ctx.targets)])
 
 
 def build_collection() -> Collection:

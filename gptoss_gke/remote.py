@@ -1,0 +1,1187 @@
+"""Remote execution over SSH (fabric): bastions and in-region staging hosts.
+
+Two situations where running every step on the laptop is wrong:
+
+1. *Private clusters*: the control plane is reachable from a bastion only. The shell steps run there
+   (:class:`RemoteExecutor`: a fabric ``Connection`` behind invoke's ``run`` signature, so the Shell and
+   the steps do not know where they run), and the Kubernetes API is reached through an SSH tunnel
+   (:func:`kube_tunnel`).
+2. *In-region staging*: ``inv stage-model --on HOST`` ships this checkout to a VM next to the bucket and
+   runs the staging steps there (:func:`run_task_remotely`), relaying its output live and turning its
+   report into local step results.
+
+Connections (:class:`RemoteSession`)
+    Built from ``remote.*`` (``--on [user@]host[:port]`` overrides host, user and port). No ssh_config or
+    agent surprises: the settings are the whole truth (with ``key_file`` set only that key is offered;
+    without it, the agent and ~/.ssh/id_* are). Host keys are checked against ``remote.known_hosts`` with
+    a refusing policy: an unknown host is refused with its fingerprint and the exact ``ssh-keyscan`` line
+    to add it, a changed key is refused OpenSSH-style ("REMOTE HOST IDENTIFICATION HAS CHANGED").
+    ``strict_host_keys: false`` trusts an unknown host on first use and records it (OpenSSH's
+    ``accept-new``); a changed key is refused either way. Unreachable hosts and refused keys fail with what
+    to check.
+
+Secrets
+    Never on a remote command line. fabric 3's ``inline_ssh_env`` would send ``export K=V && cmd`` (the
+    values land in the remote shell's argv) and without ``AcceptEnv`` in sshd_config the ``env`` channel
+    request is dropped. So :class:`RemoteExecutor` writes the step's environment (and stdin, if any) to a
+    0600 file in a 0700 directory over SFTP, the command sources it (``set -a; . FILE``) and deletes it
+    before running, and the file is deleted again afterwards whatever happened. The staging run gets its
+    secrets on its SSH channel's stdin (one JSON line): nothing is ever written on the host.
+
+Tunnels
+    :func:`tunnel` is shaped like fabric's ``Connection.forward_local`` (a context manager whose
+    ``finally`` always tears everything down) but listens on an ephemeral 127.0.0.1 port it reports, and
+    turns a connection dropped while the tunnel was in use into a step failure with a message.
+
+Only the standard library is imported here at module level (fabric and paramiko load when a connection
+is made), so ``inv --list`` stays instant.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import posixpath
+import re
+import select
+import shlex
+import socket
+import subprocess
+import tarfile
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
+
+from gptoss_gke.core.result import CommandRecord, StepResult
+from gptoss_gke.core.step import Plan, Step, noop
+from gptoss_gke.errors import ConfigError, StepError
+from gptoss_gke.remote_entry import FORWARDED_ENV, PROTOCOL, REPORT_MARK, WORKDIR_PREFIX, package_files, tree_digest
+
+KEEPALIVE_S = 15
+MIN_PYTHON = (3, 10)
+# What the staging steps import on the remote host → the distribution that provides it.
+STAGING_MODULES = {
+    "pydantic": "pydantic",
+    "yaml": "pyyaml",
+    "invoke": "invoke",
+    "requests": "requests",
+    "google.cloud.storage": "google-cloud-storage",
+    "google_crc32c": "google-crc32c",
+    "huggingface_hub": "huggingface-hub",
+}
+
+_PROBE = r"""
+import importlib.util, json, sys
+missing = []
+for name in json.loads(sys.argv[1]):
+    try:
+        found = importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        missing.append(name)
+print(json.dumps({"python": sys.version.split()[0], "version": list(sys.version_info[:2]),
+                  "executable": sys.executable, "missing": missing}))
+"""
+
+_UNPACK = r"""
+import sys, tarfile
+with tarfile.open(sys.argv[1]) as t:
+    if hasattr(tarfile, "data_filter"):
+        t.extractall(sys.argv[2], filter="data")
+    else:
+        t.extractall(sys.argv[2])
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Which host
+
+
+def resolve_remote(base, on: str | bool | None):
+    """``remote.*`` with ``--on`` applied: ``--on`` alone means remote.host; ``--on=[user@]host[:port]``
+    overrides host (and user and port when given)."""
+    if on is None or on is False:
+        return base
+    update: dict[str, Any] = {}
+    if on is not True:
+        text = str(on).strip()
+        if "@" in text:
+            user, text = text.rsplit("@", 1)
+            if not user:
+                raise ConfigError(f"--on {on}: empty user before '@'", "use --on=[user@]host[:port]")
+            update["user"] = user
+        m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?", text)
+        if not m:
+            raise ConfigError(f"--on {on}: expected [user@]host[:port]", "e.g. --on=stager@10.128.0.7:22")
+        host = m.group(1) or m.group(3)
+        port = m.group(2) or m.group(4)
+        update["host"] = host
+        if port:
+            if not 0 < int(port) < 65536:
+                raise ConfigError(f"--on {on}: port {port} is out of range", "use a port between 1 and 65535")
+            update["port"] = int(port)
+    merged = base.model_copy(update=update)
+    if not merged.host:
+        raise ConfigError("--on without a host, and remote.host is not set",
+                          "pass --on=[user@]host[:port], or set remote.host in the environment file")
+    return merged
+
+
+def _sh_path(path: str) -> str:
+    """A path for a POSIX shell command line, keeping a leading ~/ expandable."""
+    if path.startswith("~/"):
+        return "~/" + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+def _remote_cmd_path(path: str) -> str:
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+def _key_line(key) -> str:
+    return f"{key.get_name()} {key.fingerprint}"
+
+
+def _host_key_file(key) -> str:
+    """Where sshd keeps a host key of this type, for the "check it on the host" hint."""
+    name = key.get_name()
+    kind = "ed25519" if "ed25519" in name else "ecdsa" if "ecdsa" in name else "rsa" if "rsa" in name else "*"
+    return f"/etc/ssh/ssh_host_{kind}_key.pub"
+
+
+# ---------------------------------------------------------------------------------------------
+# Host keys
+
+
+def _host_key_policy(session: "RemoteSession"):
+    from paramiko.client import MissingHostKeyPolicy
+
+    class Policy(MissingHostKeyPolicy):
+        def missing_host_key(self, client, hostname, key):
+            if session.settings.strict_host_keys:
+                raise _UnknownHostKey(hostname, key)
+            session._remember_host_key(client, hostname, key)
+
+    return Policy()
+
+
+class _UnknownHostKey(Exception):
+    def __init__(self, name: str, key):
+        super().__init__(f"unknown host key for {name}")
+        self.name = name
+        self.key = key
+
+
+# ---------------------------------------------------------------------------------------------
+# The connection
+
+
+class RemoteSession:
+    """One SSH connection to one host, with our host-key policy and error messages.
+
+    Opened lazily by the first use and re-opened (host key checked again) if it dropped in between;
+    :meth:`close` removes the private directory the session made on the host and closes the connection.
+    """
+
+    def __init__(self, settings, *, redactor=None, emit: Callable[[str], None] | None = None):
+        self.settings = settings
+        self.redactor = redactor
+        self.emit = emit or (lambda line: None)
+        user = settings.user or _local_user()
+        self.user = user
+        self.host = settings.host
+        self.port = settings.port
+        self.label = f"{user}@{self.host}" + (f":{self.port}" if self.port != 22 else "")
+        self.known_hosts = settings.known_hosts
+        self.conn = None
+        self.host_key = None
+        self._lock = threading.RLock()
+        self._sftp = None
+        self._sftp_transport = None
+        self._private_dir: str | None = None
+
+    # ---- names used in messages
+    @property
+    def hostkey_name(self) -> str:
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def keyscan_fix(self) -> str:
+        kh = self.known_hosts
+        parent = os.path.dirname(os.path.expanduser(kh))
+        mkdir = f"mkdir -p {_sh_path(os.path.dirname(kh))} && " if parent and not os.path.isdir(parent) else ""
+        port = f"-p {self.port} " if self.port != 22 else ""
+        return f"{mkdir}ssh-keyscan {port}{shlex.quote(self.host)} >> {_sh_path(kh)}"
+
+    # ---- opening
+    def _build(self):
+        from fabric import Config, Connection
+        from paramiko.config import SSHConfig
+
+        s = self.settings
+        if not self.host:
+            raise ConfigError("no remote host: remote.host is not set", "pass --on=[user@]host[:port], or set "
+                              "remote.host in the environment file")
+        connect_kwargs: dict[str, Any] = {"banner_timeout": s.connect_timeout_s, "auth_timeout": s.connect_timeout_s}
+        if s.key_file:
+            path = os.path.expanduser(s.key_file)
+            if not os.path.isfile(path):
+                raise ConfigError(f"remote.key_file: {s.key_file} does not exist",
+                                  "point it at your private SSH key (e.g. ~/.ssh/id_ed25519), or unset it to use "
+                                  "ssh-agent and ~/.ssh/id_*")
+            connect_kwargs.update(key_filename=[path], look_for_keys=False, allow_agent=False)
+        # An explicit, empty ssh_config: the settings are the whole truth (no Host aliases or
+        # ProxyCommands picked up from ~/.ssh/config), and env is never inlined on the command line.
+        config = Config(ssh_config=SSHConfig(), lazy=True,
+                        overrides={"load_ssh_configs": False, "inline_ssh_env": False})
+        conn = Connection(self.host, user=self.user, port=self.port, config=config,
+                          connect_timeout=max(1, math.ceil(s.connect_timeout_s)), connect_kwargs=connect_kwargs,
+                          inline_ssh_env=False)
+        client = conn.client
+        client.set_missing_host_key_policy(_host_key_policy(self))
+        kh = os.path.expanduser(self.known_hosts)
+        if os.path.exists(kh):
+            try:
+                client.load_system_host_keys(kh)
+            except Exception as exc:  # noqa: BLE001 - paramiko raises several kinds for a bad line
+                raise ConfigError(f"remote.known_hosts: cannot read {self.known_hosts}: {exc}",
+                                  "fix or remove the malformed line (ssh-keygen -F HOST -f FILE shows entries)")
+        return conn
+
+    def open(self):
+        """The open fabric Connection, or a StepError/ConfigError that says what to do."""
+        with self._lock:
+            if self.conn is not None and self.conn.is_connected:
+                return self.conn
+            if self.conn is None:
+                self.conn = self._build()
+            try:
+                self.conn.open()
+            except Exception as exc:  # noqa: BLE001 - classified below
+                try:
+                    self.conn.close()
+                except Exception:  # noqa: BLE001
+                    pass
+                self.conn = None
+                raise self._explain(exc) from None
+            transport = self.conn.transport
+            transport.set_keepalive(KEEPALIVE_S)
+            self.host_key = transport.get_remote_server_key()
+            return self.conn
+
+    def _explain(self, exc: Exception) -> Exception:
+        from paramiko.ssh_exception import (AuthenticationException, BadHostKeyException, NoValidConnectionsError,
+                                            PasswordRequiredException, SSHException)
+
+        s = self.settings
+        where = self.where
+        if isinstance(exc, _UnknownHostKey):
+            return StepError(
+                f"unknown host {self.hostkey_name}: its {exc.key.get_name()} key {exc.key.fingerprint} is not in "
+                f"{self.known_hosts}; refusing to connect to a host we cannot verify",
+                f"confirm that fingerprint on the host itself (its console: ssh-keygen -lf "
+                f"{_host_key_file(exc.key)}), then add it: {self.keyscan_fix()}")
+        if isinstance(exc, BadHostKeyException):
+            port = f"-p {self.port} " if self.port != 22 else ""
+            return StepError(
+                f"REMOTE HOST IDENTIFICATION HAS CHANGED for {self.hostkey_name}: it presented "
+                f"{_key_line(exc.key)}, but {self.known_hosts} holds {_key_line(exc.expected_key)}. Someone could "
+                f"be intercepting this connection (man-in-the-middle), or the host was rebuilt; refusing to connect",
+                f"only if the host was rebuilt: confirm its new fingerprint on the host itself, then replace the "
+                f"entry: ssh-keygen -f {_sh_path(self.known_hosts)} -R {shlex.quote(self.hostkey_name)} && "
+                f"ssh-keyscan {port}{shlex.quote(self.host)} >> {_sh_path(self.known_hosts)}")
+        if isinstance(exc, PasswordRequiredException):
+            return StepError(f"the SSH key {s.key_file} is protected by a passphrase",
+                             "load it into ssh-agent (ssh-add KEY) and unset remote.key_file, or use a key "
+                             "without a passphrase for this host")
+        if isinstance(exc, AuthenticationException):
+            key = s.key_file or "ssh-agent / ~/.ssh/id_* keys"
+            return StepError(
+                f"{where} refused SSH authentication for user {self.user} with {key}",
+                f"add the public key ({s.key_file + '.pub' if s.key_file else 'yours'}) to "
+                f"~{self.user}/.ssh/authorized_keys on {self.host} (GCE: OS Login, or the instance's ssh-keys "
+                f"metadata), or set remote.user / remote.key_file (or --on=USER@{self.host})")
+        if isinstance(exc, socket.gaierror):
+            return StepError(f"cannot resolve SSH host {self.host}: {exc.strerror or exc}",
+                             "check remote.host (or --on): a name this machine can resolve, or an IP address")
+        if isinstance(exc, (NoValidConnectionsError, ConnectionRefusedError)):
+            reasons = sorted({(e.strerror or str(e)).lower() for e in (getattr(exc, "errors", None) or {}).values()})
+            return StepError(f"cannot reach {where} over SSH: {', '.join(reasons) or 'connection refused'}",
+                             f"check remote.host/remote.port (or --on), that sshd runs there, and that a firewall "
+                             f"allows TCP {self.port} from here")
+        if isinstance(exc, (socket.timeout, TimeoutError)):
+            return StepError(f"cannot reach {where} over SSH: no answer within {s.connect_timeout_s:g}s",
+                             f"check the address and that a firewall allows TCP {self.port} from here (GCE: a "
+                             f"firewall rule, or IAP); raise remote.connect_timeout_s for slow links")
+        if isinstance(exc, OSError):
+            return StepError(f"cannot reach {where} over SSH: {exc.strerror or exc}",
+                             "check remote.host/remote.port (or --on) and the network path to it")
+        if isinstance(exc, SSHException):
+            return StepError(f"SSH with {where} failed: {exc}",
+                             f"check that {where} is an SSH server (remote.port) and try `ssh -p {self.port} "
+                             f"{self.user}@{self.host}` to see the same failure")
+        if isinstance(exc, (ConfigError, StepError)):
+            return exc
+        return StepError(f"SSH with {where} failed: {type(exc).__name__}: {exc}")
+
+    def _remember_host_key(self, client, name: str, key) -> None:
+        """strict_host_keys: false — trust on first use, and record the key so the next run checks it."""
+        path = os.path.expanduser(self.known_hosts)
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a") as fh:
+            fh.write(f"{name} {key.get_name()} {key.get_base64()}\n")
+        client.get_host_keys().add(name, key.get_name(), key)
+        self.emit(f"    warning: trusted unknown host {name} on first use ({_key_line(key)}), added to "
+                  f"{self.known_hosts} (remote.strict_host_keys is off)")
+
+    # ---- state of the link
+    @property
+    def transport(self):
+        return self.conn.transport if self.conn is not None else None
+
+    def alive(self) -> bool:
+        t = self.transport
+        return bool(t is not None and t.is_active())
+
+    def dropped_error(self, doing: str) -> StepError:
+        return StepError(f"the SSH connection to {self.label} dropped while {doing}",
+                         f"check the network path to {self.host} and that the host is up; then re-run "
+                         f"(steps are idempotent: the run resumes where it stopped)")
+
+    # ---- files on the host
+    def sftp(self):
+        with self._lock:
+            conn = self.open()
+            if self._sftp is None or self._sftp_transport is not conn.transport:
+                self._sftp = conn.client.open_sftp()
+                self._sftp_transport = conn.transport
+            return self._sftp
+
+    def mkdtemp(self, prefix: str = WORKDIR_PREFIX) -> str:
+        """A new private (0700) directory on the host."""
+        res = self.run_plain(f'umask 077 && mktemp -d "${{TMPDIR:-/tmp}}/{prefix}XXXXXXXX"', doing="making a "
+                             "private temp directory")
+        path = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
+        if res.exited != 0 or not path.startswith("/"):
+            raise StepError(f"cannot make a private temp directory on {self.label}: "
+                            f"{(res.stderr or res.stdout).strip()[:300]}",
+                            "check that /tmp (or $TMPDIR) is writable there")
+        return path
+
+    def private_dir(self) -> str:
+        with self._lock:
+            if self._private_dir is None:
+                self._private_dir = self.mkdtemp(WORKDIR_PREFIX + "env.")
+            return self._private_dir
+
+    def put_private(self, data: bytes, name: str | None = None, directory: str | None = None) -> str:
+        """Write ``data`` to a 0600 file in a 0700 directory on the host; returns its path."""
+        directory = directory or self.private_dir()
+        path = posixpath.join(directory, name or uuid.uuid4().hex)
+        with self._lock:
+            sftp = self.sftp()
+            try:
+                with sftp.open(path, "wb") as fh:
+                    fh.chmod(0o600)  # before a byte is written (the directory is private anyway)
+                    fh.write(data)
+            except (EOFError, OSError) as exc:
+                if not self.alive():
+                    raise self.dropped_error("writing a file there") from None
+                raise StepError(f"cannot write {path} on {self.label}: {exc}") from None
+        return path
+
+    def remove(self, *paths: str) -> None:
+        """Best effort: a file that is already gone is fine."""
+        if not paths or not self.alive():
+            return
+        with self._lock:
+            try:
+                sftp = self.sftp()
+            except Exception:  # noqa: BLE001
+                return
+            for path in paths:
+                try:
+                    sftp.remove(path)
+                except (OSError, EOFError):
+                    pass
+
+    def remove_tree(self, path: str) -> bool:
+        if not path or not posixpath.basename(path).startswith(WORKDIR_PREFIX) or not self.alive():
+            return False
+        res = self.run_plain(f"rm -rf -- {shlex.quote(path)}", doing="cleaning up", check_drop=False)
+        return res.exited == 0
+
+    # ---- commands
+    def run_plain(self, command: str, *, doing: str = "running a command", check_drop: bool = True, **kwargs):
+        """A command with no secrets, its output captured (not echoed)."""
+        conn = self.open()
+        kwargs.setdefault("hide", True)
+        kwargs.setdefault("warn", True)
+        kwargs.setdefault("in_stream", False)
+        try:
+            res = conn.run(command, **kwargs)
+        except (EOFError, OSError) as exc:
+            raise self.dropped_error(doing) from exc
+        except Exception as exc:  # noqa: BLE001 - paramiko's SSHException when the session cannot open
+            if type(exc).__name__ == "SSHException" or not self.alive():
+                raise self.dropped_error(doing) from exc
+            raise
+        if check_drop and res.exited in (-1, None):
+            raise self.dropped_error(doing)
+        return res
+
+    def executor(self) -> "RemoteExecutor":
+        return RemoteExecutor(self)
+
+    def close(self) -> None:
+        with self._lock:
+            if self.conn is None:
+                return
+            if self._private_dir and self.alive():
+                try:
+                    self.remove_tree(self._private_dir)
+                except Exception:  # noqa: BLE001 - best effort on the way out
+                    pass
+            self._private_dir = None
+            if self._sftp is not None:
+                try:
+                    self._sftp.close()
+                except Exception:  # noqa: BLE001
+                    pass
+                self._sftp = None
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None
+
+    def __enter__(self) -> "RemoteSession":
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- the interpreter that runs shipped code
+    def probe_python(self, modules: dict[str, str] | None = None, *, purpose: str = "staging") -> dict:
+        py = self.settings.python
+        names = list(modules or {})
+        cmd = f"{_remote_cmd_path(py)} -c {shlex.quote(_PROBE)} {shlex.quote(json.dumps(names))}"
+        res = self.run_plain(cmd, doing="checking its python")
+        if res.exited == 127 or "not found" in (res.stderr or "") and res.exited != 0:
+            raise StepError(f"{py} not found on {self.label} (remote.python)",
+                            "install Python 3.10 or newer there (Debian/Ubuntu: apt-get install -y python3 "
+                            "python3-venv), or set remote.python to the interpreter's path")
+        try:
+            info = json.loads(res.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise StepError(f"{py} on {self.label} did not run: {(res.stderr or res.stdout).strip()[-300:]}",
+                            "set remote.python to a working Python 3.10+ interpreter") from None
+        if tuple(info["version"]) < MIN_PYTHON:
+            raise StepError(f"{py} on {self.label} is Python {info['python']}; {purpose} needs "
+                            f"{'.'.join(map(str, MIN_PYTHON))} or newer",
+                            "install a newer python there and point remote.python at it")
+        info["missing_dists"] = [modules[m] for m in info["missing"]] if modules else []
+        return info
+
+
+def _local_user() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+def requirement_specs(dists: list[str]) -> list[str]:
+    """The exact requirement lines this checkout declares for those distributions (pip-installable)."""
+    try:
+        from importlib.metadata import requires
+
+        declared = requires("gptoss-gke") or []
+    except Exception:  # noqa: BLE001 - not installed as a distribution: bare names will do
+        declared = []
+    by_name = {}
+    for line in declared:
+        if ";" in line:
+            continue  # extras (test dependencies)
+        name = re.split(r"[<>=!~ \[]", line, 1)[0].strip().lower().replace("_", "-")
+        by_name[name] = line.strip()
+    return [by_name.get(d, d) for d in dists]
+
+
+def missing_modules_error(session: RemoteSession, info: dict, purpose: str) -> StepError:
+    py = session.settings.python
+    specs = " ".join(shlex.quote(s) for s in requirement_specs(info["missing_dists"]))
+    return StepError(
+        f"{py} on {session.label} (Python {info['python']}) lacks what {purpose} imports: "
+        f"{', '.join(info['missing_dists'])}",
+        f"on {session.host}: python3 -m venv ~/gptoss-venv && ~/gptoss-venv/bin/pip install {specs}; then set "
+        f"remote.python: ~/gptoss-venv/bin/python (or --set remote.python=~/gptoss-venv/bin/python)")
+
+
+# ---------------------------------------------------------------------------------------------
+# invoke's `run`, on the remote host, secrets kept off the command line
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class RemoteExecutor:
+    """Anything the Shell runs, run on the session's host. Same signature as ``invoke.Context.run``.
+
+    ``env`` (and text given as ``in_stream``) travels in a 0600 file, never on the command line: the
+    command becomes ``/bin/sh -c 'set -a; . FILE; set +a; rm -f FILE; CMD' < STDIN_FILE`` and both files
+    are removed again when it returns, whatever happened. A connection that drops while the command
+    runs is a StepError saying so (not an exit status).
+    """
+
+    def __init__(self, session: RemoteSession):
+        self.session = session
+
+    def run(self, command: str, **kwargs):
+        session = self.session
+        conn = session.open()
+        env = dict(kwargs.pop("env", None) or {})
+        kwargs.pop("replace_env", None)
+        stdin = kwargs.pop("in_stream", False)
+        files: list[str] = []
+        try:
+            inner = []
+            if env:
+                for key in env:
+                    if not _ENV_NAME.match(key):
+                        raise StepError(f"not a valid environment variable name: {key!r}")
+                text = "".join(f"{k}={shlex.quote(str(v))}\n" for k, v in sorted(env.items()))
+                path = session.put_private(text.encode())
+                files.append(path)
+                q = shlex.quote(path)
+                inner.append(f"set -a; . {q} || exit 125; set +a; rm -f {q}")
+            redirect = ""
+            if stdin not in (False, None) and hasattr(stdin, "read"):
+                data = stdin.read()
+                path = session.put_private(data.encode() if isinstance(data, str) else data)
+                files.append(path)
+                redirect = f" < {shlex.quote(path)}"
+                inner.append(f"rm -f {shlex.quote(path)}")  # the shell already holds it open
+            if inner:
+                command = f"/bin/sh -c {shlex.quote('; '.join(inner + [command]))}{redirect}"
+            try:
+                res = conn.run(command, in_stream=False, **kwargs)
+            except (EOFError, OSError) as exc:
+                raise session.dropped_error(f"running `{_clip(command)}`") from exc
+            except Exception as exc:
+                if type(exc).__name__ == "CommandTimedOut":
+                    raise
+                if type(exc).__name__ == "SSHException" or not session.alive():
+                    raise session.dropped_error(f"running `{_clip(command)}`") from exc
+                raise
+            if res.exited in (-1, None):
+                if not session.alive():
+                    raise session.dropped_error(f"running `{_clip(command)}`")
+                raise StepError(f"`{_clip(command)}` on {session.label} ended without an exit status (killed by "
+                                f"a signal?)", "look at the host's logs (dmesg: out of memory?)")
+            return res
+        finally:
+            session.remove(*files)
+
+
+def _clip(text: str, n: int = 120) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# Tunnels
+
+
+def _transport_of(conn):
+    if isinstance(conn, RemoteSession):
+        return conn.open().transport, conn.label
+    if hasattr(conn, "open") and hasattr(conn, "transport"):  # a fabric Connection
+        conn.open()
+        return conn.transport, f"{getattr(conn, 'user', '')}@{getattr(conn, 'host', '')}"
+    return conn, "the SSH host"  # a paramiko Transport
+
+
+class Tunnel:
+    """127.0.0.1:<local_port> → (SSH) → remote_host:remote_port, as seen from the SSH host."""
+
+    def __init__(self, transport, remote_host: str, remote_port: int, *, local_port: int = 0,
+                 label: str = "the SSH host"):
+        self.transport = transport
+        self.remote_host = remote_host
+        self.remote_port = int(remote_port)
+        self.label = label
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.listener.bind(("127.0.0.1", int(local_port)))
+        except OSError as exc:
+            self.listener.close()
+            raise StepError(f"cannot listen on 127.0.0.1:{local_port}: {exc.strerror}",
+                            "pick another local port (0: any free one)") from None
+        self.listener.listen(32)
+        self.local_port = self.listener.getsockname()[1]
+        self.connections = 0
+        self.notes: list[str] = []
+        self.dropped = False
+        self.refused = False  # a forwarded connection could not be opened at the far end
+        self._closing = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._open: set = set()
+        self._lock = threading.Lock()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.local_port)
+
+    def url(self, scheme: str = "http", path: str = "") -> str:
+        return f"{scheme}://127.0.0.1:{self.local_port}{path}"
+
+    def start(self) -> "Tunnel":
+        t = threading.Thread(target=self._accept, daemon=True, name=f"tunnel-{self.local_port}")
+        t.start()
+        self._threads.append(t)
+        return self
+
+    def _note(self, text: str) -> None:
+        with self._lock:
+            if text not in self.notes:
+                self.notes.append(text)
+
+    def _track(self, *objs) -> None:
+        with self._lock:
+            self._open.update(objs)
+
+    def _untrack_close(self, *objs) -> None:
+        for o in objs:
+            try:
+                o.close()
+            except Exception:  # noqa: BLE001
+                pass
+        with self._lock:
+            self._open.difference_update(objs)
+
+    def _accept(self) -> None:
+        from paramiko.ssh_exception import ChannelException
+
+        while not self._closing.is_set():
+            try:
+                ready, _, _ = select.select([self.listener], [], [], 0.2)
+            except (OSError, ValueError):
+                return  # closed
+            if not ready:
+                continue
+            try:
+                client, peer = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self._track(client)
+            try:
+                chan = self.transport.open_channel("direct-tcpip", (self.remote_host, self.remote_port), peer,
+                                                   timeout=15)
+            except ChannelException as exc:
+                why = str(exc.text or exc)
+                hint = ("the SSH server does not allow port forwarding (sshd_config AllowTcpForwarding)"
+                        if "prohibit" in why.lower() else "nothing listening there, or not reachable from that host")
+                self._note(f"{self.label} could not connect to {self.remote_host}:{self.remote_port} ({why}): "
+                           f"{hint}")
+                self.refused = True
+                self._untrack_close(client)
+                continue
+            except Exception as exc:  # noqa: BLE001 - SSHException/EOFError: the transport is gone
+                if not self.transport.is_active():
+                    self.dropped = True
+                self._note(f"could not open a channel through {self.label}: {type(exc).__name__}: {exc}")
+                self._untrack_close(client)
+                continue
+            self._track(chan)
+            t = threading.Thread(target=self._relay, args=(client, chan), daemon=True,
+                                 name=f"tunnel-{self.local_port}-relay")
+            t.start()
+            with self._lock:
+                self._threads = [x for x in self._threads if x.is_alive()] + [t]
+
+    def _relay(self, client: socket.socket, chan) -> None:
+        up_open, down_open = True, True
+        try:
+            while (up_open or down_open) and not self._closing.is_set():
+                watch = ([client] if up_open else []) + ([chan] if down_open else [])
+                ready, _, _ = select.select(watch, [], [], 0.2)
+                if chan in ready or (down_open and chan.recv_ready()):
+                    data = chan.recv(65536)
+                    if data:
+                        client.sendall(data)
+                    else:
+                        down_open = False
+                        if not self.transport.is_active():
+                            self.dropped = True
+                            break
+                        try:
+                            client.shutdown(socket.SHUT_WR)
+                        except OSError:
+                            pass
+                if client in ready:
+                    data = client.recv(65536)
+                    if data:
+                        chan.sendall(data)
+                    else:
+                        up_open = False
+                        chan.shutdown_write()
+                if chan.closed and not chan.recv_ready():
+                    if not self.transport.is_active():
+                        self.dropped = True
+                    break
+        except (OSError, EOFError) as exc:
+            if not self.transport.is_active():
+                self.dropped = True
+            else:
+                self._note(f"a forwarded connection broke: {exc}")
+        except Exception as exc:  # noqa: BLE001 - paramiko's SSHException on a dying transport
+            if not self.transport.is_active():
+                self.dropped = True
+            self._note(f"a forwarded connection broke: {type(exc).__name__}: {exc}")
+        finally:
+            self._untrack_close(chan, client)
+
+    def close(self) -> None:
+        self._closing.set()
+        try:
+            self.listener.close()
+        except OSError:
+            pass
+        with self._lock:
+            threads = list(self._threads)
+        for t in threads:
+            t.join(timeout=2)
+        with self._lock:
+            leftovers = list(self._open)
+        self._untrack_close(*leftovers)
+
+    def drop_error(self) -> StepError:
+        return StepError(f"the SSH connection to {self.label} dropped: the tunnel to "
+                         f"{self.remote_host}:{self.remote_port} closed under its connections",
+                         f"check the network path to {self.label} and that the host is up, then re-run")
+
+
+@contextmanager
+def tunnel(conn, remote_host: str, remote_port: int, *, local_port: int = 0, label: str | None = None
+           ) -> Iterator[Tunnel]:
+    """Listen on 127.0.0.1:<local_port> (0: any free port, see ``.local_port``) and carry each connection
+    through the SSH connection to ``remote_host:remote_port`` as the SSH host sees it (``-L``).
+
+    ``conn`` is a :class:`RemoteSession`, a fabric ``Connection`` or a paramiko ``Transport``. Whatever
+    happens in the block, the listener, every channel and every relay thread are closed on the way out.
+    If the SSH connection dropped while the tunnel carried traffic, the block fails with a StepError
+    saying so (chained to whatever the client saw, when the block itself raised).
+    """
+    transport, default_label = _transport_of(conn)
+    t = Tunnel(transport, remote_host, remote_port, local_port=local_port, label=label or default_label)
+    t.start()
+    try:
+        yield t
+    except StepError:
+        raise
+    except Exception as exc:
+        if t.dropped or not transport.is_active():
+            raise t.drop_error() from exc
+        if t.refused:  # what the client saw was a closed connection; say why
+            raise StepError(t.notes[0], f"check that {remote_host}:{remote_port} serves, as seen from "
+                            f"{t.label}") from exc
+        raise
+    finally:
+        t.close()
+    if t.dropped:
+        raise t.drop_error()
+
+
+# ---------------------------------------------------------------------------------------------
+# The Kubernetes API through a bastion
+
+
+@dataclass
+class KubeServerOverride:
+    """Where the Kubernetes client should connect instead of the kubeconfig's server.
+
+    ``tls_server_name`` keeps certificate verification against the real server's name (GKE's private
+    endpoint certificate names its IP), since the client now connects to 127.0.0.1.
+    """
+
+    server: str
+    original: str
+    tls_server_name: str | None
+
+    def apply(self, configuration) -> None:
+        configuration.host = self.server
+        if self.tls_server_name:
+            configuration.tls_server_name = self.tls_server_name
+
+
+def kube_server(kubeconfig: str, context: str | None = None) -> tuple[str, str | None]:
+    """(server URL, tls-server-name) of a kubeconfig context (its current context by default)."""
+    import yaml
+
+    path = os.path.expanduser(kubeconfig)
+    try:
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read kubeconfig {kubeconfig}: {exc.strerror}",
+                          "run `inv setup-cluster` (it writes the context), or set kube.kubeconfig") from None
+    name = context or doc.get("current-context")
+    ctx = next((c.get("context") or {} for c in doc.get("contexts") or [] if c.get("name") == name), None)
+    if ctx is None:
+        raise ConfigError(f"kubeconfig {kubeconfig} has no context {name}", "set kube.context, or run "
+                          "`inv setup-cluster`")
+    cluster = next((c.get("cluster") or {} for c in doc.get("clusters") or [] if c.get("name") == ctx.get("cluster")),
+                   None)
+    if not cluster or not cluster.get("server"):
+        raise ConfigError(f"kubeconfig {kubeconfig}: context {name} names no cluster with a server",
+                          "run `inv setup-cluster` again")
+    return cluster["server"], cluster.get("tls-server-name")
+
+
+@contextmanager
+def kube_tunnel(conn, kubeconfig: str, context: str | None = None) -> Iterator[KubeServerOverride]:
+    """A tunnel to the API server of a kubeconfig context through the SSH host (a bastion).
+
+    How ``kube(ctx)`` uses it: build the client configuration from the kubeconfig as today, then
+    ``override.apply(configuration)`` *before* creating the ``ApiClient`` (the connection pool reads the
+    TLS server name at construction) — :func:`kube_api_client` does exactly that. A playbook run with
+    ``--on BASTION`` would open this once, store the override as the ``kube.server_override`` fact, and
+    ``kube(ctx)`` would pick it up; the port-forward to vLLM then rides the same tunnel, since it is a
+    websocket to the same API server.
+    """
+    server, tls_name = kube_server(kubeconfig, context)
+    u = urlsplit(server)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ConfigError(f"kubeconfig server {server} is not an http(s) URL", "run `inv setup-cluster` again")
+    port = u.port or (443 if u.scheme == "https" else 80)
+    with tunnel(conn, u.hostname, port, label=None) as t:
+        tls = tls_name or (u.hostname if u.scheme == "https" else None)
+        yield KubeServerOverride(server=f"{u.scheme}://127.0.0.1:{t.local_port}{u.path.rstrip('/')}",
+                                 original=server, tls_server_name=tls)
+
+
+def kube_api_client(kubeconfig: str, context: str | None, override: KubeServerOverride | None = None):
+    """A kubernetes ApiClient for a kubeconfig context, pointed through ``override`` when given."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=os.path.expanduser(kubeconfig), context=context,
+                            client_configuration=configuration, persist_config=False)
+    if override is not None:
+        override.apply(configuration)
+    return client.ApiClient(configuration)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shipping this checkout
+
+
+@dataclass
+class Bundle:
+    data: bytes  # tar.gz of gptoss_gke/ (+ SHIPPED.json)
+    marker: dict = field(default_factory=dict)
+
+    @property
+    def sha256(self) -> str:
+        return self.marker["sha256"]
+
+    def describe(self) -> str:
+        commit = self.marker.get("commit")
+        rev = f" @ {commit[:12]}{'+local changes' if self.marker.get('dirty') else ''}" if commit else ""
+        return f"gptoss-gke {self.marker['version']}{rev} (code sha256 {self.sha256[:12]})"
+
+
+def _git_state(root: Path) -> tuple[str | None, bool]:
+    """(HEAD commit, package files differ from it) — read-only git calls; (None, False) outside git."""
+    if not (root / ".git").exists():
+        return None, False
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        status = subprocess.run(["git", "--no-optional-locks", "-C", str(root), "status", "--porcelain", "--",
+                                 "gptoss_gke"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None, False
+    if head.returncode != 0:
+        return None, False
+    return head.stdout.strip(), bool(status.stdout.strip())
+
+
+def code_bundle() -> Bundle:
+    """This very checkout's package as a deterministic tarball, with a version marker."""
+    import gptoss_gke
+
+    package = Path(gptoss_gke.__file__).resolve().parent
+    commit, dirty = _git_state(package.parent)
+    files = package_files(package)
+    marker = {"tool": gptoss_gke.TOOL_NAME, "version": gptoss_gke.__version__, "commit": commit, "dirty": dirty,
+              "sha256": tree_digest(package), "files": len(files)}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+        def add(name: str, data: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
+            tar.addfile(info, io.BytesIO(data))
+
+        for path in files:
+            add("gptoss_gke/" + path.relative_to(package).as_posix(), path.read_bytes())
+        add("SHIPPED.json", json.dumps(marker, indent=2).encode())
+    return Bundle(buf.getvalue(), marker)
+
+
+# ---------------------------------------------------------------------------------------------
+# The remote host as a step (connection, host key, interpreter)
+
+
+class RemoteHost(Step):
+    """Connect (host key verified), and check the interpreter that will run shipped code."""
+
+    section = "remote"
+    needs = ()
+
+    def __init__(self, session: RemoteSession, *, modules: dict[str, str] | None = None, purpose: str = "staging",
+                 modules_required: bool = True, python: bool = True):
+        self.session = session
+        self.modules = modules
+        self.purpose = purpose
+        self.modules_required = modules_required
+        self.python = python
+        self.name = f"remote host {session.label}"
+
+    def observe(self, ctx):
+        s = self.session
+        s.open()
+        facts = {"host": s.label, "host_key": _key_line(s.host_key)}
+        if self.python:
+            facts["python"] = s.probe_python(self.modules, purpose=self.purpose)
+        return facts
+
+    def plan(self, ctx, current) -> Plan:
+        s = self.session
+        head = f"{s.label}: host key {current['host_key']} verified against {s.known_hosts}"
+        info = current.get("python")
+        if info is None:
+            return noop(head, host_key=current["host_key"])
+        if info["missing_dists"]:
+            err = missing_modules_error(s, info, self.purpose)
+            if self.modules_required:
+                raise err
+            return noop(f"{head}; {s.settings.python} is Python {info['python']} but lacks "
+                        f"{', '.join(info['missing_dists'])} ({self.purpose} --on needs them: {err.fix})",
+                        host_key=current["host_key"], python=info["python"])
+        return noop(f"{head}; Python {info['python']} ({info['executable']}) has what {self.purpose} imports",
+                    host_key=current["host_key"], python=info["python"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a task's steps on the host
+
+
+class _LineRelay:
+    """Complete lines to ``on_line`` as they arrive; the report line is kept, not shown."""
+
+    def __init__(self, on_line: Callable[[str], None]):
+        self.on_line = on_line
+        self.buf = b""
+        self.report: str | None = None
+        self.last_lines: list[str] = []
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+        *lines, self.buf = self.buf.split(b"\n")
+        for raw in lines:
+            self._line(raw.decode("utf-8", "replace"))
+
+    def flush(self) -> None:
+        if self.buf:
+            self._line(self.buf.decode("utf-8", "replace"))
+            self.buf = b""
+
+    def _line(self, text: str) -> None:
+        if text.startswith(REPORT_MARK):
+            self.report = text[len(REPORT_MARK):]
+            return
+        self.last_lines = (self.last_lines + [text])[-20:]
+        self.on_line(text.rstrip("\r"))
+
+
+def stream_command(session: RemoteSession, command: str, *, stdin: bytes = b"", on_line: Callable[[str], None],
+                   doing: str = "running a command") -> tuple[int, str, _LineRelay]:
+    """Run ``command`` on the host, write ``stdin`` to it (then EOF), relay its stdout lines live.
+
+    Drives the SSH channel directly: invoke's stdin pump moves one byte per 10 ms, and we want each
+    line as soon as it is complete. Returns (exit status, stderr, relay). A connection that drops
+    meanwhile is a StepError; a process killed by a signal has exit status -1.
+    """
+    conn = session.open()
+    relay = _LineRelay(on_line)
+    err = bytearray()
+    try:
+        chan = conn.create_session()
+        chan.exec_command(command)
+        if stdin:
+            chan.sendall(stdin)
+        chan.shutdown_write()
+        while True:
+            select.select([chan], [], [], 0.2)
+            progressed = False
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
+                progressed = True
+            if chan.recv_ready():
+                data = chan.recv(65536)
+                if data:
+                    relay.feed(data)
+                    progressed = True
+            if progressed:
+                continue
+            if chan.exit_status_ready() and chan.eof_received:
+                break
+            if chan.closed:
+                break
+            if not session.alive():
+                break
+        while chan.recv_ready() or chan.recv_stderr_ready():  # whatever arrived with the EOF
+            if chan.recv_ready():
+                relay.feed(chan.recv(65536))
+            if chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
+        relay.flush()
+        status = chan.recv_exit_status() if chan.exit_status_ready() else -1
+        chan.close()
+    except (EOFError, OSError) as exc:
+        raise session.dropped_error(doing) from exc
+    except Exception as exc:  # noqa: BLE001 - paramiko's SSHException
+        if not session.alive():
+            raise session.dropped_error(doing) from exc
+        raise
+    if status == -1 and not session.alive():
+        raise session.dropped_error(doing)
+    return status, err.decode("utf-8", "replace"), relay
+
+
+def _results_from_report(doc: dict, label: str) -> list[StepResult]:
+    out = []
+    for step in doc.get("steps") or []:
+        data = dict(step)
+        data.pop("status", None)
+        commands = [CommandRecord(**{**c, "where": label}) for c in data.pop("commands", []) or []]
+        known = {k: v for k, v in data.items() if k in StepResult.__dataclass_fields__}
+        r = StepResult(**known)
+        r.commands = commands
+        r.facts = {**(r.facts or {}), "ran_on": label}
+        out.append(r)
+    return out
+
+
+def run_task_remotely(ctx, session: RemoteSession, task: str, *, secrets: dict[str, str | None] | None = None,
+                      facts: dict[str, Any] | None = None, bundle: Bundle | None = None) -> list[StepResult]:
+    """Ship this checkout to the host, run ``task``'s steps there, relay its output, return its results.
+
+    The host gets a private temp dir holding the code only; the settings, secrets and facts travel on
+    the channel's stdin. The dir is removed afterwards (by the remote process as it exits, and again from
+    here), whatever happened.
+    """
+    printer = ctx.printer
+    bundle = bundle or code_bundle()
+    session.open()
+    py = _remote_cmd_path(session.settings.python)
+    printer.line(f"  shipping {bundle.describe()} to {session.label}", "dim")
+    workdir = session.mkdtemp()
+    try:
+        archive = session.put_private(bundle.data, "code.tar.gz", directory=workdir)
+        code = posixpath.join(workdir, "code")
+        res = session.run_plain(f"{py} -c {shlex.quote(_UNPACK)} {shlex.quote(archive)} {shlex.quote(code)} && "
+                                f"rm -f {shlex.quote(archive)}", doing="unpacking the code")
+        if res.exited != 0:
+            raise StepError(f"cannot unpack the code on {session.label}: {(res.stderr or res.stdout).strip()[-300:]}",
+                            "check free space in /tmp (or $TMPDIR) there")
+        s = ctx.settings
+        request = {
+            "protocol": PROTOCOL,
+            "task": task,
+            "targets": list(ctx.targets),
+            "dry_run": ctx.dry_run,
+            "offline": ctx.shell.offline,
+            "label": session.label,
+            "workdir": workdir,
+            "code": {"sha256": bundle.sha256, "version": bundle.marker["version"], "commit": bundle.marker["commit"]},
+            "settings": s.model_dump(mode="json"),
+            "env_name": s.env_name,
+            "env_file": s.env_file,
+            "env": {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)},
+            "facts": facts or {},
+            "secrets": {k: v for k, v in (secrets or {}).items() if v},
+        }
+        command = (f"cd {shlex.quote(code)} && PYTHONPATH={shlex.quote(code)} PYTHONDONTWRITEBYTECODE=1 "
+                   f"exec {py} -u -m gptoss_gke.remote_entry")
+        payload = (json.dumps(request) + "\n").encode()
+        started = time.monotonic()
+        status, stderr, relay = stream_command(session, command, stdin=payload, on_line=printer.line,
+                                               doing=f"{task} ran there")
+        elapsed = time.monotonic() - started
+    finally:
+        try:
+            removed = session.remove_tree(workdir) or session.alive()
+        except StepError:
+            removed = False
+        if not removed:
+            printer.line(f"  could not remove {workdir} on {session.label} (the remote process removes it as it "
+                         f"exits; it holds code only, never a secret)", "dim")
+    tail = ctx.redact("\n".join(stderr.strip().splitlines()[-12:] or relay.last_lines[-12:]))
+    if relay.report is None:
+        fix = "see the error above"
+        if "ModuleNotFoundError" in stderr or "No module named" in stderr:
+            fix = (f"install the missing module for {session.settings.python} on {session.host} (the remote host "
+                   f"step lists what staging imports)")
+        raise StepError(f"{task} on {session.label} exited {status} without a report: {tail or '(no output)'}", fix)
+    doc = json.loads(relay.report)
+    if doc.get("code", {}).get("sha256") != bundle.sha256:
+        raise StepError(f"{session.label} ran different code than this checkout "
+                        f"({doc.get('code', {}).get('sha256', '?')[:12]} ≠ {bundle.sha256[:12]})",
+                        "report this: the shipped copy must shadow any installed gptoss_gke")
+    results = _results_from_report(doc, session.label)
+    for r in results:
+        r.facts.setdefault("code", bundle.marker.get("commit") or bundle.sha256[:12])
+    printer.line("")
+    code = doc.get("code", {})
+    printer.line(f"  {task} ran on {session.label} ({doc.get('host')}, Python {doc.get('python')}, code from "
+                 f"{code.get('package')} sha256 {str(code.get('sha256'))[:12]}) in {elapsed:.1f}s: {len(results)} "
+                 f"step result(s) received", "dim")
+    return results
+
+
+def stage_model_remotely(pb) -> None:
+    """``inv stage-model --on HOST``: credentials and project here, the transfer steps on HOST."""
+    from gptoss_gke.gcp.project import Credentials, Project, access_token, describe_project
+
+    ctx, session = pb.ctx, pb.remote
+    results = pb.run([Credentials(), Project(), RemoteHost(session, modules=STAGING_MODULES, purpose="staging")])
+    if any(r.status == "failed" for r in results):
+        return
+    secrets: dict[str, str | None] = {}
+    facts: dict[str, Any] = {}
+    if not ctx.shell.offline:
+        # Cached by the steps above: gcloud is not asked again. The token lets the host's storage
+        # client act as you (it expires in about an hour; the host refreshes through its own gcloud).
+        secrets["gcp_access_token"] = access_token(ctx)
+        project = describe_project(ctx)
+        if project:
+            facts["gcp.project"] = project
+    if ctx.settings.hf_token:
+        secrets["hf_token"] = ctx.settings.hf_token.get_secret_value()
+    pb.results.extend(run_task_remotely(ctx, session, "stage-model", secrets=secrets, facts=facts))
