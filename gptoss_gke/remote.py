@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
+from gptoss_gke.core.forward import LocalForwarder
 from gptoss_gke.core.result import CommandRecord, StepResult
 from gptoss_gke.core.step import Plan, Step, noop
 from gptoss_gke.errors import ConfigError, StepError
@@ -614,8 +615,17 @@ def _transport_of(conn):
     return conn, "the SSH host"  # a paramiko Transport
 
 
-class Tunnel:
+class Tunnel(LocalForwarder):
     """127.0.0.1:<local_port> → (SSH) → remote_host:remote_port, as seen from the SSH host."""
+
+    backlog = 32
+    join_timeout_s = 2
+    shutdown_sockets = False
+    close_before_join = False  # the relays see the closing flag and end; what is left is closed after
+    open_in_acceptor = True
+    acceptor_name = "tunnel-{port}"
+    relay_name = "tunnel-{port}-relay"
+    bind_fix = "pick another local port (0: any free one)"
 
     def __init__(self, transport, remote_host: str, remote_port: int, *, local_port: int = 0,
                  label: str = "the SSH host"):
@@ -623,24 +633,15 @@ class Tunnel:
         self.remote_host = remote_host
         self.remote_port = int(remote_port)
         self.label = label
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self.listener.bind(("127.0.0.1", int(local_port)))
-        except OSError as exc:
-            self.listener.close()
-            raise StepError(f"cannot listen on 127.0.0.1:{local_port}: {exc.strerror}",
-                            "pick another local port (0: any free one)") from None
-        self.listener.listen(32)
-        self.local_port = self.listener.getsockname()[1]
+        super().__init__(local_port)
+        self.local_port = self.port
         self.connections = 0
-        self.notes: list[str] = []
         self.dropped = False
         self.refused = False  # a forwarded connection could not be opened at the far end
-        self._closing = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._open: set = set()
-        self._lock = threading.Lock()
+
+    @staticmethod
+    def _bind_reason(exc: OSError):
+        return exc.strerror
 
     @property
     def address(self) -> tuple[str, int]:
@@ -649,72 +650,32 @@ class Tunnel:
     def url(self, scheme: str = "http", path: str = "") -> str:
         return f"{scheme}://127.0.0.1:{self.local_port}{path}"
 
-    def start(self) -> "Tunnel":
-        t = threading.Thread(target=self._accept, daemon=True, name=f"tunnel-{self.local_port}")
-        t.start()
-        self._threads.append(t)
-        return self
+    def _accepted(self, client: socket.socket, peer) -> bool:
+        self.connections += 1
+        return super()._accepted(client, peer)
 
-    def _note(self, text: str) -> None:
-        with self._lock:
-            if text not in self.notes:
-                self.notes.append(text)
-
-    def _track(self, *objs) -> None:
-        with self._lock:
-            self._open.update(objs)
-
-    def _untrack_close(self, *objs) -> None:
-        for o in objs:
-            try:
-                o.close()
-            except Exception:  # noqa: BLE001
-                pass
-        with self._lock:
-            self._open.difference_update(objs)
-
-    def _accept(self) -> None:
+    def open_upstream(self, client: socket.socket, peer):
+        """A ``direct-tcpip`` channel, opened on the accept thread."""
         from paramiko.ssh_exception import ChannelException
 
-        while not self._closing.is_set():
-            try:
-                ready, _, _ = select.select([self.listener], [], [], 0.2)
-            except (OSError, ValueError):
-                return  # closed
-            if not ready:
-                continue
-            try:
-                client, peer = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            self._track(client)
-            try:
-                chan = self.transport.open_channel("direct-tcpip", (self.remote_host, self.remote_port), peer,
-                                                   timeout=15)
-            except ChannelException as exc:
-                why = str(exc.text or exc)
-                hint = ("the SSH server does not allow port forwarding (sshd_config AllowTcpForwarding)"
-                        if "prohibit" in why.lower() else "nothing listening there, or not reachable from that host")
-                self._note(f"{self.label} could not connect to {self.remote_host}:{self.remote_port} ({why}): "
-                           f"{hint}")
-                self.refused = True
-                self._untrack_close(client)
-                continue
-            except Exception as exc:  # noqa: BLE001 - SSHException/EOFError: the transport is gone
-                if not self.transport.is_active():
-                    self.dropped = True
-                self._note(f"could not open a channel through {self.label}: {type(exc).__name__}: {exc}")
-                self._untrack_close(client)
-                continue
-            self._track(chan)
-            t = threading.Thread(target=self._relay, args=(client, chan), daemon=True,
-                                 name=f"tunnel-{self.local_port}-relay")
-            t.start()
-            with self._lock:
-                self._threads = [x for x in self._threads if x.is_alive()] + [t]
+        try:
+            return self.transport.open_channel("direct-tcpip", (self.remote_host, self.remote_port), peer,
+                                               timeout=15)
+        except ChannelException as exc:
+            why = str(exc.text or exc)
+            hint = ("the SSH server does not allow port forwarding (sshd_config AllowTcpForwarding)"
+                    if "prohibit" in why.lower() else "nothing listening there, or not reachable from that host")
+            self._note(f"{self.label} could not connect to {self.remote_host}:{self.remote_port} ({why}): "
+                       f"{hint}")
+            self.refused = True
+        except Exception as exc:  # noqa: BLE001 - SSHException/EOFError: the transport is gone
+            if not self.transport.is_active():
+                self.dropped = True
+            self._note(f"could not open a channel through {self.label}: {type(exc).__name__}: {exc}")
+        return None
 
-    def _relay(self, client: socket.socket, chan) -> None:
+    def relay(self, client: socket.socket, chan) -> None:
+        """Both ways with half-close; a transport that died under the relay marks the tunnel dropped."""
         up_open, down_open = True, True
         try:
             while (up_open or down_open) and not self._closing.is_set():
@@ -754,21 +715,7 @@ class Tunnel:
                 self.dropped = True
             self._note(f"a forwarded connection broke: {type(exc).__name__}: {exc}")
         finally:
-            self._untrack_close(chan, client)
-
-    def close(self) -> None:
-        self._closing.set()
-        try:
-            self.listener.close()
-        except OSError:
-            pass
-        with self._lock:
-            threads = list(self._threads)
-        for t in threads:
-            t.join(timeout=2)
-        with self._lock:
-            leftovers = list(self._open)
-        self._untrack_close(*leftovers)
+            self._untrack_close(chan, client)  # channel first (the caller's second close is a no-op)
 
     def drop_error(self) -> StepError:
         return StepError(f"the SSH connection to {self.label} dropped: the tunnel to "

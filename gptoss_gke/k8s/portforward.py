@@ -20,18 +20,17 @@ tunnel is serialised with a lock.
 
 from __future__ import annotations
 
-import select
 import socket
 import threading
 from contextlib import contextmanager
 from typing import Iterator
 
+from gptoss_gke.core.forward import LocalForwarder, close_quietly
 from gptoss_gke.errors import StepError
 from gptoss_gke.k8s.client import kube
 from gptoss_gke.k8s.manifests import selector
 
 _OPEN_LOCK = threading.Lock()
-_POLL_S = 0.2  # how often idle relay loops look at the "closing" flag
 
 
 def _is_ready(pod) -> bool:
@@ -63,8 +62,14 @@ def ready_pod(ctx, target) -> str:
                     f"run `inv deploy --target={target.name}` (it waits for the rollout), then try again")
 
 
-class _Tunnel:
+class _Tunnel(LocalForwarder):
     """The listening socket, the accept loop and one relay per accepted connection."""
+
+    backlog = 16
+    join_timeout_s = 5
+    acceptor_name = "port-forward :{port}"
+    relay_name = "port-forward relay :{port}"
+    bind_fix = "pick another --local-port, or 0 for any free port"
 
     def __init__(self, ctx, pod: str, namespace: str, remote_port: int, local_port: int):
         from kubernetes import client
@@ -75,143 +80,45 @@ class _Tunnel:
         self.remote_port = remote_port
         # A client of its own (see the module docstring); same configuration as the run's client.
         self.core = client.CoreV1Api(client.ApiClient(kube(ctx).api_client.configuration))
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self.listener.bind(("127.0.0.1", local_port))
-        except OSError as exc:
-            self.listener.close()
-            raise StepError(f"cannot listen on 127.0.0.1:{local_port}: {exc.strerror or exc}",
-                            "pick another --local-port, or 0 for any free port") from None
-        self.listener.listen(16)
-        self.port = self.listener.getsockname()[1]
-        self.errors: list[str] = []
-        self._closing = threading.Event()
-        self._lock = threading.Lock()
-        self._open: set[socket.socket] = set()
-        self._forwards: set = set()
-        self._threads: list[threading.Thread] = []
-        self._acceptor = threading.Thread(target=self._accept_loop, name=f"port-forward :{self.port}",
-                                          daemon=True)
+        super().__init__(local_port)
+        self.errors: list[str] = self.notes
 
-    # ---- lifecycle ----
-
-    def start(self) -> None:
-        self._acceptor.start()
-
-    def close(self) -> None:
-        self._closing.set()
-        try:
-            self.listener.close()
-        except OSError:
-            pass
-        self._acceptor.join(timeout=5)
-        with self._lock:
-            socks, forwards = list(self._open), list(self._forwards)
-        for s in socks:
-            _close(s)
-        for pf in forwards:
-            try:
-                pf.close()
-            except Exception:  # noqa: BLE001 - already closed or broken: nothing left to release
-                pass
-        for t in list(self._threads):
-            t.join(timeout=5)
+    def released(self) -> None:
         try:
             self.core.api_client.close()
         except Exception:  # noqa: BLE001 - releasing a connection pool; nothing to report
             pass
 
-    # ---- accepting ----
+    def on_note(self, message: str) -> None:
+        self.ctx.printer.line(f"  port-forward: {message}", "failed")
 
-    def _accept_loop(self) -> None:
-        while not self._closing.is_set():
-            try:
-                readable, _, _ = select.select([self.listener], [], [], _POLL_S)
-            except (OSError, ValueError):  # the listener was closed under us
-                return
-            if not readable:
-                continue
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            if self._closing.is_set():
-                _close(conn)
-                return
-            t = threading.Thread(target=self._relay, args=(conn,), daemon=True,
-                                 name=f"port-forward relay :{self.port}")
-            with self._lock:
-                self._threads = [x for x in self._threads if x.is_alive()] + [t]
-            t.start()
+    def _accepted(self, conn: socket.socket, peer) -> bool:
+        if self._closing.is_set():
+            close_quietly(conn)
+            return False
+        return super()._accepted(conn, peer)
 
-    # ---- one connection ----
+    # ---- one connection: a PortForward websocket, opened on the relay thread
 
-    def _open_forward(self):
+    def open_upstream(self, conn: socket.socket, peer):
         from kubernetes.stream import portforward
 
-        with _OPEN_LOCK:
-            return portforward(self.core.connect_get_namespaced_pod_portforward, self.pod, self.namespace,
-                               ports=str(self.remote_port))
-
-    def _note(self, message: str) -> None:
-        with self._lock:
-            first = message not in self.errors
-            if first:
-                self.errors.append(message)
-        if first:
-            self.ctx.printer.line(f"  port-forward: {message}", "failed")
-
-    def _relay(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._open.add(conn)
-        pf = None
         try:
-            try:
-                pf = self._open_forward()
-            except Exception as exc:  # ApiException(status=0) for websocket failures, among others
-                reason = getattr(exc, "reason", None) or str(exc)
-                self._note(f"cannot open a tunnel to pod {self.namespace}/{self.pod}: {_clip(str(reason))}")
-                return
-            with self._lock:
-                self._forwards.add(pf)
-            remote = pf.socket(self.remote_port)
-            remote.setblocking(True)
-            self._pump(conn, remote)
-            error = pf.error(self.remote_port)
-            if error:
-                self._note(f"pod {self.pod} port {self.remote_port}: {_clip(error.strip())}")
-        finally:
-            _close(conn)
-            if pf is not None:
-                try:
-                    pf.close()
-                except Exception:  # noqa: BLE001
-                    pass
-            with self._lock:
-                self._open.discard(conn)
-                if pf is not None:
-                    self._forwards.discard(pf)
+            with _OPEN_LOCK:
+                return portforward(self.core.connect_get_namespaced_pod_portforward, self.pod, self.namespace,
+                                   ports=str(self.remote_port))
+        except Exception as exc:  # ApiException(status=0) for websocket failures, among others
+            reason = getattr(exc, "reason", None) or str(exc)
+            self._note(f"cannot open a tunnel to pod {self.namespace}/{self.pod}: {_clip(str(reason))}")
+            return None
 
-    def _pump(self, conn: socket.socket, remote) -> None:
-        """Copy both ways until one side closes or the tunnel is being torn down."""
-        peers = {conn.fileno(): remote, remote.fileno(): conn}
-        while not self._closing.is_set():
-            try:
-                readable, _, _ = select.select([conn, remote], [], [], _POLL_S)
-            except (OSError, ValueError):
-                return
-            for src in readable:
-                try:
-                    data = src.recv(65536)
-                except OSError:
-                    return
-                if not data:
-                    return  # one side closed: the relay ends and closes the other
-                try:
-                    peers[src.fileno()].sendall(data)
-                except OSError:
-                    return
+    def relay(self, conn: socket.socket, pf) -> None:
+        remote = pf.socket(self.remote_port)
+        remote.setblocking(True)
+        self._pump(conn, remote)
+        error = pf.error(self.remote_port)
+        if error:
+            self._note(f"pod {self.pod} port {self.remote_port}: {_clip(error.strip())}")
 
 
 def _clip(text: str, limit: int = 400) -> str:
@@ -219,17 +126,6 @@ def _clip(text: str, limit: int = 400) -> str:
     if len(text) <= limit:
         return text
     return text[: limit // 3] + " ... " + text[-(limit * 2 // 3):]
-
-
-def _close(s) -> None:
-    try:
-        s.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    try:
-        s.close()
-    except OSError:
-        pass
 
 
 @contextmanager
