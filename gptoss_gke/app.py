@@ -10,7 +10,7 @@ from typing import Iterator
 
 from invoke.exceptions import Exit
 
-from gptoss_gke.config import Settings, load_settings, parse_set, require
+from gptoss_gke.config import Settings, load_settings, parse_set, require, resolve_targets
 from gptoss_gke.core.redact import Redactor
 from gptoss_gke.core.report import Printer, write_report
 from gptoss_gke.core.result import StepResult
@@ -19,7 +19,6 @@ from gptoss_gke.core.runner import Context, Runner
 from gptoss_gke.core.shell import Shell
 from gptoss_gke.core.step import Step
 from gptoss_gke.errors import ConfigError, ToolError
-from gptoss_gke.targets import CATALOGUE
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,9 +45,7 @@ class Playbook:
         are not part of the recap unless nothing follows it.
         """
         ctx = self.ctx
-        shell = Shell(ctx.shell.executor, ctx.redact, dry_run=True, retry=ctx.shell.retry, emit=ctx.shell.emit,
-                      where=ctx.shell.where, base_env=ctx.shell.base_env)
-        dry = Context(ctx.settings, shell, ctx.printer, ctx.redact, dry_run=True, assume_yes=ctx.assume_yes,
+        dry = Context(ctx.settings, ctx.shell.dry_twin(), ctx.printer, ctx.redact, dry_run=True, assume_yes=ctx.assume_yes,
                       interactive=ctx.interactive)
         dry.targets = ctx.targets
         return Runner(dry).run(steps)
@@ -56,21 +53,6 @@ class Playbook:
     @property
     def results(self) -> list[StepResult]:
         return self.runner.results
-
-
-def resolve_targets(target: str | None, settings: Settings | None = None, *, allow_all: bool = True) -> list[str]:
-    from gptoss_gke.config import _did_you_mean
-
-    if target in (None, "", "all"):
-        if not allow_all:
-            raise ConfigError("this task needs --target", f"use one of: {', '.join(CATALOGUE)}")
-        return settings.enabled_targets() if settings else list(CATALOGUE)
-    names = [t.strip() for t in target.split(",") if t.strip()]
-    for name in names:
-        if name not in CATALOGUE:
-            raise ConfigError(f"unknown target '{name}'{_did_you_mean(name, CATALOGUE)}",
-                              f"use one of: {', '.join(CATALOGUE)} (or all)")
-    return names
 
 
 def _fail(message: str, code: int) -> Exit:

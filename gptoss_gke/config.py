@@ -568,6 +568,20 @@ def _model_in(annotation) -> Any:
     return None
 
 
+def resolve_targets(target: str | None, settings: Settings | None = None, *, allow_all: bool = True) -> list[str]:
+    """`--target`: one name, a comma-separated list, or all (the enabled ones); unknown names → exit 2."""
+    if target in (None, "", "all"):
+        if not allow_all:
+            raise ConfigError("this task needs --target", f"use one of: {', '.join(CATALOGUE)}")
+        return settings.enabled_targets() if settings else list(CATALOGUE)
+    names = [t.strip() for t in target.split(",") if t.strip()]
+    for name in names:
+        if name not in CATALOGUE:
+            raise ConfigError(f"unknown target '{name}'{_did_you_mean(name, CATALOGUE)}",
+                              f"use one of: {', '.join(CATALOGUE)} (or all)")
+    return names
+
+
 def require(settings: Settings, *, targets: list[str], dry_run: bool) -> None:
     """Values only some tasks need; checked before the first step runs."""
     problems = []
@@ -577,10 +591,7 @@ def require(settings: Settings, *, targets: list[str], dry_run: bool) -> None:
     elif settings.project == EXAMPLE_PROJECT and not dry_run:
         problems.append(f"{origin}: project: still the placeholder '{EXAMPLE_PROJECT}' "
                         f"(set your project ID there or in GPTOSS_PROJECT; --dry-run works without one)")
-    for name in targets:
-        if name not in CATALOGUE:
-            raise ConfigError(f"unknown target '{name}'{_did_you_mean(name, CATALOGUE)}",
-                              f"use one of: {', '.join(CATALOGUE)}")
+    for name in targets:  # already checked by resolve_targets
         if CATALOGUE[name].weights == "bucket" and not settings.models.bucket:
             problems.append(f"{origin}: models.bucket: required for target {name} (its weights are served "
                             f"from Cloud Storage)")

@@ -78,6 +78,11 @@ class Shell:
         self.offline: str | None = None  # set once we know no cloud can be reached (dry-run)
         self._recorder = _Recorder()
 
+    def dry_twin(self) -> "Shell":
+        """The same shell (executor, policy, environment), but writes are only recorded."""
+        return Shell(self.executor, self.redact, dry_run=True, retry=self.retry, emit=self.emit, where=self.where,
+                     base_env=self.base_env)
+
     # The runner points this at the current step's result, per thread.
     def record_into(self, sink: Callable[[CommandRecord], None] | None) -> Callable | None:
         """Point this thread's command records at `sink`; returns the previous sink to restore."""
