@@ -64,7 +64,8 @@ def _fail(message: str, code: int) -> Exit:
 @contextmanager
 def playbook(c, task: str, *, env: str | None = None, set_: list[str] | None = None, dry_run: bool = False,
              report: str | None = None, yes: bool = False, target: str | None = "all",
-             allow_all_targets: bool = True, needs_project: bool = True, executor=None, on=None,
+             allow_all_targets: bool = True, single_target: str | None = None, needs_project: bool = True,
+             executor=None, on=None,
              remote_shell: bool = True) -> Iterator[Playbook]:
     """Load settings, build the context, run the body, print the recap, set the exit status.
 
@@ -79,7 +80,7 @@ def playbook(c, task: str, *, env: str | None = None, set_: list[str] | None = N
         settings = load_settings(env, root=PROJECT_ROOT, overrides=parse_set(set_ or []))
         if settings.hf_token:
             redactor.add(settings.hf_token.get_secret_value())
-        targets = resolve_targets(target, settings, allow_all=allow_all_targets)
+        targets = resolve_targets(target, settings, allow_all=allow_all_targets, single=single_target)
         if needs_project:
             require(settings, targets=targets, dry_run=dry_run)
         if on:

@@ -568,8 +568,11 @@ def _model_in(annotation) -> Any:
     return None
 
 
-def resolve_targets(target: str | None, settings: Settings | None = None, *, allow_all: bool = True) -> list[str]:
-    """`--target`: one name, a comma-separated list, or all (the enabled ones); unknown names → exit 2."""
+def resolve_targets(target: str | None, settings: Settings | None = None, *, allow_all: bool = True,
+                    single: str | None = None) -> list[str]:
+    """`--target`: one name, a comma-separated list, or all (the enabled ones); unknown names → exit 2.
+
+    ``single``: the task works on one target (its words, e.g. "bench measures"), so a list is refused."""
     if target in (None, "", "all"):
         if not allow_all:
             raise ConfigError("this task needs --target", f"use one of: {', '.join(CATALOGUE)}")
@@ -579,6 +582,8 @@ def resolve_targets(target: str | None, settings: Settings | None = None, *, all
         if name not in CATALOGUE:
             raise ConfigError(f"unknown target '{name}'{_did_you_mean(name, CATALOGUE)}",
                               f"use one of: {', '.join(CATALOGUE)} (or all)")
+    if single and len(names) != 1:
+        raise ConfigError(f"{single} one target at a time", f"use --target={' or --target='.join(CATALOGUE)}")
     return names
 
 

@@ -189,12 +189,10 @@ def smoke(c, target=None, env=None, dry_run=False, report=None, set_=None):
 def port_forward(c, target=None, local_port=8000, env=None, set_=None):
     """Open 127.0.0.1:<port> to a Ready pod of the target until Ctrl-C; prints the URL, never the key."""
     from gptoss_gke.app import playbook
-    from gptoss_gke.errors import ConfigError
     from gptoss_gke.serving.access import ForwardSession
 
-    with playbook(c, "port-forward", env=env, set_=set_, target=target, allow_all_targets=False) as pb:
-        if len(pb.ctx.targets) != 1:
-            raise ConfigError("port-forward opens one target at a time", "use --target=l4 or --target=ironwood")
+    with playbook(c, "port-forward", env=env, set_=set_, target=target, allow_all_targets=False,
+                  single_target="port-forward opens") as pb:
         pb.run([ForwardSession(pb.settings, pb.ctx.targets[0], local_port=int(local_port))])
 
 
@@ -221,13 +219,10 @@ def bench(c, target=None, env=None, dry_run=False, report=None, set_=None, in_cl
           concurrency=3):
     """The tutorial's three tests (TTFT, ITL, TPOT, tok/s) beside its L4 figures; --report writes them as JSON."""
     from gptoss_gke.app import playbook
-    from gptoss_gke.errors import ConfigError
     from gptoss_gke.serving.bench import Bench, BenchJob
 
     with playbook(c, "bench", env=env, set_=set_, dry_run=dry_run, report=report, target=target,
-                  allow_all_targets=False) as pb:
-        if len(pb.ctx.targets) != 1:
-            raise ConfigError("bench measures one target at a time", "use --target=l4 or --target=ironwood")
+                  allow_all_targets=False, single_target="bench measures") as pb:
         name = pb.ctx.targets[0]
         if in_cluster:
             step = BenchJob(pb.settings, name, num_prompts=int(num_prompts), concurrency=int(concurrency))
