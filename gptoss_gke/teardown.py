@@ -156,7 +156,7 @@ class DeleteKubeObjects(Step):
                 if time.monotonic() > deadline:
                     raise StepError(f"pods of {t} still terminating after 10m",
                                     "check `kubectl get pods` for stuck finalizers; re-run teardown")
-                time.sleep(s.kube.poll_interval_s)
+                ctx.sleep(s.kube.poll_interval_s)
 
 
 class DeleteNodePool(_ClusterScoped):

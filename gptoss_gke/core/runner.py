@@ -60,6 +60,10 @@ class Context:
 
         return self.shell.retry.call(fn, transient=is_transient_exception, on_retry=announce)
 
+    def sleep(self, seconds: float) -> None:
+        """Every wait inside a step goes through here, so an interrupt can end it (see the runner)."""
+        time.sleep(seconds)
+
     def forget(self, key: str) -> None:
         with self._lock:
             self._facts.pop(key, None)

@@ -184,7 +184,7 @@ class Rollout(Step):
                     f"to become ready; it was {last.phase}" + (f": {last.hint}" if last.hint else ""),
                     last.fix or f"raise targets.{self.target.name}.load_timeout_s if the load is just slow; "
                     f"`inv deploy` again resumes waiting")
-            time.sleep(s.kube.poll_interval_s)
+            ctx.sleep(s.kube.poll_interval_s)
 
     def _log_tail(self, ctx, pods: list[dict]) -> list[str]:
         from kubernetes.client.exceptions import ApiException

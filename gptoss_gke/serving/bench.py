@@ -410,7 +410,7 @@ class BenchJob(Step):
                 jobs.get(name=self.job, namespace=ns)
             except NotFoundError:
                 return
-            time.sleep(min(2.0, ctx.settings.kube.poll_interval_s))
+            ctx.sleep(min(2.0, ctx.settings.kube.poll_interval_s))
         raise StepError(f"the previous Job {ns}/{self.job} is still being deleted after 2 min",
                         f"kubectl delete job -n {ns} {self.job}, then re-run")
 
@@ -454,4 +454,4 @@ class BenchJob(Step):
                 raise StepError(f"timed out after {self.deadline_s + 120}s waiting for Job {ns}/{self.job}"
                                 + (f"; {shown.strip()}" if shown else ""),
                                 f"kubectl describe job -n {ns} {self.job}")
-            time.sleep(s.kube.poll_interval_s)
+            ctx.sleep(s.kube.poll_interval_s)

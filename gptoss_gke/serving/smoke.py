@@ -118,7 +118,7 @@ class Smoke(Step):
                 last = describe_connection_error(exc)
             if time.monotonic() + 1.0 > deadline:
                 break
-            time.sleep(1.0)
+            ctx.sleep(1.0)
         raise StepError(
             f"GET /health did not answer 200 within {self.health_timeout_s:.0f}s through the port-forward to pod "
             f"{tunnel.pod} (last: {last}){_tunnel_errors(tunnel)}",
