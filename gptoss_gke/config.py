@@ -303,17 +303,25 @@ class Settings(_Strict):
 
     @property
     def ownership_labels(self) -> dict[str, str]:
-        """Labels on everything we create; teardown deletes only what carries them."""
+        """Who created an object: this tool, for this environment. Teardown selects on exactly these;
+        user ``labels`` are added beside them (object_labels) but never decide ownership."""
         from gptoss_gke import TOOL_NAME
+        from gptoss_gke.ownership import ENV, MANAGED_BY
 
-        return {"app.kubernetes.io/managed-by": TOOL_NAME, "gptoss-gke/env": self.env_name, **self.labels}
+        return {MANAGED_BY: TOOL_NAME, ENV: self.env_name}
+
+    @property
+    def object_labels(self) -> dict[str, str]:
+        """What every Kubernetes object we create carries: the user's labels, then ours (ours win)."""
+        return {**self.labels, **self.ownership_labels}
 
     @property
     def gcp_labels(self) -> dict[str, str]:
         """The same ownership, spelled the way GCP labels allow (no '/' or '.')."""
         from gptoss_gke import TOOL_NAME
+        from gptoss_gke.ownership import GCP_ENV, GCP_MANAGED_BY
 
-        return {"managed-by": TOOL_NAME, "gptoss-gke-env": self.env_name}
+        return {GCP_MANAGED_BY: TOOL_NAME, GCP_ENV: self.env_name}
 
     def target(self, name: str) -> Target:
         base = CATALOGUE[name]

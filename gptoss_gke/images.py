@@ -504,7 +504,7 @@ class PurgeImage(Step):
     """teardown --purge-images: our mirrored tag, when the repository itself is not ours to delete."""
 
     section = "images"
-    needs = ()
+    needs = ("gcloud credentials",)
 
     def __init__(self, settings, target_name: str):
         self.target_name = target_name
@@ -553,7 +553,7 @@ class PurgeRepository(GcloudStep):
     """teardown --purge-images: the repository, only if this tool created it (our labels)."""
 
     section = "images"
-    needs = ()
+    needs = ("gcloud credentials",)
 
     def __init__(self, settings):
         self.name = f"repository {settings.registry.repository} ({settings.registry_location})"

@@ -84,7 +84,7 @@ from typing import Any
 
 from gptoss_gke.core.report import format_duration
 from gptoss_gke.core.retry import is_transient_exception
-from gptoss_gke.gcp.project import project_number
+from gptoss_gke.gcp.project import Credentials, project_number
 from gptoss_gke.core.step import Change, Plan, Step, noop, skip
 from gptoss_gke.errors import CannotObserve, StepError
 
@@ -426,7 +426,7 @@ class RevokeBucketIamBinding(BucketIamBinding):
     def __init__(self, settings):
         super().__init__(settings)
         self.name = f"bucket IAM: revoke objectViewer of {settings.kube.namespace}/{settings.kube.service_account}"
-        self.needs = ()
+        self.needs = (Credentials.name,)  # teardown: what is already gone must not stop the rest
 
     def plan(self, ctx, current) -> Plan:
         if current is None:
@@ -921,7 +921,7 @@ class PurgeStagedModel(Step):
     """Delete what StageModel wrote under ``<prefix>/<model id>/``: folders of ours, nothing else."""
 
     section = "models"
-    needs = ()
+    needs = (Credentials.name,)
     sdk_modules = GCS_SDK
 
     def __init__(self, settings, target_name: str):

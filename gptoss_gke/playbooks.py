@@ -93,16 +93,19 @@ def deploy(c, target=None, env=None, dry_run=False, report=None, set_=None, skip
     yes="do not ask before deleting (needed without a terminal)",
     purge_model="also delete the staged weights under our bucket folder, our IAM binding, and the l4 model cache",
     purge_images="also delete the mirrored images (and the repository, if we created it)",
-    delete_cluster="delete the cluster itself (only if this tool created it)",
+    delete_cluster="delete the cluster itself (only if this environment created it); its load balancers and "
+                   "disks are deleted first",
     scale_to_zero="keep the node pools but scale them to zero, for a quick return",
+    force="delete the node pools/cluster even when the Kubernetes objects in the cluster cannot be seen "
+          "(their load balancers and disks may be left behind, and are named)",
 ))
 def teardown(c, target="all", env=None, dry_run=False, report=None, set_=None, yes=False, purge_model=False,
-             purge_images=False, delete_cluster=False, scale_to_zero=False):
-    """Delete what we created (ownership labels only), after listing it and asking."""
+             purge_images=False, delete_cluster=False, scale_to_zero=False, force=False):
+    """Delete what this environment created (ownership labels only), after listing it and asking."""
     from gptoss_gke.app import playbook
     from gptoss_gke.errors import ToolError
     from gptoss_gke.targets import CATALOGUE
-    from gptoss_gke.teardown import teardown_steps
+    from gptoss_gke.teardown import not_deleted, teardown_steps
 
     all_targets = target in (None, "", "all")
     with playbook(c, "teardown", env=env, set_=set_, dry_run=dry_run, report=report, yes=yes,
@@ -111,22 +114,34 @@ def teardown(c, target="all", env=None, dry_run=False, report=None, set_=None, y
             # "all" means every catalogue target, enabled or not: one may have been enabled earlier.
             return teardown_steps(pb.settings, list(CATALOGUE) if all_targets else pb.ctx.targets,
                                   all_targets=all_targets, purge_model=purge_model, purge_images=purge_images,
-                                  delete_cluster=delete_cluster, scale_to_zero=scale_to_zero)
+                                  delete_cluster=delete_cluster, scale_to_zero=scale_to_zero, force=force)
 
+        pb.extra["deleted"] = []
         if dry_run:
             pb.run(steps())
             return
         preview = pb.preview(steps())
         doomed = [r for r in preview if r.changed]
-        if any(r.status == "failed" for r in preview) or not doomed:
-            pb.results.extend(preview)  # nothing to delete (or cannot tell): the preview is the answer
+        if any(r.status == "failed" for r in preview):
+            # Something could not be seen (or checked): deleting the rest could orphan what it holds.
+            pb.results.extend(not_deleted(preview))
+            raise ToolError("nothing deleted: teardown stops when anything it would delete, or anything that "
+                            "depends on it, could not be seen or checked (failed above)",
+                            "fix what the failures above say, then re-run"
+                            + ("" if force else "; --force deletes the node pools/cluster even when the Kubernetes "
+                               "objects in them cannot be seen"))
+        if not doomed:
+            pb.results.extend(preview)  # nothing to delete: the preview is the answer
             return
         pb.ctx.printer.line("")
         pb.ctx.printer.line(f"About to change {len(doomed)} item(s) listed above as 'changed (dry-run)'.", "bold")
         if not pb.ctx.confirm("Delete them?"):
             raise ToolError("nothing deleted: teardown needs confirmation",
                             "answer y at the prompt, or pass --yes (required without a terminal)")
-        pb.run(steps())
+        pb.ctx.printer.line("")
+        pb.ctx.printer.line("Deleting (only what is listed above):", "bold")
+        results = pb.run(steps(), quiet=True, approved={r.name: r.planned for r in doomed})
+        pb.extra["deleted"] = [p for r in results if r.changed for p in r.planned]
 
 
 @task(iterable=["set_"], help=_help(

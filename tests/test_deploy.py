@@ -107,5 +107,6 @@ def test_an_unlabelled_object_is_not_taken_over(deploy_world):
                  "spec": {"ports": [{"port": 80}]}})
     proc = w.inv("deploy", "--target=l4", "--skip-smoke")
     assert proc.returncode == 1
-    assert "Service gptoss/gptoss-l4 exists but does not carry our labels" in proc.stdout
+    assert ("Service gptoss/gptoss-l4 exists and is not ours (no app.kubernetes.io/managed-by=gptoss-gke label): "
+            "refusing to take it over") in proc.stdout
     assert w.kube.get("Service", NS, "gptoss-l4")["metadata"].get("labels") in (None, {})

@@ -5,10 +5,10 @@ from __future__ import annotations
 import base64
 import secrets as pysecrets
 
-from gptoss_gke.core.step import Change, Plan, Step, noop
+from gptoss_gke.core.step import Change, Plan, noop
 from gptoss_gke.errors import StepError
-from gptoss_gke.k8s.apply import owned
-from gptoss_gke.k8s.client import SDK, kube
+from gptoss_gke.k8s.client import KubeStep, kube
+from gptoss_gke.ownership import kube_owner_problem
 
 KEY = "VLLM_API_KEY"
 
@@ -37,9 +37,8 @@ def read_api_key(ctx) -> str:
     return key
 
 
-class ApiKeySecret(Step):
+class ApiKeySecret(KubeStep):
     section = "kubernetes"
-    sdk_modules = SDK
 
     def __init__(self, settings, rotate: bool = False):
         self.rotate = rotate
@@ -65,8 +64,9 @@ class ApiKeySecret(Step):
         hf = s.hf_token.get_secret_value() if s.hf_token else None
         if current is None:
             return Plan([Change("generate a new API key and store it in the Secret", "create", apply=self._write)])
-        if not owned(current, s):
-            raise StepError(f"{self.name} exists but is not ours", "delete it or choose kube.api_key_secret")
+        why = kube_owner_problem(current, s)
+        if why is not None:
+            raise StepError(f"{self.name} exists and is {why}", "delete it or choose kube.api_key_secret")
         reasons = []
         if self.rotate:
             reasons.append("rotate the API key (--rotate-api-key)")
@@ -99,7 +99,7 @@ class ApiKeySecret(Step):
             "kind": "Secret",
             "type": "Opaque",
             "metadata": {"name": s.kube.api_key_secret, "namespace": s.kube.namespace,
-                         "labels": dict(s.ownership_labels)},
+                         "labels": dict(s.object_labels)},
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
         }
         kube(ctx).resource("v1", "Secret").server_side_apply(

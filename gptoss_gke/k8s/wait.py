@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass
 
 from gptoss_gke.core.report import format_duration
-from gptoss_gke.core.step import Change, Plan, Step, noop
+from gptoss_gke.core.step import Change, Plan, noop
 from gptoss_gke.errors import StepError
-from gptoss_gke.k8s.client import SDK, kube
+from gptoss_gke.k8s.client import KubeStep, kube
 from gptoss_gke.k8s.manifests import selector, workload_name
 
 
@@ -123,9 +123,12 @@ def ready(workload: dict | None) -> bool:
             and status.get("updatedReplicas", want) >= want)
 
 
-class Rollout(Step):
+class Rollout(KubeStep):
+    """Polls until ready. Every read goes through the run's retry policy (the client's requests do),
+    so a control-plane blip (a 503, a 429 with Retry-After, a reset) during an hour-long TPU load is
+    waited out, not fatal."""
+
     section = "rollout"
-    sdk_modules = SDK
     verify = False  # waiting is the verification
     observe_early = False
 

@@ -66,6 +66,7 @@ import json
 import os
 import re
 import threading
+import time
 import uuid
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -186,12 +187,14 @@ class ApiError(Exception):
 
 class RecordedRequest(NamedTuple):
     """One request as received: ``method``, ``path`` (no query), ``query`` (name -> value; the
-    last value when repeated), ``body`` (parsed JSON, or the raw text, or None)."""
+    last value when repeated), ``body`` (parsed JSON, or the raw text, or None), ``time``
+    (``time.time()`` on arrival, to order it against other servers' events)."""
 
     method: str
     path: str
     query: dict
     body: Any
+    time: float = 0.0
 
 
 class _Injection:
@@ -547,7 +550,7 @@ class GcpEmulator:
                 body = json.loads(body_bytes)
             except ValueError:
                 body = body_bytes.decode("utf-8", "replace")
-        rec = RecordedRequest(method, path, query, body)
+        rec = RecordedRequest(method, path, query, body, time.time())
         with self.lock:
             self._log.append(rec)
             for inj in self._injections:
