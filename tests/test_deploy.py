@@ -110,3 +110,96 @@ def test_an_unlabelled_object_is_not_taken_over(deploy_world):
     assert ("Service gptoss/gptoss-l4 exists and is not ours (no app.kubernetes.io/managed-by=gptoss-gke label): "
             "refusing to take it over") in proc.stdout
     assert w.kube.get("Service", NS, "gptoss-l4")["metadata"].get("labels") in (None, {})
+
+
+# ---- Kubernetes API faults, immutable fields, ownership and diffs ---------------------------------------------
+
+def test_api_blips_are_waited_out_and_api_errors_are_said_as_problem_and_fix(deploy_world):
+    w = deploy_world
+    w.kube.script_pods("gptoss-l4", "ready", ticks=6)  # a few polls before Ready
+    # A control plane that restarts under us: one 503 on the apply, a dropped connection on a read,
+    # and a 429 that asks for a second while the rollout is polled.
+    w.kube.inject("PATCH", r"/statefulsets/gptoss-l4$", 503, dry_run=False)
+    w.kube.inject("GET", r"/namespaces/gptoss/secrets/vllm-api-key$", 0, reset=True)
+    w.kube.inject("GET", r"/api/v1/namespaces/gptoss/pods$", 429, retry_after=1)
+    proc = w.inv("deploy", "--target=l4", "--skip-smoke")
+    out = proc.stdout
+    assert proc.returncode == 0, out
+    assert w.kube.faults_left() == 0
+    assert "retrying PATCH /apis/apps/v1/namespaces/gptoss/statefulsets/gptoss-l4" in out
+    assert "retrying GET /api/v1/namespaces/gptoss/secrets/vllm-api-key" in out
+    assert "retrying GET /api/v1/namespaces/gptoss/pods in 1.0s" in out  # Retry-After honoured
+    assert w.kube.get("StatefulSet", NS, "gptoss-l4")["status"]["readyReplicas"] == 1
+
+    # A field that cannot change in place: what differs, why, the exact commands; nothing is sent.
+    w.kube.clear_log()
+    proc = w.inv("deploy", "--target=l4", "--skip-smoke", "--set", "targets.l4.pvc_size_gi=100")
+    out = proc.stdout
+    assert proc.returncode == 1, out
+    assert ("failed: StatefulSet gptoss/gptoss-l4 differs in what the API server cannot change in place: "
+            "spec.volumeClaimTemplates.0.spec.resources.requests.storage: 60Gi → 100Gi") in out
+    kubectl = f"kubectl --kubeconfig={w.kube.kubeconfig_path} --context=test -n gptoss"
+    assert (f"{kubectl} patch pvc model-cache-gptoss-l4-0 -p "
+            "'{\"spec\": {\"resources\": {\"requests\": {\"storage\": \"100Gi\"}}}}'") in out
+    assert f"{kubectl} delete statefulset gptoss-l4 --cascade=orphan" in out and "inv deploy --target=l4" in out
+    assert w.kube.writes() == []
+    proc = w.inv("deploy", "--target=l4", "--skip-smoke", "--set", "targets.l4.storage_class=premium-rwo")
+    assert proc.returncode == 1
+    assert "spec.volumeClaimTemplates.0.spec.storageClassName: standard-rwo → premium-rwo" in proc.stdout
+    assert f"{kubectl} delete pvc model-cache-gptoss-l4-0" in proc.stdout
+    assert w.kube.writes() == [] and w.kube.get("StatefulSet", NS, "gptoss-l4") is not None
+
+    # Any other API error: in words, with a fix; never an ApiException with its HTTP headers.
+    w.kube.inject("GET", r"/namespaces/gptoss/serviceaccounts/vllm$", 403, message='serviceaccounts "vllm" is '
+                  'forbidden: User "dev@example.com" cannot get resource "serviceaccounts" in the namespace "gptoss"')
+    denied = w.inv("deploy", "--target=l4", "--skip-smoke")
+    assert denied.returncode == 1
+    assert ('failed: the Kubernetes API denied it (403 Forbidden): serviceaccounts "vllm" is forbidden: '
+            'User "dev@example.com" cannot get resource') in denied.stdout
+    assert "fix: ask for roles/container.developer in project test-project" in denied.stdout
+    w.kube.inject("GET", r"/namespaces/gptoss/services/gptoss-l4$", 503, times=5)  # every attempt
+    overloaded = w.inv("deploy", "--target=l4", "--skip-smoke")
+    assert overloaded.returncode == 1 and w.kube.faults_left() == 0
+    assert "failed: the Kubernetes API kept answering 503 ServiceUnavailable after 5 attempts" in overloaded.stdout
+    for proc in (denied, overloaded):
+        for raw in ("HTTP response headers", "ApiException", "Traceback", "HTTPHeaderDict"):
+            assert raw not in proc.stdout + proc.stderr
+
+
+def test_user_labels_never_decide_ownership_and_removed_fields_are_changes(deploy_world):
+    w = deploy_world
+    assert w.inv("deploy", "--target=l4", "--skip-smoke").returncode == 0
+    # Labels added after the first deploy: applied everywhere, nothing disowned (not the account,
+    # not the workload), and not stamped into the immutable volumeClaimTemplates.
+    extra = ["--set", "labels.team=search", "--set", "targets.l4.vllm_extra_args=[--enable-prefix-caching]"]
+    proc = w.inv("deploy", "--target=l4", "--skip-smoke", *extra)
+    assert proc.returncode == 0, proc.stdout
+    for kind, name in (("Namespace", None), ("ServiceAccount", "vllm"), ("Secret", "vllm-api-key"),
+                       ("Service", "gptoss-l4"), ("StatefulSet", "gptoss-l4")):
+        obj = w.kube.get(kind, None if name is None else NS, name or NS)
+        assert obj["metadata"]["labels"]["team"] == "search", kind
+    sts = w.kube.get("StatefulSet", NS, "gptoss-l4")
+    assert sts["spec"]["template"]["metadata"]["labels"]["team"] == "search"
+    assert "team" not in sts["spec"]["volumeClaimTemplates"][0]["metadata"]["labels"]
+    assert "--enable-prefix-caching" in sts["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    # Removed from the settings → removed from the objects: a difference, not "matches".
+    proc = w.inv("deploy", "--target=l4", "--skip-smoke")
+    out = proc.stdout
+    assert proc.returncode == 0, out
+    assert "changed: update ServiceAccount gptoss/vllm (1 field)" in out
+    assert "~ metadata.labels.team: search → (absent)" in out
+    assert "changed: update StatefulSet gptoss/gptoss-l4" in out
+    assert "~ spec.template.spec.containers.0.args: removed --enable-prefix-caching" in out
+    sts = w.kube.get("StatefulSet", NS, "gptoss-l4")
+    assert "team" not in sts["metadata"]["labels"] and "team" not in sts["spec"]["template"]["metadata"]["labels"]
+    assert "--enable-prefix-caching" not in sts["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "team" not in w.kube.get("ServiceAccount", NS, "vllm")["metadata"]["labels"]
+
+    # Teardown with other user labels still finds (and deletes) everything of this environment.
+    proc = w.inv("teardown", "--yes", "--target=all", "--set", "labels.team=other")
+    assert proc.returncode == 0, proc.stdout
+    w.kube.tick(3)
+    assert [o for o in w.kube.objects("StatefulSet", NS)] == []
+    assert [o["metadata"]["name"] for o in w.kube.objects("ServiceAccount", NS)] in ([], ["default"])
+    assert w.kube.get("Secret", NS, "vllm-api-key") is None

@@ -63,19 +63,44 @@ def diff_objects(live: Any, want: Any, path: tuple = (), *, both_ways: bool = Tr
         for key in keys:
             out += diff_objects(live.get(key), want.get(key), path + (key,), both_ways=both_ways)
         return out
-    if isinstance(want, list) and isinstance(live, list) and len(want) == len(live):
-        out = []
-        for i, (a, b) in enumerate(zip(live, want)):
-            out += diff_objects(a, b, path + (i,), both_ways=both_ways)
-        return out
+    if isinstance(want, list) and isinstance(live, list):
+        if len(want) == len(live):
+            out = []
+            for i, (a, b) in enumerate(zip(live, want)):
+                out += diff_objects(a, b, path + (i,), both_ways=both_ways)
+            return out
+        named = _by_name(live), _by_name(want)
+        if None not in named:  # containers, env, volumes, ports: matched by name, not position
+            out = []
+            for key in list(named[1]) + ([k for k in named[0] if k not in named[1]] if both_ways else []):
+                out += diff_objects(named[0].get(key), named[1].get(key), path + (key,), both_ways=both_ways)
+            return out
+        if all(not isinstance(x, (dict, list)) for x in live + want):  # args, command: what went, what came
+            shown = ".".join(str(p) for p in path)
+            gone, came = [x for x in live if x not in want], [x for x in want if x not in live]
+            words = ([f"removed {', '.join(_short(x) for x in gone)}"] if gone else []) + \
+                ([f"added {', '.join(_short(x) for x in came)}"] if came else [])
+            return [f"{shown}: {'; '.join(words) or 'same items, another order'}"]
     if live != want:
         shown = ".".join(str(p) for p in path)
         return [f"{shown}: {_short(live)} → {_short(want)}"]
     return []
 
 
+def _by_name(items: list) -> dict | None:
+    if not all(isinstance(x, dict) and isinstance(x.get("name"), str) for x in items):
+        return None
+    named = {x["name"]: x for x in items}
+    return named if len(named) == len(items) else None
+
+
 def _short(value: Any) -> str:
-    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip() if value is not None else "(absent)"
+    if value is None:
+        return "(absent)"
+    if isinstance(value, str):
+        text = value
+    else:  # flow YAML; a bare scalar would end with YAML's "..." document marker
+        text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...")
     return text if len(text) <= 120 else text[:117] + "..."
 
 
@@ -113,35 +138,40 @@ def _storage_only_grows(drift: list[str], live: dict, want: dict) -> bool:
 
 
 def immutable_fix(settings, live: dict, want: dict, drift: list[str]) -> str:
-    """The exact commands that resolve an immutable difference (or: set the setting back)."""
+    """The exact commands that resolve an immutable difference, in order (or: set the setting back)."""
     kind, meta = want["kind"], want["metadata"]
     name, ns = meta["name"], meta.get("namespace")
     kubectl = f"kubectl --kubeconfig={settings.kube.kubeconfig} --context={settings.kube_context}" + \
         (f" -n {ns}" if ns else "")
     target = object_target(want)
-    redeploy = f"inv deploy --target={target}" if target else "inv deploy"
-    steps: list[str] = []
+    commands: list[str] = []
+    why = ""
     if kind == "StatefulSet":
         replicas = int(_dig(live, ("spec", "replicas")) or 1)
-        claims = [f"{(t.get('metadata') or {}).get('name')}-{name}-{i}"
-                  for t in _dig(want, ("spec", "volumeClaimTemplates")) or [] for i in range(replicas)]
+        templates = _dig(want, ("spec", "volumeClaimTemplates")) or []
+        claims = {(t.get("metadata") or {}).get("name"): [f"{(t.get('metadata') or {}).get('name')}-{name}-{i}"
+                                                          for i in range(replicas)] for t in templates}
         if _storage_only_grows(drift, live, want):
-            for t in _dig(want, ("spec", "volumeClaimTemplates")) or []:
+            for t in templates:
                 size = _dig(t, ("spec", "resources", "requests", "storage"))
                 patch = json.dumps({"spec": {"resources": {"requests": {"storage": size}}}})
-                steps += [f"{kubectl} patch pvc {c} -p '{patch}'" for c in claims
-                          if c.startswith(f"{(t.get('metadata') or {}).get('name')}-")]
-            steps.append(f"{kubectl} delete statefulset {name} --cascade=orphan   # pods and claims stay")
+                commands += [f"{kubectl} patch pvc {c} -p '{patch}'" for c in claims[t["metadata"]["name"]]]
+            commands.append(f"{kubectl} delete statefulset {name} --cascade=orphan")
+            why = ("the claims grow in place (if their storage class allows expansion; standard-rwo does), then the "
+                   "StatefulSet is recreated around the running pods, which keep their data")
         else:
-            steps.append(f"{kubectl} delete statefulset {name}   # its claims are kept (retention policy)")
+            commands.append(f"{kubectl} delete statefulset {name}")
             if any("volumeClaimTemplates" in d for d in drift):
-                steps += [f"{kubectl} delete pvc {c}   # only if the claim itself must change: the model is "
-                          f"downloaded again" for c in claims]
+                commands += [f"{kubectl} delete pvc {c}" for cs in claims.values() for c in cs]
+                why = "the pods stop; new claims are made with the new template, so the model is downloaded again"
+            else:
+                why = "the pods stop and start again; the model cache claims are kept (retention policy)"
     else:
-        steps.append(f"{kubectl} delete {kind.lower()} {name}")
-    steps.append(redeploy)
-    return ("we never delete and recreate it for you. Either set the setting back so the manifest matches "
-            "the live object, or run: " + "; ".join(steps))
+        commands.append(f"{kubectl} delete {kind.lower()} {name}")
+    commands.append(f"inv deploy --target={target}" if target else "inv deploy")
+    listed = "".join(f"\n      {c}" for c in commands)
+    return (f"we never delete and recreate it for you. Set the setting back so the manifest matches the live "
+            f"object, or run, in order:{listed}" + (f"\n    ({why})" if why else ""))
 
 
 class KubeObject(KubeStep):
@@ -193,7 +223,8 @@ class KubeObject(KubeStep):
                             "delete or rename that object, or deploy into another kube.namespace")
         if current["drift"]:
             raise StepError(
-                f"{self.name} differs in what cannot change in place: {'; '.join(current['drift'])}",
+                f"{self.name} differs in what the API server cannot change in place: "
+                f"{'; '.join(current['drift'])}",
                 immutable_fix(ctx.settings, live, self.obj, current["drift"]),
                 facts={"immutable_drift": current["drift"]})
         changes = diff_objects(live, would)

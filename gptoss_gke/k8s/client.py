@@ -112,15 +112,19 @@ def kube(ctx) -> Kube:
     retries to fail the same way."""
 
     def connect():
-        from kubernetes import config
+        from kubernetes import client, config
         from kubernetes.config.config_exception import ConfigException
 
         s = ctx.settings
         path = s.kubeconfig_path
         if not os.path.exists(path):
             return CannotObserve(f"no kubeconfig at {s.kube.kubeconfig}", CONTEXT_FIX)
+        configuration = type.__call__(client.Configuration)  # a fresh one, not a copy of the default
+        # One retry policy: urllib3's own (3 silent retries, Retry-After honoured on its own) is off.
+        configuration.retries = False
         try:
-            api_client = config.new_client_from_config(config_file=path, context=s.kube_context)
+            api_client = config.new_client_from_config(config_file=path, context=s.kube_context,
+                                                       client_configuration=configuration)
         except ConfigException as exc:
             return CannotObserve(f"kubeconfig {s.kube.kubeconfig} has no usable context {s.kube_context}: {exc}",
                                  CONTEXT_FIX)

@@ -37,6 +37,20 @@ def read_api_key(ctx) -> str:
     return key
 
 
+def _label_drift(current: dict, want: dict[str, str], manager: str) -> list[str]:
+    """Labels to set, and labels we applied before but no longer want (by our field manager's own
+    record in managedFields: labels others added are theirs and stay)."""
+    have = (current.get("metadata") or {}).get("labels") or {}
+    ours = set()
+    for entry in (current.get("metadata") or {}).get("managedFields") or []:
+        if entry.get("manager") == manager:
+            labels = ((entry.get("fieldsV1") or {}).get("f:metadata") or {}).get("f:labels") or {}
+            ours |= {k.removeprefix("f:") for k in labels}
+    drift = [f"label {k}={v}" for k, v in sorted(want.items()) if have.get(k) != v]
+    drift += [f"remove label {k}" for k in sorted(ours - set(want)) if k in have]
+    return drift
+
+
 class ApiKeySecret(KubeStep):
     section = "kubernetes"
 
@@ -74,6 +88,7 @@ class ApiKeySecret(KubeStep):
             reasons.append(f"the Secret has no {KEY}: generate one")
         if hf and _decode(current, "HF_TOKEN") != hf:
             reasons.append("store the current HF token for the in-cluster weight download")
+        reasons += _label_drift(current, s.object_labels, s.kube.field_manager)
         if not reasons:
             return noop("API key present and kept (rotate with --rotate-api-key; see it with `inv show-api-key`)")
         return Plan([Change("; ".join(reasons), "update", apply=self._write)])
