@@ -523,6 +523,24 @@ def load_settings(
     return settings
 
 
+def other_environments(settings: Settings, *, root: Path | None = None,
+                       environ: dict[str, str] | None = None) -> dict[str, "Settings | ConfigError"]:
+    """Every other environment beside this run's (env/<name>.yaml), loaded as a run in this shell would
+    load it, or the error that stopped it. Teardown asks them before deleting what environments can
+    share (a bucket grant, a mirrored tag, staged weights, a repository)."""
+    environ = dict(os.environ if environ is None else environ)
+    folder = env_dir(root, environ)
+    found: dict[str, Settings | ConfigError] = {}
+    for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+        if path.stem == settings.env_name:
+            continue
+        try:
+            found[path.stem] = load_settings(path.stem, root=root, environ=environ)
+        except ConfigError as exc:
+            found[path.stem] = exc
+    return found
+
+
 def _display_path(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd()))

@@ -46,3 +46,23 @@ def gcp_owner_problem(labels: dict | None, settings) -> str | None:
 def selector(settings) -> str:
     """The label selector of everything this environment created in Kubernetes."""
     return ",".join(f"{k}={v}" for k, v in sorted(settings.ownership_labels.items()))
+
+
+def kept_for(others: dict, uses) -> str | None:
+    """Why a thing environments can share (a bucket grant, a mirrored tag, a staged folder, a
+    repository) is kept, or None when no other environment uses it and this one may delete it.
+
+    ``others``: every other environment's name → its Settings, or the error that kept it from loading
+    (then it might use it: kept, to be safe). ``uses(settings)`` says whether one does."""
+    using, unreadable = [], []
+    for name, other in sorted((others or {}).items()):
+        if isinstance(other, Exception):
+            unreadable.append(name)
+        elif uses(other):
+            using.append(name)
+    if using:
+        return f"environment {', '.join(using)} uses it too"
+    if unreadable:
+        return (f"the settings of environment {', '.join(unreadable)} could not be read, so it may use it too "
+                f"(fix those files, or delete it by hand)")
+    return None

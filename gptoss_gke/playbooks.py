@@ -102,7 +102,8 @@ def deploy(c, target=None, env=None, dry_run=False, report=None, set_=None, skip
 def teardown(c, target="all", env=None, dry_run=False, report=None, set_=None, yes=False, purge_model=False,
              purge_images=False, delete_cluster=False, scale_to_zero=False, force=False):
     """Delete what this environment created (ownership labels only), after listing it and asking."""
-    from gptoss_gke.app import playbook
+    from gptoss_gke.app import PROJECT_ROOT, playbook
+    from gptoss_gke.config import other_environments
     from gptoss_gke.errors import ToolError
     from gptoss_gke.targets import CATALOGUE
     from gptoss_gke.teardown import not_deleted, teardown_steps
@@ -110,11 +111,15 @@ def teardown(c, target="all", env=None, dry_run=False, report=None, set_=None, y
     all_targets = target in (None, "", "all")
     with playbook(c, "teardown", env=env, set_=set_, dry_run=dry_run, report=report, yes=yes,
                   target="all" if all_targets else target) as pb:
+        # What environments share (a bucket grant, a mirrored tag, staged weights) is kept while another uses it.
+        others = other_environments(pb.settings, root=PROJECT_ROOT) if purge_model or purge_images else {}
+
         def steps():
             # "all" means every catalogue target, enabled or not: one may have been enabled earlier.
             return teardown_steps(pb.settings, list(CATALOGUE) if all_targets else pb.ctx.targets,
                                   all_targets=all_targets, purge_model=purge_model, purge_images=purge_images,
-                                  delete_cluster=delete_cluster, scale_to_zero=scale_to_zero, force=force)
+                                  delete_cluster=delete_cluster, scale_to_zero=scale_to_zero, force=force,
+                                  others=others)
 
         pb.extra["deleted"] = []
         if dry_run:

@@ -352,7 +352,10 @@ class DeleteCluster(_ClusterScoped):
 
 
 def teardown_steps(settings, targets: list[str], *, all_targets: bool, purge_model: bool, purge_images: bool,
-                   delete_cluster: bool, scale_to_zero: bool, force: bool = False) -> list[Step]:
+                   delete_cluster: bool, scale_to_zero: bool, force: bool = False,
+                   others: dict | None = None) -> list[Step]:
+    """``others``: every other environment (name → Settings, or the error loading it); what they share
+    with this one (a bucket grant, a mirrored tag, staged weights, a repository) is kept."""
     steps: list[Step] = [Credentials(), KubernetesApi(settings, force=force)]
     kube_steps = []
     for api_version, kind, namespaced in sorted(KINDS, key=lambda k: KIND_ORDER.index(k[1]), reverse=True):
@@ -363,11 +366,11 @@ def teardown_steps(settings, targets: list[str], *, all_targets: bool, purge_mod
     if purge_model:
         from gptoss_gke.models import purge_model_steps
 
-        steps += purge_model_steps(settings, [t for t in targets if settings.target(t).weights == "bucket"])
+        steps += purge_model_steps(settings, [t for t in targets if settings.target(t).weights == "bucket"], others)
     if purge_images:
         from gptoss_gke.images import purge_image_steps
 
-        steps += purge_image_steps(settings, targets)
+        steps += purge_image_steps(settings, targets, others)
     if not delete_cluster:
         steps += [DeleteNodePool(settings, t, scale_to_zero=scale_to_zero, kube_steps=kube_steps, force=force)
                   for t in targets]

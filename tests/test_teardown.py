@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import yaml
 
@@ -129,11 +130,11 @@ def test_delete_cluster_refuses_a_cluster_we_did_not_create(deploy_world):
         w.gcp.state.clusters[(P, L, C)]["resourceLabels"] = {"owner": "platform-team"}
     proc = w.inv("teardown", "--yes", "--delete-cluster")
     assert proc.returncode == 1
-    assert "was not created by this tool" in proc.stdout
+    assert "cluster gptoss is not ours (no managed-by=gptoss-gke label): refusing to delete it" in proc.stdout
     assert w.gcp.get_cluster(P, L, C) is not None
 
 
-def test_purge_model_deletes_only_our_staged_objects_and_our_grant(deploy_world):
+def test_purge_model_deletes_only_what_this_environment_staged_and_a_grant_no_other_uses(deploy_world):
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
@@ -143,12 +144,14 @@ def test_purge_model_deletes_only_our_staged_objects_and_our_grant(deploy_world)
     client = storage.Client(project=P, credentials=AnonymousCredentials(),
                             client_options={"api_endpoint": w.gcs.url})
     bucket = client.create_bucket("test-project-models")
-    rev = "b" * 40
-    ours = f"models/openai/gpt-oss-120b/{rev}/model-00000-of-00014.safetensors"
-    blob = bucket.blob(ours)
-    blob.metadata = {"hf-revision": rev, "sha256": "0" * 64}
-    blob.upload_from_string(b"weights")
-    bucket.blob(f"models/openai/gpt-oss-120b/{rev}/{MANIFEST_NAME}").upload_from_string(b"{}")
+    staged = {"b" * 40: "dev", "c" * 40: "prod", "d" * 40: None}  # revision folder → who staged it
+    for rev, env in staged.items():
+        blob = bucket.blob(f"models/openai/gpt-oss-120b/{rev}/model-00000-of-00014.safetensors")
+        blob.metadata = {"hf-revision": rev, "sha256": "0" * 64}
+        blob.upload_from_string(b"weights")
+        manifest = {"tool": "gptoss-gke", "revision": rev, **({"environment": env} if env else {})}
+        bucket.blob(f"models/openai/gpt-oss-120b/{rev}/{MANIFEST_NAME}").upload_from_string(json.dumps(manifest))
+    bucket.blob(f"models/openai/gpt-oss-120b/{'b' * 40}/my-notes.txt").upload_from_string(b"not staged by us")
     bucket.blob("datasets/theirs.parquet").upload_from_string(b"not ours")
     bucket.blob("models/openai/gpt-oss-120b/notes.txt").upload_from_string(b"someone's notes")
     number = w.gcp.state.projects[P]["projectNumber"]
@@ -157,11 +160,28 @@ def test_purge_model_deletes_only_our_staged_objects_and_our_grant(deploy_world)
     policy = bucket.get_iam_policy(requested_policy_version=3)
     policy.bindings.append({"role": "roles/storage.objectViewer", "members": {member, "user:alice@example.com"}})
     bucket.set_iam_policy(policy)
+    # Another environment of ours, in another cluster of the same project, serving from the same bucket
+    # as the same namespace and service account: the same Workload Identity principal.
+    envdir = Path(w.env["GPTOSS_ENV_DIR"])
+    (envdir / "staging.yaml").write_text((envdir / "dev.yaml").read_text().replace("kube:", "cluster:\n  name: "
+                                                                                   "gptoss-staging\nkube:"))
 
     proc = w.inv("teardown", "--yes", "--purge-model")
     assert proc.returncode == 0, proc.stdout
     left = sorted(b.name for b in client.list_blobs("test-project-models"))
-    assert left == ["datasets/theirs.parquet", "models/openai/gpt-oss-120b/notes.txt"]
+    assert left == sorted(["datasets/theirs.parquet", "models/openai/gpt-oss-120b/notes.txt",
+                           f"models/openai/gpt-oss-120b/{'b' * 40}/my-notes.txt",
+                           *(f"models/openai/gpt-oss-120b/{r}/{n}" for r in ("c" * 40, "d" * 40)
+                             for n in (MANIFEST_NAME, "model-00000-of-00014.safetensors"))])
+    assert "(staged by environment prod)" in proc.stdout and "(staged by no recorded environment)" in proc.stdout
+    members = {m for b in w.gcs.policy("test-project-models").get("bindings", []) for m in b.get("members", [])}
+    assert member in members  # environment staging reads the bucket as the same principal
+    assert f"ok: {member} keeps roles/storage.objectViewer on gs://test-project-models: environment staging " \
+           f"uses it too" in proc.stdout
+
+    (envdir / "staging.yaml").unlink()
+    proc = w.inv("teardown", "--yes", "--purge-model")
+    assert proc.returncode == 0, proc.stdout
     members = {m for b in w.gcs.policy("test-project-models").get("bindings", []) for m in b.get("members", [])}
     assert member not in members and "user:alice@example.com" in members
 
