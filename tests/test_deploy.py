@@ -116,12 +116,14 @@ def test_an_unlabelled_object_is_not_taken_over(deploy_world):
 
 def test_api_blips_are_waited_out_and_api_errors_are_said_as_problem_and_fix(deploy_world):
     w = deploy_world
-    w.kube.script_pods("gptoss-l4", "ready", ticks=6)  # a few polls before Ready
+    w.kube.script_pods("gptoss-l4", "ready", ticks=12)  # several polls before Ready
     # A control plane that restarts under us: one 503 on the apply, a dropped connection on a read,
     # and a 429 that asks for a second while the rollout is polled.
     w.kube.inject("PATCH", r"/statefulsets/gptoss-l4$", 503, dry_run=False)
     w.kube.inject("GET", r"/namespaces/gptoss/secrets/vllm-api-key$", 0, reset=True)
     w.kube.inject("GET", r"/api/v1/namespaces/gptoss/pods$", 429, retry_after=1)
+    # ... and then an outage longer than all the retries of one poll: shown, and waited out.
+    w.kube.inject("GET", r"/api/v1/namespaces/gptoss/pods$", 503, times=5)
     proc = w.inv("deploy", "--target=l4", "--skip-smoke")
     out = proc.stdout
     assert proc.returncode == 0, out
@@ -129,6 +131,7 @@ def test_api_blips_are_waited_out_and_api_errors_are_said_as_problem_and_fix(dep
     assert "retrying PATCH /apis/apps/v1/namespaces/gptoss/statefulsets/gptoss-l4" in out
     assert "retrying GET /api/v1/namespaces/gptoss/secrets/vllm-api-key" in out
     assert "retrying GET /api/v1/namespaces/gptoss/pods in 1.0s" in out  # Retry-After honoured
+    assert "(the Kubernetes API is not answering (503 Service Unavailable: the server is currently unable" in out
     assert w.kube.get("StatefulSet", NS, "gptoss-l4")["status"]["readyReplicas"] == 1
 
     # A field that cannot change in place: what differs, why, the exact commands; nothing is sent.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import sys
@@ -28,6 +29,14 @@ def short_reason(exc: BaseException) -> str:
     ("[Errno 111] Connection refused"), not urllib3's pool and URL preamble."""
     while isinstance(getattr(exc, "reason", None), BaseException):
         exc = exc.reason
+    status = getattr(exc, "status", None)
+    if isinstance(status, int) and status and hasattr(exc, "body"):  # an HTTP answer (kubernetes client)
+        reason = exc.reason if isinstance(getattr(exc, "reason", None), str) else ""
+        try:
+            message = json.loads(exc.body).get("message") or ""
+        except (TypeError, ValueError, AttributeError):
+            message = ""
+        return (f"{status} {reason}".strip() + (f": {message}" if message else ""))[:200]
     lines = str(exc).strip().splitlines()
     text = lines[0] if lines else type(exc).__name__
     return text.rsplit("): ", 1)[-1][:200]

@@ -68,7 +68,7 @@ class _TransientAnswer(Exception):
     def __init__(self, response):
         super().__init__(f"{response.status} {response.reason}: {_body_message(response.data)}")
         self.response = response
-        self.status = response.status
+        self.status, self.reason, self.body = response.status, response.reason, response.data
         self.headers = response.headers
 
 
@@ -83,7 +83,8 @@ def _retry_every_request(ctx, api_client) -> None:
     """Route every request of the client (typed, dynamic, discovery) through the run's retry policy,
     with a timeout. The client returns error answers rather than raising, so a transient one is
     turned into an exception for the policy; when the attempts run out, the last answer is handed
-    back and the client raises its usual ApiException."""
+    back and the client raises its usual ApiException. (``call_api`` as the kubernetes 37 client shapes
+    it: every typed, dynamic and streaming call goes through it.)"""
     from gptoss_gke.core.retry import TRANSIENT_HTTP
 
     call_api = api_client.call_api
