@@ -134,7 +134,8 @@ def test_api_blips_are_waited_out_and_api_errors_are_said_as_problem_and_fix(dep
     assert "(the Kubernetes API is not answering (503 Service Unavailable: the server is currently unable" in out
     assert w.kube.get("StatefulSet", NS, "gptoss-l4")["status"]["readyReplicas"] == 1
 
-    # A field that cannot change in place: what differs, why, the exact commands; nothing is sent.
+    # A field that cannot change in place: what differs, why, the exact commands; nothing is sent
+    # (more cases, and other API errors, in test_kube_errors.py).
     w.kube.clear_log()
     proc = w.inv("deploy", "--target=l4", "--skip-smoke", "--set", "targets.l4.pvc_size_gi=100")
     out = proc.stdout
@@ -145,28 +146,9 @@ def test_api_blips_are_waited_out_and_api_errors_are_said_as_problem_and_fix(dep
     assert (f"{kubectl} patch pvc model-cache-gptoss-l4-0 -p "
             "'{\"spec\": {\"resources\": {\"requests\": {\"storage\": \"100Gi\"}}}}'") in out
     assert f"{kubectl} delete statefulset gptoss-l4 --cascade=orphan" in out and "inv deploy --target=l4" in out
-    assert w.kube.writes() == []
-    proc = w.inv("deploy", "--target=l4", "--skip-smoke", "--set", "targets.l4.storage_class=premium-rwo")
-    assert proc.returncode == 1
-    assert "spec.volumeClaimTemplates.0.spec.storageClassName: standard-rwo → premium-rwo" in proc.stdout
-    assert f"{kubectl} delete pvc model-cache-gptoss-l4-0" in proc.stdout
     assert w.kube.writes() == [] and w.kube.get("StatefulSet", NS, "gptoss-l4") is not None
-
-    # Any other API error: in words, with a fix; never an ApiException with its HTTP headers.
-    w.kube.inject("GET", r"/namespaces/gptoss/serviceaccounts/vllm$", 403, message='serviceaccounts "vllm" is '
-                  'forbidden: User "dev@example.com" cannot get resource "serviceaccounts" in the namespace "gptoss"')
-    denied = w.inv("deploy", "--target=l4", "--skip-smoke")
-    assert denied.returncode == 1
-    assert ('failed: the Kubernetes API denied it (403 Forbidden): serviceaccounts "vllm" is forbidden: '
-            'User "dev@example.com" cannot get resource') in denied.stdout
-    assert "fix: ask for roles/container.developer in project test-project" in denied.stdout
-    w.kube.inject("GET", r"/namespaces/gptoss/services/gptoss-l4$", 503, times=5)  # every attempt
-    overloaded = w.inv("deploy", "--target=l4", "--skip-smoke")
-    assert overloaded.returncode == 1 and w.kube.faults_left() == 0
-    assert "failed: the Kubernetes API kept answering 503 ServiceUnavailable after 5 attempts" in overloaded.stdout
-    for proc in (denied, overloaded):
-        for raw in ("HTTP response headers", "ApiException", "Traceback", "HTTPHeaderDict"):
-            assert raw not in proc.stdout + proc.stderr
+    for raw in ("HTTP response headers", "ApiException", "Traceback", "HTTPHeaderDict"):
+        assert raw not in out + proc.stderr
 
 
 def test_user_labels_never_decide_ownership_and_removed_fields_are_changes(deploy_world):
@@ -199,10 +181,9 @@ def test_user_labels_never_decide_ownership_and_removed_fields_are_changes(deplo
     assert "--enable-prefix-caching" not in sts["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "team" not in w.kube.get("ServiceAccount", NS, "vllm")["metadata"]["labels"]
 
-    # Teardown with other user labels still finds (and deletes) everything of this environment.
-    proc = w.inv("teardown", "--yes", "--target=all", "--set", "labels.team=other")
+    # Teardown with other user labels still finds everything of this environment.
+    proc = w.inv("teardown", "--dry-run", "--set", "labels.team=other")
     assert proc.returncode == 0, proc.stdout
-    w.kube.tick(3)
-    assert [o for o in w.kube.objects("StatefulSet", NS)] == []
-    assert [o["metadata"]["name"] for o in w.kube.objects("ServiceAccount", NS)] in ([], ["default"])
-    assert w.kube.get("Secret", NS, "vllm-api-key") is None
+    for name in ("ServiceAccount gptoss/vllm", "Secret gptoss/vllm-api-key", "Service gptoss/gptoss-l4",
+                 "StatefulSet gptoss/gptoss-l4"):
+        assert f"would delete {name}" in proc.stdout, name

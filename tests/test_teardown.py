@@ -339,7 +339,7 @@ def test_delete_cluster_first_deletes_load_balancers_and_disks_and_waits_until_t
     for key in (("Service", NS, "gptoss-l4-public"), ("Ingress", NS, "gptoss-l4"),
                 ("PersistentVolumeClaim", NS, "model-cache-gptoss-l4-0"), ("PersistentVolume", "", disk)):
         assert key in w.kube.removed_at, key
-        assert w.kube.removed_at[key] < delete.time, f"{key} was still there when the cluster was deleted"
+        assert w.kube.removed_at[key] < w.gcp.arrival(delete), f"{key} was still there when the cluster was deleted"
 
 
 def test_the_namespace_is_kept_when_anything_of_any_kind_in_it_is_not_ours(deploy_world):
