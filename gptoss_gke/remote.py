@@ -517,7 +517,7 @@ def requirement_specs(dists: list[str]) -> list[str]:
     for line in declared:
         if ";" in line:
             continue  # extras (test dependencies)
-        name = re.split(r"[<>=!~ \[]", line, 1)[0].strip().lower().replace("_", "-")
+        name = re.split(r"[<>=!~ \[]", line, maxsplit=1)[0].strip().lower().replace("_", "-")
         by_name[name] = line.strip()
     return [by_name.get(d, d) for d in dists]
 
