@@ -338,8 +338,8 @@ class NodePool(_ClusterScoped):
             if p.min_gke_version and cluster is not None:
                 version, words = self._new_pool_version(cluster, current["server"])
             elif p.min_gke_version:
-                words = (f"node version: checked against >= {p.min_gke_version} once the cluster exists "
-                         f"(not observed)")
+                words = (f"node version: the new cluster's channel default, checked against >= {p.min_gke_version} "
+                         f"once the cluster exists")
             facts = {"node_version": version or "channel default", "node_version_source": words} if words else {}
             return Plan([Change(f"create node pool {p.name} ({self._shape()})", "create",
                                 argv=self._create_argv(ctx, version), timeout=OPERATION_TIMEOUT_S,
