@@ -210,8 +210,13 @@ class NodePool(_ClusterScoped):
     @property
     def multi_host(self) -> bool:
         p = self.pool
+        if not p.tpu_topology:
+            return False
+        if not re.fullmatch(r"\d+(x\d+){1,2}", p.tpu_topology):
+            raise StepError(f"targets.{self.target_name}.node_pool.tpu_topology {p.tpu_topology!r} is not a TPU "
+                            f"topology", "write it as GKE does, e.g. 2x2x1 (Ironwood) or 2x4 (v5e, v6e)")
         per_host = _chips_per_host(p.machine_type)
-        return bool(p.tpu_topology and per_host and _chips(p.tpu_topology) > per_host)
+        return bool(per_host and _chips(p.tpu_topology) > per_host)
 
     def _accelerator_flag(self) -> str:
         p = self.pool
