@@ -55,6 +55,25 @@ class Playbook:
         return self.runner.results
 
 
+def _load(env, set_, target, *, allow_all_targets: bool, single_target: str | None, needs_project: bool,
+          dry_run: bool) -> tuple[Settings, list[str]]:
+    settings = load_settings(env, root=PROJECT_ROOT, overrides=parse_set(set_ or []))
+    targets = resolve_targets(target, settings, allow_all=allow_all_targets, single=single_target)
+    if needs_project:
+        require(settings, targets=targets, dry_run=dry_run)
+    return settings, targets
+
+
+def offline_settings(env=None, set_=None, target=None) -> tuple[Settings, list[str]]:
+    """Settings and targets for a task that reads nothing and runs no steps (`inv render`): bad input
+    exits 2 with the same messages as a playbook, the example project is accepted as in a dry-run."""
+    try:
+        return _load(env, set_, target, allow_all_targets=False, single_target=None, needs_project=True,
+                     dry_run=True)
+    except ConfigError as exc:
+        raise _fail(f"error: {exc}", 2) from None
+
+
 def _fail(message: str, code: int) -> Exit:
     sys.stderr.write(message.rstrip() + "\n")
     sys.stderr.flush()
@@ -77,12 +96,10 @@ def playbook(c, task: str, *, env: str | None = None, set_: list[str] | None = N
     redactor = Redactor()
     remote_settings = None
     try:
-        settings = load_settings(env, root=PROJECT_ROOT, overrides=parse_set(set_ or []))
+        settings, targets = _load(env, set_, target, allow_all_targets=allow_all_targets,
+                                  single_target=single_target, needs_project=needs_project, dry_run=dry_run)
         if settings.hf_token:
             redactor.add(settings.hf_token.get_secret_value())
-        targets = resolve_targets(target, settings, allow_all=allow_all_targets, single=single_target)
-        if needs_project:
-            require(settings, targets=targets, dry_run=dry_run)
         if on:
             from gptoss_gke.remote import resolve_remote
 

@@ -162,6 +162,38 @@ def plan(c, target=None, env=None, report=None, set_=None, model=None, kv_cache_
             pb.extra.update({k: steps[0].report.get(k) for k in ("kv_cache_tokens", "max_concurrency")})
 
 
+@task(iterable=["set_"], help=_help("env", "set_", target="l4 or ironwood (or a comma-separated list)",
+                                    out="write one file per object into this directory instead of printing"))
+def render(c, target=None, env=None, set_=None, out=None):
+    """Offline: the YAML deploy would apply (image by tag unless pinned), for review, kubectl diff or GitOps."""
+    import sys
+    from pathlib import Path
+
+    from invoke.exceptions import Exit
+
+    from gptoss_gke.app import offline_settings
+    from gptoss_gke.errors import ToolError
+    from gptoss_gke.k8s.manifests import deploy_objects_offline, object_filename, yaml_stream
+
+    settings, targets = offline_settings(env, set_, target)
+    try:
+        objects, notes = deploy_objects_offline(settings, targets)
+    except ToolError as exc:
+        raise Exit(f"error: {exc}", code=2) from None
+    header = [f"inv render --target={','.join(targets)} (env {settings.env_name}): what `inv deploy` applies, "
+              f"in its order", *notes]
+    if out is None:
+        sys.stdout.write(yaml_stream(objects, header))
+        return
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, obj in enumerate(objects, 1):
+        path = folder / object_filename(i, obj)
+        path.write_text(yaml_stream([obj], header[:1]))
+        print(path)
+    print(f"# {len(objects)} objects; " + "; ".join(notes))
+
+
 @task(iterable=["set_"], help=_help(target=TARGET_HELP))
 def mirror_image(c, target="all", env=None, dry_run=False, report=None, set_=None):
     """Copy the serving image into Artifact Registry with skopeo (no Docker daemon), pinned by digest."""
@@ -253,7 +285,7 @@ def stage_model(c, target="all", env=None, dry_run=False, report=None, set_=None
 
 def build_collection() -> Collection:
     ns = Collection()
-    for t in (setup_cluster, deploy, teardown, plan, doctor, auth, mirror_image, smoke, port_forward, show_api_key,
-              bench, stage_model):
+    for t in (setup_cluster, deploy, teardown, plan, render, doctor, auth, mirror_image, smoke, port_forward,
+              show_api_key, bench, stage_model):
         ns.add_task(t)
     return ns

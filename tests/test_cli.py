@@ -8,7 +8,7 @@ import sys
 
 from tests.conftest import INV, REPO, run_inv
 
-TOP_LEVEL = ["setup-cluster", "deploy", "teardown", "doctor", "plan", "smoke", "bench", "auth", "stage-model",
+TOP_LEVEL = ["setup-cluster", "deploy", "teardown", "doctor", "plan", "render", "smoke", "bench", "auth", "stage-model",
              "mirror-image", "port-forward", "show-api-key"]
 
 
