@@ -164,7 +164,7 @@ class NodePool(_ClusterScoped):
             flags.append(f"--accelerator={acc}")
         if p.tpu_topology:
             flags.append(f"--tpu-topology={p.tpu_topology}")
-        flags += [f"--num-nodes={p.initial_nodes}", "--enable-autoscaling", f"--min-nodes={p.min_nodes}",
+        flags += [f"--num-nodes={self._nodes_at_creation()}", "--enable-autoscaling", f"--min-nodes={p.min_nodes}",
                   f"--max-nodes={p.max_nodes}"]
         if self._labels(ctx):
             flags.append(f"--node-labels={_label_flag(self._labels(ctx))}")
@@ -219,9 +219,10 @@ class NodePool(_ClusterScoped):
                     f"--location={s.cluster_location} --cluster-version=<a version >= {p.min_gke_version}> "
                     f"(the rapid channel has them)")
         if pool is None:
-            return Plan([Change(f"create node pool {p.name} ({self._shape()})", "create",
-                                argv=self._create_argv(ctx), timeout=OPERATION_TIMEOUT_S)],
-                        diff={"node pool": "absent → present"})
+            billing, detail, facts = self._billing(ctx)
+            return Plan([Change(f"create node pool {p.name} ({self._shape()}): {billing}", "create",
+                                argv=self._create_argv(ctx), timeout=OPERATION_TIMEOUT_S, detail=detail)],
+                        diff={"node pool": "absent → present"}, facts=facts)
         drift = self._immutable_drift(ctx, pool)
         if drift:
             loc = s.cluster_location
@@ -255,6 +256,40 @@ class NodePool(_ClusterScoped):
             return noop(f"node pool {p.name} is {self._shape()}, autoscaling {p.min_nodes}..{p.max_nodes}, "
                         f"GKE_METADATA")
         return Plan(changes, diff={"node pool": [c.summary for c in changes]})
+
+    def _nodes_at_creation(self) -> int:
+        """Per zone. Zero unless warm capacity is asked for (initial_nodes or min_nodes): an accelerator
+        node bills from the moment it exists, and the autoscaler adds one when a pod needs it."""
+        return max(self.pool.initial_nodes, self.pool.min_nodes)
+
+    def _billing(self, ctx) -> tuple[str, list[str], dict]:
+        """What creating the pool starts to bill, in words (summary, announcement) and as facts."""
+        s, p = ctx.settings, self.pool
+        zones = len(s.node_locations(self.target_name))
+        now, most = self._nodes_at_creation() * zones, p.max_nodes * zones
+        spot = self.options.spot
+        price = s.hourly_price(p.machine_type, spot=spot)
+        kind = "spot" if spot else "on demand"
+        if price is None:
+            each = (f"price unknown for {p.machine_type}{' (spot)' if spot else ''}: add "
+                    f"prices.{p.machine_type}.{'spot' if spot else 'on_demand'} to {s.env_file or 'the environment'}")
+        else:
+            each = f"${price:.2f}/h per node {kind}"
+
+        def cost(n: int) -> str:
+            return f"${price * n:.2f}/h" if price is not None else "price unknown"
+
+        facts = {"nodes_at_creation": now, "max_nodes": most, "hourly_price_per_node": price,
+                 "hourly_cost_at_creation": price * now if price is not None else None}
+        if now == 0:
+            return (f"0 nodes now, nothing billed until a pod needs one; autoscaling up to {most} node(s), {each}",
+                    [], facts)
+        words = (f"{now} node(s) start now and bill from creation: {cost(now)} ({each}); autoscaling up to {most} "
+                 f"({cost(most)})")
+        why = "min_nodes" if p.min_nodes else "initial_nodes"
+        return words, [f"BILLING STARTS when this pool is created: {now}× {p.machine_type} = {cost(now)} "
+                       f"(targets.{self.target_name}.node_pool.{why} asks for warm capacity; 0 creates it "
+                       f"scaled to zero)"], facts
 
     def _shape(self) -> str:
         p = self.pool
