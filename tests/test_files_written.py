@@ -78,7 +78,8 @@ def mirror_world(tmp_path, gcp_emulator, registries, proxies):  # noqa: F811
 def test_a_token_file_never_outlives_the_run_that_wrote_it(mirror_world, how):
     env, proxy, dst, run_tmp, token_forms = mirror_world
     held = proxy.stall_on_manifest_put()
-    proc = start_inv(["mirror-image", "--target=l4"], env)
+    report = run_tmp.parent / "report.json"
+    proc = start_inv(["mirror-image", "--target=l4", f"--report={report}"], env)
     try:
         wait_for(held, "manifest upload", proc)
         assert files_holding(run_tmp, *token_forms), "precondition: skopeo runs with its auth file"
@@ -95,6 +96,8 @@ def test_a_token_file_never_outlives_the_run_that_wrote_it(mirror_world, how):
             proc.communicate()
         kill_all(processes_with("TMPDIR", str(run_tmp)))  # the killed run's skopeo
         proxy.restore()
+    # Either way the report says the run did not finish (a killed run cannot write its end).
+    assert json.loads(report.read_text())["outcome"] == ("interrupted" if how == "SIGINT" else "running")
     if how == "SIGKILL":
         assert files_holding(run_tmp, *token_forms), "precondition: a killed run cannot clean up"
         again = run_inv(["mirror-image", "--target=l4"], env)
