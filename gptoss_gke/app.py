@@ -51,7 +51,7 @@ class Playbook:
 
     def _stop_if_interrupted(self, runner: Runner) -> None:
         self.not_started += [n for n in runner.not_started if n not in self.not_started]
-        self.ctx.interrupt.check()
+        self.ctx.interrupt.check(f"before {self.not_started[0]} started" if self.not_started else "")
 
     def preview(self, steps: list[Step]) -> list[StepResult]:
         """Run the steps read-only (whatever --dry-run says) and return what they would do.
@@ -149,11 +149,12 @@ def playbook(c, task: str, *, env: str | None = None, set_: list[str] | None = N
     if report_file is not None:  # a run killed before the end leaves a report that says so
         report_file.write({"task": task, "dry_run": dry_run, "outcome": "running", "env": settings.env_name},
                           redactor)
+    stopped = ""
     with signals_handled(printer.line) as stop:
         try:
             yield pb
-        except Interrupted:
-            pass  # recorded by the runner (or just below): nothing more runs
+        except Interrupted as exc:
+            stopped = exc.problem  # recorded by the runner, or just below (a prompt, between steps)
         except ToolError as exc:
             # A failure outside any step (a refusal to proceed, say): same shape as a failed step.
             pb.results.append(StepResult(task, "playbook", error=exc.problem, fix=exc.fix, action="skip"))
@@ -161,9 +162,8 @@ def playbook(c, task: str, *, env: str | None = None, set_: list[str] | None = N
         finally:
             if stop.is_set() and not any(r.interrupted for r in pb.results):
                 # Interrupted between steps (or at a prompt): the run still did not finish.
-                when = f" before {pb.not_started[0]} started" if pb.not_started else ""
-                pb.results.append(StepResult(task, "playbook", action="skip", error=f"interrupted by {stop.name}{when}",
-                                             fix=RERUN_FIX, interrupted=True))
+                pb.results.append(StepResult(task, "playbook", action="skip", interrupted=True, fix=RERUN_FIX,
+                                             error=stopped or f"interrupted by {stop.name}"))
                 printer.result(pb.results[-1])
             if remote is not None:
                 remote.close()

@@ -36,17 +36,16 @@ def test_accelerator_pools_are_created_with_zero_nodes_and_the_plan_prices_a_nod
 def test_warm_capacity_is_created_only_when_asked_and_announced_with_its_cost(gcloud_world):
     emu, env = gcloud_world
     env = {**env, "GPTOSS_TARGETS__L4__NODE_POOL__MIN_NODES": "1", "GPTOSS_TARGETS__L4__NODE_POOL__MAX_NODES": "2"}
-    dry = run_inv(["setup-cluster", "--target=l4", "--dry-run"], env)
-    assert dry.returncode == 0, dry.stdout + dry.stderr
-    announce = ("BILLING STARTS when this pool is created: 1× g2-standard-4 = $0.71/h "
-                "(targets.l4.node_pool.min_nodes asks for warm capacity")
-    assert announce in dry.stdout and created_pools(emu) == {}
     proc = run_inv(["setup-cluster", "--target=l4"], env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert created_pools(emu)["l4-gptoss"]["initialNodeCount"] == 1
-    assert announce in proc.stdout
+    out = proc.stdout
+    announce = ("BILLING STARTS when this pool is created: 1× g2-standard-4 = $0.71/h "
+                "(targets.l4.node_pool.min_nodes asks for warm capacity")
+    # Said before the create command ran (the plan's lines come first), not only after it.
+    assert announce in out and out.index(announce) < out.index("$ gcloud container node-pools create l4-gptoss")
     assert "1 node(s) start now and bill from creation: $0.71/h ($0.71/h per node on demand); autoscaling up to 2 " \
-           "($1.41/h)" in proc.stdout
+           "($1.41/h)" in out
 
 
 def test_the_example_environment_sets_up_only_the_l4_target(offline_env):
