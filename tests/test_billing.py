@@ -27,7 +27,9 @@ def test_accelerator_pools_are_created_with_zero_nodes_and_the_plan_prices_a_nod
     assert ("changed: create node pool l4-gptoss (g2-standard-4, 1× nvidia-l4): 0 nodes now, nothing billed "
             "until a pod needs one; autoscaling up to 1 node(s), $0.71/h per node on demand") in out
     assert "price unknown for tpu7x-standard-4t: add prices.tpu7x-standard-4t.on_demand to " in out
-    assert "BILLING STARTS" not in out
+    assert "BILLING STARTS when this pool is created" not in out  # no accelerator node at once
+    assert ("BILLING STARTS when the cluster is created: its default pool runs 1× e2-standard-4 in each of the "
+            "region's zones GKE picks (price unknown for e2-standard-4: add prices.e2-standard-4.on_demand to ") in out
     facts = {s["name"]: s["facts"] for s in json.loads(report.read_text())["steps"]}
     assert facts["node pool l4-gptoss (l4)"]["hourly_price_per_node"] == 0.7068
     assert facts["node pool ironwood-gptoss (ironwood)"]["nodes_at_creation"] == 0

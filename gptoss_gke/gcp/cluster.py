@@ -44,6 +44,22 @@ def gke_version(text: str) -> tuple[int, ...]:
     return tuple(nums[:4] + [0] * (4 - len(nums[:4])))
 
 
+def price_words(settings, machine_type: str, *, spot: bool = False) -> str:
+    """A node's hourly price from ``prices.*``, or plainly that it is unknown and where to give it."""
+    price = settings.hourly_price(machine_type, spot=spot)
+    if price is None:
+        return (f"price unknown for {machine_type}{' (spot)' if spot else ''}: add "
+                f"prices.{machine_type}.{'spot' if spot else 'on_demand'} to {settings.env_file or 'the environment'}")
+    return f"${price:.2f}/h per node {'spot' if spot else 'on demand'}"
+
+
+def default_pool_billing(s) -> str:
+    zones = "in each of the region's zones GKE picks" if s.cluster_is_regional else f"in {s.cluster_location}"
+    return (f"BILLING STARTS when the cluster is created: its default pool runs {s.cluster.initial_nodes}× "
+            f"{s.cluster.default_machine_type} {zones} ({price_words(s, s.cluster.default_machine_type)}), "
+            f"plus GKE's cluster fee")
+
+
 class _ClusterScoped(GcloudStep):
     def apply(self, ctx, change: Change) -> None:
         try:
@@ -110,7 +126,8 @@ class Cluster(_ClusterScoped):
             kind = "regional" if s.cluster_is_regional else "zonal"
             # gcloud writes the kubeconfig context on create: into our configured file, not $KUBECONFIG.
             return Plan([Change(f"create {kind} cluster {name} in {s.cluster_location}", "create", argv=argv,
-                                env={"KUBECONFIG": s.kubeconfig_path}, timeout=OPERATION_TIMEOUT_S)],
+                                env={"KUBECONFIG": s.kubeconfig_path}, timeout=OPERATION_TIMEOUT_S,
+                                detail=[default_pool_billing(s)])],
                         diff={"cluster": "absent → present"})
         self._current = current
         status = current.get("status", "RUNNING")
@@ -267,14 +284,8 @@ class NodePool(_ClusterScoped):
         s, p = ctx.settings, self.pool
         zones = len(s.node_locations(self.target_name))
         now, most = self._nodes_at_creation() * zones, p.max_nodes * zones
-        spot = self.options.spot
-        price = s.hourly_price(p.machine_type, spot=spot)
-        kind = "spot" if spot else "on demand"
-        if price is None:
-            each = (f"price unknown for {p.machine_type}{' (spot)' if spot else ''}: add "
-                    f"prices.{p.machine_type}.{'spot' if spot else 'on_demand'} to {s.env_file or 'the environment'}")
-        else:
-            each = f"${price:.2f}/h per node {kind}"
+        price = s.hourly_price(p.machine_type, spot=self.options.spot)
+        each = price_words(s, p.machine_type, spot=self.options.spot)
 
         def cost(n: int) -> str:
             return f"${price * n:.2f}/h" if price is not None else "price unknown"
