@@ -31,6 +31,54 @@ def start_inv(args: list[str], env: dict[str, str]) -> subprocess.Popen:
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
+class Terminal:
+    """`inv` with a pseudo-terminal as its controlling terminal: ``ctrl_c()`` types ^C, and the terminal
+    driver sends SIGINT to its foreground process group, as a real terminal does."""
+
+    def __init__(self, args: list[str], env: dict[str, str]):
+        import fcntl
+        import pty
+        import termios
+        import threading
+
+        self.master, slave = pty.openpty()
+
+        def become_its_session() -> None:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.proc = subprocess.Popen([INV, *args], cwd=REPO, env={**LOOPBACK_DEFAULTS, **env}, stdin=slave,
+                                     stdout=slave, stderr=slave, start_new_session=True, preexec_fn=become_its_session)
+        os.close(slave)
+        self.chunks: list[bytes] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)  # a full pty would block inv
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:  # EIO: every holder of the terminal has gone
+                return
+            if not data:
+                return
+            self.chunks.append(data)
+
+    def ctrl_c(self) -> None:
+        os.write(self.master, b"\x03")
+
+    def wait(self, timeout: float) -> str:
+        self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return b"".join(self.chunks).decode(errors="replace").replace("\r\n", "\n")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.master)
+
+
 def processes_with(env_key: str, value: str) -> list[int]:
     """PIDs of this user's processes whose environment has env_key=value (how a test finds its own children)."""
     needle = f"{env_key}={value}".encode()
@@ -60,7 +108,7 @@ def wait_for(event, what: str, proc: subprocess.Popen, timeout: float = 120) -> 
     deadline = time.monotonic() + timeout
     while not event.wait(0.1):
         if proc.poll() is not None:
-            raise AssertionError(f"inv ended before {what}:\n{proc.stdout.read()}")
+            raise AssertionError(f"inv ended before {what}:\n{proc.stdout.read() if proc.stdout else ''}")
         if time.monotonic() > deadline:
             raise AssertionError(f"no {what} within {timeout}s")
 
@@ -120,8 +168,27 @@ def test_sigterm_during_a_node_pool_create_stops_setup_cluster_with_143(gcloud_w
     assert children_left == []
     created = [r.body["nodePool"]["name"] for r in emu.find_requests("POST", r"/nodePools$")]
     assert created == ["l4-gptoss"], out  # the second pool was never asked for
-    assert not emu.find_requests("GET", r"/clusters/gptoss$")[-1:] or "get-credentials" not in out
+    assert "clusters get-credentials" not in out
     doc = json.loads(report.read_text())
     assert doc["outcome"] == "interrupted" and doc["interrupted"]["signal"] == "SIGTERM"
     assert doc["interrupted"]["not_started"] == ["node pool ironwood-gptoss (ironwood)", "kubectl credentials"]
     assert "RECAP INTERRUPTED by SIGTERM:" in out
+
+
+def test_ctrl_c_at_a_terminal_stops_setup_cluster_with_130(gcloud_world):
+    emu, env = gcloud_world
+    hold = emu.hold_operations(r"/nodePools$", method="POST")
+    term = Terminal(["setup-cluster"], env)
+    try:
+        wait_for(hold.started, "node-pool create", term.proc)
+        term.ctrl_c()
+        out = term.wait(timeout=60)
+        children_left = processes_with("CLOUDSDK_CONFIG", env["CLOUDSDK_CONFIG"])
+    finally:
+        hold.release()
+        term.close()
+        kill_all(processes_with("CLOUDSDK_CONFIG", env["CLOUDSDK_CONFIG"]))
+    assert term.proc.returncode == 130, out
+    assert children_left == []
+    assert [r.body["nodePool"]["name"] for r in emu.find_requests("POST", r"/nodePools$")] == ["l4-gptoss"], out
+    assert "RECAP INTERRUPTED by SIGINT:" in out
