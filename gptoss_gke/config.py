@@ -100,7 +100,12 @@ class TargetSettings(_Strict):
 class ClusterSettings(_Strict):
     name: str = "gptoss"
     location: str | None = None  # a region (regional cluster) or a zone (zonal); default: region
-    release_channel: Literal["rapid", "regular", "stable", "extended"] = "rapid"
+    # Unset: rapid when we create the cluster (Ironwood's versions arrive there first), and an existing
+    # cluster keeps the channel its owner chose (a channel change can trigger upgrades).
+    release_channel: Literal["rapid", "regular", "stable", "extended"] | None = None
+    # How kubectl and our clients reach the control plane: its IP endpoint, or GKE's DNS-based endpoint
+    # (IAM-checked, works for a control plane without a public IP: no bastion needed).
+    control_plane: Literal["ip", "dns"] = "ip"
     initial_nodes: int = Field(default=1, ge=1)  # default pool, per zone
     default_machine_type: str = "e2-standard-4"
     image_streaming: bool = True
@@ -334,6 +339,13 @@ class Settings(_Strict):
         return base.with_overrides(model_revision=t.model_revision, image=t.image, **patterns,
                                    max_model_len=t.max_model_len, load_budget_s=t.load_timeout_s,
                                    node_pool=pool)
+
+    def hourly_price(self, machine_type: str, *, spot: bool = False) -> float | None:
+        """USD per node-hour from ``prices.<machine type>``; None when not known (never guessed)."""
+        price = self.prices.get(machine_type)
+        if price is None:
+            return None
+        return price.spot if spot else price.on_demand
 
     def target_settings(self, name: str) -> TargetSettings:
         return self.targets.get(name, TargetSettings())

@@ -61,6 +61,9 @@ def auth(c, adc=True):
     """Log in interactively: gcloud auth login (+ application-default login for the Python clients)."""
     import sys
 
+    from gptoss_gke.app import refuse_invoke_dry
+
+    refuse_invoke_dry(c)
     if not sys.stdin.isatty():
         from invoke.exceptions import Exit
 
@@ -145,8 +148,10 @@ def teardown(c, target="all", env=None, dry_run=False, report=None, set_=None, y
                             "answer y at the prompt, or pass --yes (required without a terminal)")
         pb.ctx.printer.line("")
         pb.ctx.printer.line("Deleting (only what is listed above):", "bold")
-        results = pb.run(steps(), quiet=True, approved={r.name: r.planned for r in doomed})
-        pb.extra["deleted"] = [p for r in results if r.changed for p in r.planned]
+        try:
+            pb.run(steps(), quiet=True, approved={r.name: r.planned for r in doomed})
+        finally:  # an interrupted run still reports what it did delete
+            pb.extra["deleted"] = [p for r in pb.results if r.changed for p in r.planned]
 
 
 @task(iterable=["set_"], help=_help(
@@ -180,6 +185,38 @@ def plan(c, target=None, env=None, report=None, set_=None, model=None, kv_cache_
         pb.extra["plans"] = [s.report for s in steps]
         if len(steps) == 1:
             pb.extra.update({k: steps[0].report.get(k) for k in ("kv_cache_tokens", "max_concurrency")})
+
+
+@task(iterable=["set_"], help=_help("env", "set_", target="l4 or ironwood (or a comma-separated list)",
+                                    out="write one file per object into this directory instead of printing"))
+def render(c, target=None, env=None, set_=None, out=None):
+    """Offline: the YAML deploy would apply (image by tag unless pinned), for review, kubectl diff or GitOps."""
+    import sys
+    from pathlib import Path
+
+    from invoke.exceptions import Exit
+
+    from gptoss_gke.app import offline_settings
+    from gptoss_gke.errors import ToolError
+    from gptoss_gke.k8s.manifests import deploy_objects_offline, object_filename, yaml_stream
+
+    settings, targets = offline_settings(env, set_, target)
+    try:
+        objects, notes = deploy_objects_offline(settings, targets)
+    except ToolError as exc:
+        raise Exit(f"error: {exc}", code=2) from None
+    header = [f"inv render --target={','.join(targets)} (env {settings.env_name}): what `inv deploy` applies, "
+              f"in its order", *notes]
+    if out is None:
+        sys.stdout.write(yaml_stream(objects, header))
+        return
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, obj in enumerate(objects, 1):
+        path = folder / object_filename(i, obj)
+        path.write_text(yaml_stream([obj], header[:1]))
+        print(path)
+    print(f"# {len(objects)} objects; " + "; ".join(notes))
 
 
 @task(iterable=["set_"], help=_help(target=TARGET_HELP))
@@ -273,7 +310,7 @@ def stage_model(c, target="all", env=None, dry_run=False, report=None, set_=None
 
 def build_collection() -> Collection:
     ns = Collection()
-    for t in (setup_cluster, deploy, teardown, plan, doctor, auth, mirror_image, smoke, port_forward, show_api_key,
-              bench, stage_model):
+    for t in (setup_cluster, deploy, teardown, plan, render, doctor, auth, mirror_image, smoke, port_forward,
+              show_api_key, bench, stage_model):
         ns.add_task(t)
     return ns

@@ -8,7 +8,7 @@ import sys
 
 from tests.conftest import INV, REPO, run_inv
 
-TOP_LEVEL = ["setup-cluster", "deploy", "teardown", "doctor", "plan", "smoke", "bench", "auth", "stage-model",
+TOP_LEVEL = ["setup-cluster", "deploy", "teardown", "doctor", "plan", "render", "smoke", "bench", "auth", "stage-model",
              "mirror-image", "port-forward", "show-api-key"]
 
 
@@ -54,7 +54,7 @@ def test_doctor_without_credentials_points_to_inv_auth(offline_env):
 
 def test_offline_setup_cluster_plan_is_complete_and_exits_0(offline_env, tmp_path):
     report = tmp_path / "plan.json"
-    proc = run_inv(["setup-cluster", "--dry-run", f"--report={report}"], offline_env)
+    proc = run_inv(["setup-cluster", "--target=l4,ironwood", "--dry-run", f"--report={report}"], offline_env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     for expected in (

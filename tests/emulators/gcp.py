@@ -51,7 +51,13 @@ Behaviour worth knowing (all of it mirrors the real services):
   value (false, 0, "", [], ``*_UNSPECIFIED``) are omitted, except inside map fields such as labels.
   So an autoscaling pool with ``minNodeCount: 0`` reads back without ``minNodeCount``.
 * New node pools get ``config.workloadMetadataConfig.mode = GKE_METADATA`` when the cluster has
-  Workload Identity, as GKE does.
+  Workload Identity, as GKE does, and, without ``version`` in the create body, the default version
+  of the cluster's release channel (``channel_versions``, also what ``serverConfig`` reports), capped
+  at the control plane's version: lower ``channel_versions[ch]`` after a cluster exists to get a
+  control plane newer than what its new pools get.
+* Every cluster reports ``controlPlaneEndpointsConfig.dnsEndpointConfig.endpoint``;
+  ``allowExternalTraffic`` is set only by ``--enable-dns-access`` (create body or
+  ``desiredControlPlaneEndpointsConfig``).
 * Container and Artifact Registry calls answer ``403 SERVICE_DISABLED`` when the project has not
   enabled the API (``enforce_service_enablement``), and every API answers 403 for unknown projects.
 """
@@ -83,6 +89,7 @@ __all__ = [
     "ApiError",
     "GcpEmulator",
     "GcpState",
+    "OperationHold",
     "RecordedRequest",
     "gcloud_env",
     "gcp_emulator",
@@ -216,6 +223,23 @@ class _OpFailure:
         self.code = code
 
 
+class OperationHold:
+    """Operations started by matching mutating requests stay RUNNING until :meth:`release` (a slow
+    operation, as a real node-pool delete takes minutes). ``started`` is set when one was started."""
+
+    def __init__(self, method, path_regex):
+        self.method = method.upper() if method else None
+        self.regex = re.compile(path_regex)
+        self.started = threading.Event()
+        self.released = threading.Event()
+
+    def matches(self, method: str, path: str) -> bool:
+        return self.method in (None, method) and bool(self.regex.search(path))
+
+    def release(self) -> None:
+        self.released.set()
+
+
 class _Operation:
     """One long-running operation of any of the emulated APIs."""
 
@@ -235,6 +259,7 @@ class _Operation:
         self.on_success = on_success
         self.on_failure = on_failure
         self.metadata = metadata or {}
+        self.hold: OperationHold | None = None
         self.error: dict | None = None
         self.done = False
         self.response: Any = None
@@ -325,6 +350,10 @@ def _is_default(value: Any) -> bool:
     return False
 
 
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", version)[:4])
+
+
 def _camel_lower(name: str) -> str:
     return name[:1].lower() + name[1:]
 
@@ -359,6 +388,7 @@ class GcpEmulator:
         self._arrivals: list[float] = []  # time.time() of each logged request, to order it against other servers
         self._injections: list[_Injection] = []
         self._op_failures: list[_OpFailure] = []
+        self._holds: list[OperationHold] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.port: int | None = None
@@ -454,10 +484,19 @@ class GcpEmulator:
         with self.lock:
             self._op_failures.append(_OpFailure(method, path_regex, message, code))
 
+    def hold_operations(self, path_regex: str, method: str | None = None) -> OperationHold:
+        """Operations started by the mutating requests matching ``path_regex`` (and ``method``) stay RUNNING,
+        whatever ``op_polls_before_done`` says, until ``hold.release()``; later polls then complete them."""
+        hold = OperationHold(method, path_regex)
+        with self.lock:
+            self._holds.append(hold)
+        return hold
+
     def clear_faults(self) -> None:
         with self.lock:
             self._injections.clear()
             self._op_failures.clear()
+            self._holds.clear()
 
     # ------------------------------------------------------------------ seeding / inspection
     def add_project(self, project_id: str, number: str | int | None = None, **fields) -> dict:
@@ -626,6 +665,10 @@ class GcpEmulator:
         if failure:
             op.error = {"code": failure.code, "message": failure.message}
         self.state.operations[op.name] = op
+        op.hold = next((h for h in self._holds if h.matches(method, path)), None)
+        if op.hold is not None:
+            op.hold.started.set()
+            return op
         if op.polls_left <= 0 and not pending_in_reply:
             self._complete(op)
         return op
@@ -644,6 +687,8 @@ class GcpEmulator:
         if op is None:
             raise ApiError(404, f"Operation \"{name}\" not found.", "NOT_FOUND")
         op.polls += 1
+        if not op.done and op.hold is not None and not op.hold.released.is_set():
+            return op  # held: RUNNING until the test releases it
         if not op.done:
             if op.polls_left > 0:
                 op.polls_left -= 1
@@ -693,6 +738,7 @@ class GcpEmulator:
         network = body.get("network") or "default"
         subnetwork = body.get("subnetwork") or "default"
         region = location[:-2] if _is_zone(location) else location
+        cluster_id = hashlib.sha256(f"{project}/{location}/{name}".encode()).hexdigest()[:32]
         cluster = copy.deepcopy(body)
         cluster["_project"] = project
         cluster.pop("nodePools", None)
@@ -704,7 +750,7 @@ class GcpEmulator:
             "zone": location,
             "locations": locations,
             "selfLink": self._gke_link(project, location, "clusters", name),
-            "id": hashlib.sha256(f"{project}/{location}/{name}".encode()).hexdigest()[:32],
+            "id": cluster_id,
             "createTime": _now(),
             "status": "PROVISIONING",
             "endpoint": self.cluster_endpoint,
@@ -734,6 +780,15 @@ class GcpEmulator:
                 "datapathProvider": "LEGACY_DATAPATH",
             },
             "ipAllocationPolicy": {"useIpAliases": True, "stackType": "IPV4"},
+            # Every cluster has a DNS endpoint; user traffic may use it only with allowExternalTraffic
+            # (`--enable-dns-access`). The IP endpoints stay enabled unless `--no-enable-ip-access`.
+            "controlPlaneEndpointsConfig": {
+                "dnsEndpointConfig": {
+                    "endpoint": f"gke-{cluster_id}-{self.state.projects[project]['projectNumber']}"
+                                f".{location}.gke.goog"},
+                "ipEndpointsConfig": {"enabled": True, "enablePublicEndpoint": True,
+                                      "publicEndpoint": self.cluster_endpoint},
+            },
             "releaseChannel": {"channel": channel},
             "resourceLabels": {},
             "labelFingerprint": "a9dc16a7",
@@ -774,7 +829,13 @@ class GcpEmulator:
         _deep_merge(config, body.get("config") or {})
         version = body.get("version")
         if not version or version in ("latest", "-"):
-            version = cluster.get("currentNodeVersion") or cluster.get("currentMasterVersion")
+            # GKE gives a new pool its channel's default version, never newer than the control plane:
+            # it can be older than the control plane (what Ironwood pools trip over).
+            channel = (cluster.get("releaseChannel") or {}).get("channel")
+            version = self._channel_version(channel)
+            master = cluster.get("currentMasterVersion")
+            if master and _version_key(master) < _version_key(version):
+                version = master
         count = int(body.get("initialNodeCount", 3 if body.get("autoscaling") is None else 0) or 0)
         pool = copy.deepcopy(body)
         pool.pop("config", None)
