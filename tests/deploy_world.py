@@ -69,6 +69,7 @@ def seed_cluster(gcp, kube) -> None:
     ours = {"resourceLabels": {"managed-by": "gptoss-gke", "gptoss-gke-env": "dev"}}
     gcp.add_cluster(P, L, C, resourceLabels={"managed-by": "gptoss-gke", "gptoss-gke-env": "dev"},
                     endpoint=f"127.0.0.1:{kube.port}",
+                    controlPlaneEndpointsConfig={"ipEndpointsConfig": {"publicEndpoint": f"127.0.0.1:{kube.port}"}},
                     workloadIdentityConfig={"workloadPool": f"{P}.svc.id.goog"},
                     node_pools=[{"name": "default-pool", "initialNodeCount": 1},
                                 {"name": "l4-gptoss", "config": {"machineType": "g2-standard-4", **ours}},

@@ -4,19 +4,14 @@ steps against the Kubernetes API emulator (the CLI path is in test_deploy.py).""
 
 from __future__ import annotations
 
-import io
-
-import invoke
 import pytest
 
 from gptoss_gke.config import load_settings, parse_set
-from gptoss_gke.core import Context, Redactor, Runner
-from gptoss_gke.core.report import Printer
+from gptoss_gke.core import Runner
 from gptoss_gke.core.retry import RetryPolicy
-from gptoss_gke.core.shell import Shell
 from gptoss_gke.k8s.apply import KubeObject
 from gptoss_gke.k8s.manifests import render
-from tests.conftest import write_env_file
+from tests.conftest import in_process, kube_env
 from tests.emulators.kube import kube_emulator  # noqa: F401  (fixture)
 
 IMAGE = "127.0.0.1:5000/test-project/gptoss/vllm/vllm-openai@sha256:" + "a" * 64
@@ -24,24 +19,12 @@ IMAGE = "127.0.0.1:5000/test-project/gptoss/vllm/vllm-openai@sha256:" + "a" * 64
 
 @pytest.fixture
 def apply(tmp_path, kube_emulator):  # noqa: F811
-    folder = write_env_file(tmp_path / "env", "dev", f"""\
-project: test-project
-models: {{bucket: test-project-models}}
-kube:
-  kubeconfig: {kube_emulator.kubeconfig_path}
-  context: test
-retry: {{attempts: 3, base_delay_s: 0.01, max_delay_s: 0.02}}
-""")
+    folder = kube_env(tmp_path, kube_emulator, "retry: {attempts: 3, base_delay_s: 0.01, max_delay_s: 0.02}\n")
 
     def run(*sets: str, kinds: tuple[str, ...] = ()):
         settings = load_settings("dev", environ={"GPTOSS_ENV_DIR": str(folder)}, overrides=parse_set(list(sets)))
-        redactor = Redactor()
-        out = io.StringIO()
-        printer = Printer(redactor, stream=out, color=False)
         r = settings.retry
-        ctx = Context(settings, Shell(invoke.Context(), redactor, dry_run=False,
-                                      retry=RetryPolicy(r.attempts, r.base_delay_s, r.max_delay_s),
-                                      emit=printer.line), printer, redactor, interactive=False)
+        ctx, out = in_process(settings, RetryPolicy(r.attempts, r.base_delay_s, r.max_delay_s))
         steps = [KubeObject(o) for o in render(settings, settings.target("l4"), IMAGE)
                  if not kinds or o["kind"] in kinds]
         return Runner(ctx).run(steps), out.getvalue()

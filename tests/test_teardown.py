@@ -267,6 +267,14 @@ def _kubeconfig(w, name: str, server: str, token: str = "emulator-token") -> str
     return str(path)
 
 
+def set_endpoint(w, address: str) -> None:
+    """Where GKE says the cluster's control plane answers (its IP endpoint, both fields)."""
+    with w.gcp.lock:
+        cluster = w.gcp.state.clusters[(P, L, C)]
+        cluster["endpoint"] = address
+        cluster["controlPlaneEndpointsConfig"]["ipEndpointsConfig"]["publicEndpoint"] = address
+
+
 def test_nothing_is_deleted_while_anything_could_not_be_seen(deploy_world):
     w = deploy_world
     seed_serving_objects(w)
@@ -285,12 +293,11 @@ def test_nothing_is_deleted_while_anything_could_not_be_seen(deploy_world):
          "the Kubernetes API refused the credentials of context test (401)"),
         ("the context reaches another cluster", w.env, "10.0.0.7",
          f"kube.context test points at {w.kube.url} (kubeconfig cluster test-cluster), not at cluster gptoss "
-         f"(endpoint 10.0.0.7:443)"),
+         f"(endpoint 10.0.0.7:443, gke-"),
     ]
     report = w.tmp / "report.json"
     for what, env, endpoint, cause in blind:
-        with w.gcp.lock:
-            w.gcp.state.clusters[(P, L, C)]["endpoint"] = endpoint
+        set_endpoint(w, endpoint)
         w.gcp.clear_log()
         proc = run_inv(["teardown", "--yes", "--delete-cluster", f"--report={report}"], env)
         out = proc.stdout
@@ -308,8 +315,7 @@ def test_nothing_is_deleted_while_anything_could_not_be_seen(deploy_world):
         assert " changed=0 " in out.rstrip().splitlines()[-1], what
 
     # --force: the cluster goes anyway, and the run names what may be left behind.
-    with w.gcp.lock:
-        w.gcp.state.clusters[(P, L, C)]["endpoint"] = f"127.0.0.1:{dead}"
+    set_endpoint(w, f"127.0.0.1:{dead}")
     proc = run_inv(["teardown", "--yes", "--delete-cluster", "--force", f"--report={report}"],
                    {**w.env, "GPTOSS_KUBE__KUBECONFIG": refused})
     assert proc.returncode == 0, proc.stdout
