@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
-from invoke.exceptions import Exit
+from invoke.exceptions import Exit, ParseError, UnexpectedExit
 
-from gptoss_gke.config import Settings, load_settings, parse_set, require, resolve_targets
+from gptoss_gke.config import ENV_DEBUG, Settings, read_settings, resolve_targets, task_problems
 from gptoss_gke.core.redact import Redactor
 from gptoss_gke.core.report import Printer, write_report
 from gptoss_gke.core.result import StepResult
@@ -18,7 +20,8 @@ from gptoss_gke.core.retry import RetryPolicy
 from gptoss_gke.core.runner import Context, Runner
 from gptoss_gke.core.shell import Shell
 from gptoss_gke.core.step import Step
-from gptoss_gke.errors import ConfigError, ToolError
+from gptoss_gke.errors import ConfigError, Problem, ToolError
+from gptoss_gke.flags import ALL, Flags
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,34 +64,93 @@ def _fail(message: str, code: int) -> Exit:
     return Exit(code=code)
 
 
-@contextmanager
-def playbook(c, task: str, *, env: str | None = None, set_: list[str] | None = None, dry_run: bool = False,
-             report: str | None = None, yes: bool = False, target: str | None = "all",
-             allow_all_targets: bool = True, single_target: str | None = None, needs_project: bool = True,
-             executor=None, on=None,
-             remote_shell: bool = True) -> Iterator[Playbook]:
-    """Load settings, build the context, run the body, print the recap, set the exit status.
+def _quiet_stdout() -> None:
+    """The reader went away (`| head`): send the rest of our output nowhere, without a traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
-    ``on`` (the tasks' ``--on``): a remote host from ``remote.*``; ``pb.remote`` is its (lazily opened)
-    session, closed at the end. With ``remote_shell`` the Shell runs every command there (a bastion);
-    without, the shell stays local and the task decides what runs remotely (stage-model).
+
+def guarded(body: Callable[[], Any]) -> Any:
+    """Run a task body so that no traceback ever reaches a person.
+
+    Bad input is exit 2 with the problems; a known failure is its problem and fix; anything else is
+    one line with the way to see the traceback (GPTOSS_DEBUG=1). A closed stdout ends quietly.
+    """
+    redactor = Redactor()
+    redactor.add(os.environ.get("HF_TOKEN"))
+    try:
+        return body()
+    except (Exit, ParseError, UnexpectedExit, KeyboardInterrupt):
+        raise
+    except BrokenPipeError:
+        _quiet_stdout()
+        raise Exit(code=0) from None
+    except ToolError as exc:
+        raise _fail(redactor(f"error: {exc}"), exc.exit_code) from None
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if os.environ.get(ENV_DEBUG) not in (None, "", "0"):
+            raise
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        text = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise _fail(redactor(f"error: unexpected {type(exc).__name__}: {text} "
+                             f"(at {Path(where.filename).name}:{where.lineno})\n"
+                             f"  fix: this is a bug in gptoss-gke; re-run with {ENV_DEBUG}=1 to see the traceback "
+                             f"and include it in a report"), 1) from None
+
+
+def _validate_run(task: str, flags: Flags, *, needs_project: bool,
+                  redactor: Redactor) -> tuple[Settings, list[str], Any]:
+    """The one validation pass: flags, settings and what this task needs, every problem at once."""
+    problems = list(flags.problems)
+    settings, setting_problems = read_settings(flags.get("env"), root=PROJECT_ROOT, sets=flags.get("set_", ()))
+    problems += setting_problems
+    targets: list[str] = []
+    remote_settings = None
+    if settings is not None:
+        if settings.hf_token:
+            redactor.add(settings.hf_token.get_secret_value())
+        spec = flags.specs.get("target")
+        choice = flags.get("target")
+        if spec is not None and choice is not None:
+            targets = resolve_targets(choice, settings, all_means=spec.all_means)
+        problems += task_problems(settings, targets=targets, dry_run=bool(flags.get("dry_run")),
+                                  needs_project=needs_project,
+                                  target_chosen_by_all=choice == ALL and spec.all_means == "enabled")
+        if flags.get("on"):
+            from gptoss_gke.remote import resolve_remote
+
+            try:
+                remote_settings = resolve_remote(settings.remote, flags.get("on"))
+            except ConfigError as exc:
+                problems.append(Problem("flag --on", "", exc.problem, "", exc.fix or ""))
+    if problems:
+        raise ConfigError.of(problems)
+    return settings, targets, remote_settings
+
+
+@contextmanager
+def playbook(c, task: str, flags: Flags, *, needs_project: bool = True, executor=None,
+             remote_shell: bool = True) -> Iterator[Playbook]:
+    """Validate everything, build the context, run the body, print the recap, set the exit status.
+
+    ``flags.on`` (the tasks' ``--on``): a remote host from ``remote.*``; ``pb.remote`` is its (lazily
+    opened) session, closed at the end. With ``remote_shell`` the Shell runs every command there (a
+    bastion); without, the shell stays local and the task decides what runs remotely (stage-model).
     """
     started = time.monotonic()
     redactor = Redactor()
-    remote_settings = None
+    redactor.add(os.environ.get("HF_TOKEN"))
     try:
-        settings = load_settings(env, root=PROJECT_ROOT, overrides=parse_set(set_ or []))
-        if settings.hf_token:
-            redactor.add(settings.hf_token.get_secret_value())
-        targets = resolve_targets(target, settings, allow_all=allow_all_targets, single=single_target)
-        if needs_project:
-            require(settings, targets=targets, dry_run=dry_run)
-        if on:
-            from gptoss_gke.remote import resolve_remote
-
-            remote_settings = resolve_remote(settings.remote, on)
+        settings, targets, remote_settings = _validate_run(task, flags, needs_project=needs_project,
+                                                           redactor=redactor)
     except ConfigError as exc:
-        raise _fail(f"error: {exc}", 2) from None
+        raise _fail(redactor(f"error: {exc}"), 2) from None
+    dry_run = bool(flags.get("dry_run"))
+    report = flags.get("report")
 
     printer = Printer(redactor)
     remote = where = None
@@ -102,7 +164,7 @@ def playbook(c, task: str, *, env: str | None = None, set_: list[str] | None = N
     shell = Shell(executor if executor is not None else c, redactor, dry_run=dry_run,
                   retry=RetryPolicy(s.attempts, s.base_delay_s, s.max_delay_s), emit=printer.line,
                   where=where or "local")
-    ctx = Context(settings, shell, printer, redactor, dry_run=dry_run, assume_yes=yes)
+    ctx = Context(settings, shell, printer, redactor, dry_run=dry_run, assume_yes=bool(flags.get("yes")))
     ctx.targets = targets
     pb = Playbook(task, settings, ctx, report)
     pb.remote = remote

@@ -130,7 +130,7 @@ def test_shipped_example_environments_are_valid():
 @pytest.mark.parametrize("args, expect", [
     (["setup-cluster", "--dry-run", "--target=l5"], "unknown target 'l5' (did you mean 'l4'?)"),
     (["setup-cluster", "--dry-run", "--env=nope"], "environment 'nope' not found"),
-    (["bench", "--dry-run", "--target=l4,ironwood"], "bench measures one target at a time"),
+    (["bench", "--dry-run", "--target=l4,ironwood"], "bench works on one target at a time"),
     (["setup-cluster", "--dry-run", "--set", "cluster.nmae=x"], "flag --set cluster.nmae: cluster.nmae: unknown key"),
     (["setup-cluster", "--dry-run", "--set", "region=us-central1", "--set", "zone=europe-west4-a"],
      "zone europe-west4-a is not in region us-central1"),

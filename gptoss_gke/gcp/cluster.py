@@ -287,9 +287,9 @@ class KubeCredentials(GcloudStep):
         current = current or {"endpoint": None, "server": None}
         want = f"https://{current['endpoint']}" if current["endpoint"] else None
         if current["server"] and (want is None or current["server"] == want):
-            return noop(f"context {s.kube_context} in {s.kube.kubeconfig} points at {current['server']}")
+            return noop(f"context {s.kube_context} in {s.kubeconfig_shown} points at {current['server']}")
         argv = gcloud.argv(ctx, "container", "clusters", "get-credentials", s.cluster.name, *_location_flags(ctx))
-        return Plan([Change(f"write context {s.kube_context} into {s.kube.kubeconfig}", "update", argv=argv,
+        return Plan([Change(f"write context {s.kube_context} into {s.kubeconfig_shown}", "update", argv=argv,
                             env={"KUBECONFIG": s.kubeconfig_path})])
 
 
