@@ -475,7 +475,7 @@ class TargetSettings(_Strict):
     max_model_len: int | None = Field(default=None, ge=1)  # at most the model's context: a rule below
     vllm_extra_args: VllmArgs = Field(default_factory=list)
     replicas: int = Field(default=1, ge=0, le=100)
-    load_timeout_s: int | None = Field(default=None, ge=60, le=24 * 3600)
+    load_timeout_s: int | None = Field(default=None, ge=10, le=24 * 3600)
     expose: Literal["cluster-ip", "load-balancer", "ingress"] = "cluster-ip"
     ingress_host: IngressHost | None = None
     pvc_size_gi: int = Field(default=60, ge=1, le=65536)  # l4 model cache; at least the weights: a rule below
@@ -581,6 +581,7 @@ class Settings(_Strict):
     hf_token: SecretStr | None = Field(default=None, exclude=True)
     _origins: dict[tuple, str] = PrivateAttr(default_factory=dict)
     _kubeconfig_source: str = PrivateAttr(default="kube.kubeconfig")
+    _failed: list[tuple] = PrivateAttr(default_factory=list)  # keys refused by the loader (back to defaults)
 
     @field_validator("targets")
     @classmethod
@@ -1214,6 +1215,7 @@ def _validate(layers: _Layers) -> tuple[Settings | None, list[Problem]]:
                 _drop(data, loc)
     else:
         return None, problems
+    settings._failed = failed
     for keys, check in _CROSS_RULES:
         # A rule does not run on a key that failed its own check (it went back to its default). Under
         # `targets`, only the failed target is left out: the others still get every check.
@@ -1267,11 +1269,33 @@ def _explain(err: dict, data: dict, layers: _Layers) -> tuple[tuple, Problem]:
         msg = ctx["problem"]
         if not any(k in loc for k in _QUIET_KEYS) and isinstance(err.get("input"), str):
             msg = f"{_quote(err['input'])} {msg}"
+    elif set(ctx) & {"ge", "gt", "le", "lt"}:
+        bounds = [f"{word} {ctx[k]}" for k, word in (("ge", "at least"), ("gt", "above"), ("le", "at most"),
+                                                      ("lt", "below")) if k in ctx]
+        msg = f"{_quote(err.get('input'))} is out of range"
+        allowed = " and ".join(bounds) + (f" ({_BOUND_REASONS[loc[-1]]})" if loc and loc[-1] in _BOUND_REASONS else "")
     else:
         msg = err["msg"].removeprefix("Value error, ")
         if "input" in err and not isinstance(err["input"], (dict, list)) and not any(k in loc for k in _QUIET_KEYS):
             msg += f" (got {_quote(err['input'])})"
     return loc, _problem(layers, loc, msg, allowed)
+
+
+# Why a number has the bounds it has, said with the bound.
+_BOUND_REASONS = {
+    "max_nodes": "a pool that can never have a node serves nothing; GKE allows 1000 per zone",
+    "min_nodes": "GKE allows 1000 nodes per pool and zone",
+    "initial_nodes": "GKE allows 1000 nodes per pool and zone",
+    "accelerator_count": "GPUs and TPU chips per node",
+    "replicas": "each replica takes a whole accelerator node",
+    "load_timeout_s": "image pull, weight load and compile take minutes; the startup probe needs room",
+    "pvc_size_gi": "a persistent disk holds at most 64 TiB",
+    "port": "TCP ports",
+    "workers": "parallel transfers; more only adds contention",
+    "chunk_mib": "Cloud Storage composes chunks; tiny ones cost requests, huge ones memory",
+    "attempts": "more retries only delay the failure",
+    "poll_interval_s": "how often a wait looks again",
+}
 
 
 def _problem(layers: _Layers, loc: tuple, message: str, allowed: str = "", fix: str = "") -> Problem:
@@ -1417,11 +1441,12 @@ def task_problems(settings: Settings, *, targets: list[str], dry_run: bool, need
                                 "enable a target in the environment file, or name one with --target"))
     if not needs_project:
         return problems
-    if not settings.project:
+    failed = settings._failed
+    if not settings.project and ("project",) not in failed:
         problems.append(_problem(layers, ("project",), "required value missing", project_id.allowed,
                                  "set project: in the environment file, or GPTOSS_PROJECT=<your project>"))
     for name in targets:
-        if CATALOGUE[name].weights == "bucket" and not settings.models.bucket:
+        if CATALOGUE[name].weights == "bucket" and not settings.models.bucket and ("models", "bucket") not in failed:
             problems.append(_problem(layers, ("models", "bucket"), f"required for target {name} (its weights are "
                                      f"served from Cloud Storage)", bucket_name.allowed,
                                      "set models.bucket: in the environment file, or GPTOSS_MODELS__BUCKET"))

@@ -150,6 +150,34 @@ class Choice(Flag):
         return text
 
 
+@dataclass(frozen=True)
+class ModelConfig(Flag):
+    """A catalogue model id, or a Hugging Face config.json (the file, or the folder holding it)."""
+
+    def parse(self, raw: Any) -> str:
+        super().parse(raw)
+        from pathlib import Path
+
+        from gptoss_gke.serving.capacity import catalogue_model_ids
+
+        text = str(raw).strip()
+        known = catalogue_model_ids()
+        if text in known:
+            return text
+        path = Path(text).expanduser()
+        if path.is_dir():
+            path = path / "config.json"
+        allowed = f"one of {', '.join(known)}, or the path of a readable config.json"
+        if not path.is_file():
+            raise FlagValueError(f"{text!r} is neither a catalogue model nor a config.json file", allowed,
+                                 "download the model's config.json and pass its path")
+        try:
+            path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            raise FlagValueError(f"{text!r} cannot be read as text", allowed, "pass a readable config.json") from None
+        return str(path)
+
+
 ALL = "all"
 
 

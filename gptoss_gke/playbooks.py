@@ -12,8 +12,8 @@ import inspect
 
 from invoke import Collection, Task, task
 
-from gptoss_gke.flags import (ByteSize, Choice, Flag, Integer, Number, OptionalValue, Repeated, Switch, Targets,
-                              parse_flags)
+from gptoss_gke.flags import (ByteSize, Choice, Flag, Integer, ModelConfig, Number, OptionalValue, Repeated, Switch,
+                              Targets, parse_flags)
 from gptoss_gke.serving.capacity import BLOCK_SIZES, KV_CACHE_DTYPES
 
 COMMON = {
@@ -199,7 +199,7 @@ def teardown(c, f):
 @playbook_task(
     common=("env", "set_", "report"),
     target=_one_target("plan"),
-    model=Flag("a catalogue model id or the path of a Hugging Face config.json (default: the target's)"),
+    model=ModelConfig("a catalogue model id or the path of a Hugging Face config.json (default: the target's)"),
     kv_cache_memory=ByteSize("memory for the KV cache, as vLLM's --kv-cache-memory-bytes: 4GiB, 4.5GB, "
                              "4294967296 (default: estimated)"),
     max_model_len=Integer("tokens per request (default: the target's)", minimum=1, human=True),

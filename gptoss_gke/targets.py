@@ -92,7 +92,7 @@ class Target:
 
 L4 = Target(
     name="l4",
-    title="gpt-oss-20b on one NVIDIA L4 (tutorial 000)",
+    title="gpt-oss-20b on one NVIDIA L4 with vLLM 0.12 (the L4 tutorial)",
     model_id="openai/gpt-oss-20b",
     model_revision="6cee5e81ee83917806bbde320786a8fb61efebee",
     image="docker.io/vllm/vllm-openai:v0.12.0",
@@ -135,7 +135,7 @@ L4 = Target(
 
 IRONWOOD = Target(
     name="ironwood",
-    title="gpt-oss-120b on TPU v7 Ironwood 2x2x1 (tutorial 003)",
+    title="gpt-oss-120b on TPU v7 Ironwood 2x2x1 (the Ironwood tutorial)",
     model_id="openai/gpt-oss-120b",
     model_revision="b5c939de8f754692c1647ca79fbf85e8c1e70f8a",
     image="docker.io/vllm/vllm-tpu:nightly-ironwood-20251217-baf570b-0cd5353",

@@ -58,5 +58,6 @@ def test_warns_when_max_model_len_exceeds_the_model(offline_env, tmp_path):
 
 
 def test_unknown_model_is_a_usage_error(offline_env, tmp_path):
-    proc, _ = plan(offline_env, tmp_path, "--target=l4", "--model=nope/nothing")
-    assert proc.returncode == 1 and "neither a catalogue model" in proc.stdout
+    proc, doc = plan(offline_env, tmp_path, "--target=l4", "--model=nope/nothing")
+    assert proc.returncode == 2 and "neither a catalogue model" in proc.stderr
+    assert "TASK [" not in proc.stdout and doc is None  # refused before any step

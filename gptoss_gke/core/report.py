@@ -43,8 +43,22 @@ class Printer:
     def line(self, text: str = "", style: str | None = None) -> None:
         text = self.redact(text)
         with self._lock:
-            self.stream.write((self._paint(text, style) if style else text) + "\n")
-            self.stream.flush()
+            try:
+                self.stream.write((self._paint(text, style) if style else text) + "\n")
+                self.stream.flush()
+            except BrokenPipeError:
+                # The reader left (`inv ... | head`): the run goes on to a consistent end, silently,
+                # rather than stopping half-way through a write.
+                self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        devnull = open(os.devnull, "w")
+        if self.stream is sys.stdout:
+            try:
+                os.dup2(devnull.fileno(), sys.stdout.fileno())  # also silences the flush at exit
+            except (OSError, ValueError):
+                pass
+        self.stream = devnull
 
     def task(self, section: str, name: str) -> None:
         title = f"TASK [{section} : {name}] "

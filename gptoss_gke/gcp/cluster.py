@@ -12,6 +12,7 @@ import re
 
 import yaml
 
+from gptoss_gke.config import reservation_key
 from gptoss_gke.core.step import Change, Plan, Step, noop
 from gptoss_gke.errors import StepError
 from gptoss_gke.gcp import gcloud
@@ -202,7 +203,10 @@ class NodePool(_ClusterScoped):
         want_res = self.options.reservation
         have_res = (ra.get("values") or [None])[0] if ra.get("consumeReservationType") == "SPECIFIC_RESERVATION" \
             else None
-        if want_res and have_res and have_res.rsplit("/", 1)[-1] != want_res:
+        # A local reservation may be written as its name or its path, a shared one only as its path
+        # (projects/P/reservations/R): compare the paths, so both spellings converge.
+        project = ctx.settings.project
+        if want_res and have_res and reservation_key(have_res, project) != reservation_key(want_res, project):
             drift.append(f"reservation is {have_res}, want {want_res}")
         return drift
 
