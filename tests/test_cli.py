@@ -111,3 +111,72 @@ def test_auth_without_a_terminal_explains_the_alternative(offline_env):
     proc = run_inv(["auth"], offline_env)
     assert proc.returncode == 2
     assert "needs a terminal" in proc.stderr and "gcloud auth activate-service-account" in proc.stderr
+
+
+def _task_flags() -> dict[str, set[str]]:
+    from gptoss_gke.playbooks import build_collection
+
+    ns = build_collection()
+    return {name: {"--" + n for arg in ns[name].get_arguments() for n in arg.names} for name in ns.task_names}
+
+
+def test_readme_flags_exist_on_every_task_it_lists():
+    import re
+
+    flags = _task_flags()
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("| task | what it does |"):text.index("## Per-target guides")]
+    for row in table.splitlines()[2:]:
+        if not row.startswith("|"):
+            continue
+        for usage in re.findall(r"`([a-z-]+(?: [^`]*)?)`", re.split(r"(?<!\\)\|", row)[1]):
+            task, *rest = usage.split(" ", 1)
+            assert task in flags, f"README lists {task}, which is not a task"
+            for flag in re.findall(r"--[a-z-]+", " ".join(rest)):
+                assert flag in flags[task], f"README: {task} {flag} does not exist"
+    # The common-flags table says exactly which tasks take each common flag.
+    common = text[text.index("| common flag | taken by |"):text.index("Every flag and setting is checked")]
+    for row in common.splitlines()[2:]:
+        if not row.startswith("|"):
+            continue
+        _, names, takers, _ = row.split("|")
+        said = re.findall(r"`([a-z-]+)`", takers.split("(")[0])
+        expected = set(flags) - set(said) if takers.strip().startswith("every task except") else set(said)
+        for flag in re.findall(r"`(--[a-z-]+)`", names):
+            assert {t for t in flags if flag in flags[t]} == expected, f"README's row for {flag}"
+
+
+def test_dash_h_is_help_on_every_task(offline_env):
+    proc = run_inv(["plan", "-h"], offline_env)
+    assert proc.returncode == 0 and "--throughput" in proc.stdout and "Usage:" in proc.stdout
+    for name, names in _task_flags().items():
+        assert not any(len(n) == 3 for n in names), f"{name} has a short flag"  # "--x" from a one-letter alias
+
+
+def test_unexpected_errors_are_one_line_with_the_debug_hint(monkeypatch, capsys):
+    import pytest
+    from invoke.exceptions import Exit
+
+    from gptoss_gke.app import guarded
+
+    def bug():
+        return {}["hf_" + "x" * 20]  # an unexpected KeyError whose text looks like a token
+
+    monkeypatch.delenv("GPTOSS_DEBUG", raising=False)
+    with pytest.raises(Exit) as exited:
+        guarded(bug)
+    err = capsys.readouterr().err
+    assert exited.value.code == 1 and err.count("\n") == 2
+    assert err.startswith("error: unexpected KeyError") and "GPTOSS_DEBUG=1" in err
+    assert "Traceback" not in err and "hf_xxxx" not in err  # redacted like everything else
+    monkeypatch.setenv("GPTOSS_DEBUG", "1")
+    with pytest.raises(KeyError):
+        guarded(bug)
+
+
+def test_output_into_a_closed_pipe_ends_quietly(offline_env):
+    env = {**offline_env, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(f"{INV} plan --target=l4 | head -1", shell=True, cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.startswith("PLAYBOOK [plan]")
+    assert "BrokenPipe" not in proc.stderr and "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
