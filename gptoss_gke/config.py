@@ -87,12 +87,6 @@ _ZONE = re.compile(r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
 _QUALIFIED_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
 
-def _length(v: str, low: int, high: int) -> str | None:
-    if not low <= len(v) <= high:
-        return f"is {len(v)} characters long"
-    return None
-
-
 @rule("6-30 characters: lowercase letters, digits and '-', starting with a letter and not ending with '-', "
       "without 'google', 'null', 'undefined' or 'ssl' (a domain-scoped ID is example.com:my-project)")
 def project_id(v: str) -> str | None:
@@ -1378,7 +1372,7 @@ def _file_problems(s: Settings, environ: dict[str, str]) -> list[Problem]:
                                      "is empty or not text", "a file holding a Hugging Face token"))
     if token:
         s.hf_token = SecretStr(token)
-    need(("models", "temp_dir"), s.models.temp_dir, kind="dir", what="an existing, writable directory")
+    # models.temp_dir is not checked here: staging may run on another host (--on), and creates it.
     need(("remote", "key_file"), s.remote.key_file, what="your private SSH key, e.g. ~/.ssh/id_ed25519")
     need(("remote", "known_hosts"), s.remote.known_hosts, optional_absent=True, what="an ssh known_hosts file")
     kubeconfig = Path(s.kubeconfig_path)

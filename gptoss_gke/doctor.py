@@ -79,9 +79,9 @@ class DoctorProject(_Independent, Project):
     needs = ("gcloud credentials",)  # without them the project read fails the same way: one fix, said once
 
 
-def doctor_steps(settings=None) -> list[Step]:
+def doctor_steps() -> list[Step]:
+    """The machine's checks (run where --on points); the settings are checked here, by PlaceholderSettings."""
     return [
-        PlaceholderSettings(),
         LocalTool("gcloud", ["gcloud", "--version"],
                   why="every cloud step runs it"),
         LocalTool("gke-gcloud-auth-plugin", ["gke-gcloud-auth-plugin", "--version"],

@@ -108,10 +108,10 @@ def setup_cluster(c, f):
 def doctor(c, f):
     """Check local tools, gcloud credentials, project access and placeholder settings; print each fix once."""
     from gptoss_gke.app import playbook
-    from gptoss_gke.doctor import doctor_steps
+    from gptoss_gke.doctor import PlaceholderSettings, doctor_steps
 
     with playbook(c, "doctor", f, needs_project=False) as pb:
-        steps = doctor_steps(pb.settings)
+        steps = doctor_steps()
         if pb.remote is not None:
             from gptoss_gke.remote import STAGING_MODULES, RemoteHost
 
@@ -119,7 +119,7 @@ def doctor(c, f):
             for step in steps:
                 step.needs = (host.name,)  # one connection failure, not one per check
             steps = [host, *steps]
-        pb.run(steps)
+        pb.run([PlaceholderSettings(), *steps])  # the settings are read here, whichever host is checked
 
 
 @task(auto_shortflags=False,

@@ -123,7 +123,7 @@ CASES = [
     e("prefix-absolute", "paths", "models.prefix", "GPTOSS_MODELS__PREFIX", "/abs/models"),
     e("token-file-is-directory", "paths", "models.hf_token_file", "GPTOSS_MODELS__HF_TOKEN_FILE", "/"),
     e("key-file-missing", "paths", "remote.key_file", "GPTOSS_REMOTE__KEY_FILE", "/nonexistent/id_ed25519"),
-    e("temp-dir-missing", "paths", "models.temp_dir", "GPTOSS_MODELS__TEMP_DIR", "/nonexistent/tmp"),
+    e("context-control-character", "kubernetes", "kube.context", "GPTOSS_KUBE__CONTEXT", "gke\tcontext"),
     Case("pattern-absolute", "paths", "targets.l4.allow_patterns", text=target_yaml("allow_patterns: ['/etc/*']")),
     Case("kubeconfig-directory", "paths", "KUBECONFIG", env={"KUBECONFIG": "/"}),
     # --- Images --------------------------------------------------------------------------------

@@ -180,3 +180,21 @@ def test_output_into_a_closed_pipe_ends_quietly(offline_env):
                           text=True, timeout=120)
     assert proc.stdout.startswith("PLAYBOOK [plan]")
     assert "BrokenPipe" not in proc.stderr and "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+
+
+def test_setting_only_the_project_leaves_the_example_bucket_refused(offline_env):
+    env = {**offline_env, "GPTOSS_PROJECT": "my-real-project"}
+    proc = run_inv(["setup-cluster", "--target=l4"], env)
+    assert proc.returncode == 2 and "TASK [" not in proc.stdout
+    assert "env/dev.yaml:28: models.bucket: is still the example bucket 'example-project-gptoss-models'" in proc.stderr
+    assert "fix: set models.bucket:" in proc.stderr
+    assert run_inv(["setup-cluster", "--target=l4", "--dry-run"], env).returncode == 0  # fine for a plan
+
+
+def test_doctor_flags_placeholders_and_prints_each_fix_once(offline_env):
+    proc = run_inv(["doctor"], offline_env)
+    out = proc.stdout
+    assert proc.returncode == 1
+    assert "failed: placeholder settings (accepted only with --dry-run): project at env/dev.yaml:6; " \
+           "models.bucket at env/dev.yaml:28" in out
+    assert out.count("GPTOSS_PROJECT=<your project>") == 1 and out.count("fix: run `inv auth`") == 1
