@@ -14,7 +14,7 @@ from invoke.exceptions import Exit, ParseError, UnexpectedExit
 
 from gptoss_gke.config import ENV_DEBUG, Settings, read_settings, resolve_targets, task_problems
 from gptoss_gke.core.redact import Redactor
-from gptoss_gke.core.report import Printer, write_report
+from gptoss_gke.core.report import Printer, silence_stdout, write_report
 from gptoss_gke.core.result import StepResult
 from gptoss_gke.core.retry import RetryPolicy
 from gptoss_gke.core.runner import Context, Runner
@@ -64,16 +64,6 @@ def _fail(message: str, code: int) -> Exit:
     return Exit(code=code)
 
 
-def _quiet_stdout() -> None:
-    """The reader went away (`| head`): send the rest of our output nowhere, without a traceback."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
-
-
 def guarded(body: Callable[[], Any]) -> Any:
     """Run a task body so that no traceback ever reaches a person.
 
@@ -87,7 +77,7 @@ def guarded(body: Callable[[], Any]) -> Any:
     except (Exit, ParseError, UnexpectedExit, KeyboardInterrupt):
         raise
     except BrokenPipeError:
-        _quiet_stdout()
+        silence_stdout()
         raise Exit(code=0) from None
     except ToolError as exc:
         raise _fail(redactor(f"error: {exc}"), exc.exit_code) from None

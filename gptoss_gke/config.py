@@ -20,7 +20,6 @@ The module reads top to bottom:
 from __future__ import annotations
 
 import copy
-import difflib
 import ipaddress
 import math
 import os
@@ -35,6 +34,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr,
 from pydantic_core import PydanticCustomError
 
 from gptoss_gke.errors import ConfigError, Problem
+from gptoss_gke.flags import did_you_mean
 from gptoss_gke.targets import CATALOGUE, Target
 
 ENV_PREFIX = "GPTOSS_"
@@ -469,7 +469,7 @@ class TargetSettings(_Strict):
     max_model_len: int | None = Field(default=None, ge=1)  # at most the model's context: a rule below
     vllm_extra_args: VllmArgs = Field(default_factory=list)
     replicas: int = Field(default=1, ge=0, le=100)
-    load_timeout_s: int | None = Field(default=None, ge=10, le=24 * 3600)
+    load_timeout_s: int | None = Field(default=None, ge=1, le=24 * 3600)
     expose: Literal["cluster-ip", "load-balancer", "ingress"] = "cluster-ip"
     ingress_host: IngressHost | None = None
     pvc_size_gi: int = Field(default=60, ge=1, le=65536)  # l4 model cache; at least the weights: a rule below
@@ -582,7 +582,7 @@ class Settings(_Strict):
     def _known_targets(cls, v):
         for name in v:
             if name not in CATALOGUE:
-                raise _LocatedError(("targets", name), f"unknown target '{name}'{_did_you_mean(name, CATALOGUE)}",
+                raise _LocatedError(("targets", name), f"unknown target '{name}'{did_you_mean(name, CATALOGUE)}",
                                     f"one of: {', '.join(CATALOGUE)}")
         return v
 
@@ -681,11 +681,6 @@ class _LocatedError(ValueError):
         self.loc = loc
         self.message = message
         self.allowed = allowed
-
-
-def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 # =============================================================================================
@@ -1120,7 +1115,7 @@ def read_settings(env: str | None = None, *, root: Path | None = None, environ: 
         if not path.exists():
             known = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
             problems.append(Problem(name_origin, "", f"environment '{name}' not found: no {shown}"
-                                    f"{_did_you_mean(name, known)}", f"one of: {', '.join(known) or '(none found)'}",
+                                    f"{did_you_mean(name, known)}", f"one of: {', '.join(known) or '(none found)'}",
                                     f"create it from env/dev.yaml, or pick another (--env NAME or {ENV_SELECT}=NAME)"))
         else:
             data, lines, file_problems = _read_env_file(path, shown)
@@ -1257,7 +1252,7 @@ def _explain(err: dict, data: dict, layers: _Layers) -> tuple[tuple, Problem]:
         loc, msg, allowed = located.loc, located.message, located.allowed
     elif err["type"] == "extra_forbidden":
         choices = _fields_at(loc[:-1])
-        msg = f"unknown key{_did_you_mean(loc[-1], choices)}"
+        msg = f"unknown key{did_you_mean(loc[-1], choices)}"
         allowed = f"one of: {', '.join(choices)}" if choices else ""
     elif err["type"] == "rule":
         msg = ctx["problem"]
@@ -1282,7 +1277,7 @@ _BOUND_REASONS = {
     "initial_nodes": "GKE allows 1000 nodes per pool and zone",
     "accelerator_count": "GPUs and TPU chips per node",
     "replicas": "each replica takes a whole accelerator node",
-    "load_timeout_s": "image pull, weight load and compile take minutes; the startup probe needs room",
+    "load_timeout_s": "a day is the longest wait that makes sense; a load takes minutes",
     "pvc_size_gi": "a persistent disk holds at most 64 TiB",
     "port": "TCP ports",
     "workers": "parallel transfers; more only adds contention",

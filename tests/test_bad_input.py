@@ -145,7 +145,7 @@ CASES = [
     s("pvc-too-small", "numbers", "targets.l4.pvc_size_gi", "targets.l4.pvc_size_gi=5"),
     e("ssh-port-range", "numbers", "remote.port", "GPTOSS_REMOTE__PORT", "70000"),
     e("retry-attempts-zero", "numbers", "retry.attempts", "GPTOSS_RETRY__ATTEMPTS", "0"),
-    s("load-timeout-tiny", "numbers", "targets.l4.load_timeout_s", "targets.l4.load_timeout_s=5"),
+    s("load-timeout-two-days", "numbers", "targets.l4.load_timeout_s", "targets.l4.load_timeout_s=172800"),
     e("workers-too-many", "numbers", "models.workers", "GPTOSS_MODELS__WORKERS", "1000"),
     s("max-nodes-words", "numbers", "targets.l4.node_pool.max_nodes", "targets.l4.node_pool.max_nodes=lots"),
     Case("price-negative", "numbers", "prices.g2-standard-4.on_demand",
@@ -161,7 +161,7 @@ CASES = [
                                                                     "--scale-to-zero"]),
     Case("empty-target", "flags", "--target", args=["setup-cluster", "--target="]),
     Case("empty-target-item", "flags", "--target", args=["setup-cluster", "--target=l4,,"]),
-    Case("all-on-one-target-task", "flags", "--target", args=["plan", "--target=all"]),
+    Case("all-on-one-target-task", "flags", "'all' is not allowed here", args=["plan", "--target=all"]),
     Case("missing-target", "flags", "--target", args=["deploy"]),
     Case("bare-set", "flags", "--set", args=[*SETUP, "--set"]),
     Case("set-without-equals", "flags", "--set", args=[*SETUP, "--set", "cluster.name"]),
@@ -430,7 +430,7 @@ def test_kubernetes_label_keys(name, prefix):
     lambda p: not any(w in p for w in ("google", "null", "undefined", "ssl"))))
 def test_project_ids(project):
     assert config.project_id(project) is None and config.project_id("example.com:" + project) is None
-    for bad in (project.upper(), project + "-", "1" + project[1:], project[:5] + "google", project * 3):
+    for bad in (project.upper(), project + "-", "1" + project[1:], project[:5] + "google", project + "x" * 30):
         if bad != project:
             assert config.project_id(bad) is not None
 

@@ -24,6 +24,17 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def silence_stdout() -> None:
+    """The reader of our stdout went away (`| head`): point the descriptor at /dev/null, so neither the
+    rest of the run nor Python's flush at exit meets a broken pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
 class Printer:
     """Everything a person reads goes through here, and through the redactor."""
 
@@ -52,13 +63,9 @@ class Printer:
                 self._reader_gone()
 
     def _reader_gone(self) -> None:
-        devnull = open(os.devnull, "w")
         if self.stream is sys.stdout:
-            try:
-                os.dup2(devnull.fileno(), sys.stdout.fileno())  # also silences the flush at exit
-            except (OSError, ValueError):
-                pass
-        self.stream = devnull
+            silence_stdout()
+        self.stream = open(os.devnull, "w")
 
     def task(self, section: str, name: str) -> None:
         title = f"TASK [{section} : {name}] "
