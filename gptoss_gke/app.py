@@ -92,8 +92,7 @@ def guarded(body: Callable[[], Any]) -> Any:
                              f"and include it in a report"), 1) from None
 
 
-def _validate_run(task: str, flags: Flags, *, needs_project: bool,
-                  redactor: Redactor) -> tuple[Settings, list[str], Any]:
+def _validate_run(flags: Flags, *, needs_project: bool, redactor: Redactor) -> tuple[Settings, list[str], Any]:
     """The one validation pass: flags, settings and what this task needs, every problem at once."""
     problems = list(flags.problems)
     settings, setting_problems = read_settings(flags.get("env"), root=PROJECT_ROOT, sets=flags.get("set_", ()))
@@ -135,8 +134,7 @@ def playbook(c, task: str, flags: Flags, *, needs_project: bool = True, executor
     redactor = Redactor()
     redactor.add(os.environ.get("HF_TOKEN"))
     try:
-        settings, targets, remote_settings = _validate_run(task, flags, needs_project=needs_project,
-                                                           redactor=redactor)
+        settings, targets, remote_settings = _validate_run(flags, needs_project=needs_project, redactor=redactor)
     except ConfigError as exc:
         raise _fail(redactor(f"error: {exc}"), 2) from None
     dry_run = bool(flags.get("dry_run"))

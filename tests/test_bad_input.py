@@ -464,3 +464,15 @@ def test_reservation_paths_converge_with_names():
     assert config.reservation("my-res") is None and config.reservation("projects/other-proj/reservations/r1") is None
     assert config.reservation_key("r1", "my-proj") == config.reservation_key("projects/my-proj/reservations/r1", "x")
     assert config.reservation_key("projects/a-proj1/reservations/r1", "p") != config.reservation_key("r1", "p")
+
+
+def test_did_you_mean_offers_only_what_the_task_accepts():
+    from gptoss_gke.flags import FlagValueError, Targets
+
+    with pytest.raises(FlagValueError, match="did you mean 'all'"):
+        Targets("", task="setup-cluster").parse("alll")
+    with pytest.raises(FlagValueError) as refused:
+        Targets("", mode="one", task="plan").parse("alll")
+    assert "did you mean" not in refused.value.message
+    with pytest.raises(FlagValueError, match="did you mean 'ironwood'"):
+        Targets("", mode="one", task="plan").parse("ironwod")
