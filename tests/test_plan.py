@@ -61,3 +61,9 @@ def test_unknown_model_is_a_usage_error(offline_env, tmp_path):
     proc, doc = plan(offline_env, tmp_path, "--target=l4", "--model=nope/nothing")
     assert proc.returncode == 2 and "neither a catalogue model" in proc.stderr
     assert "TASK [" not in proc.stdout and doc is None  # refused before any step
+
+
+def test_kv_cache_memory_in_the_units_people_write(offline_env, tmp_path):
+    proc, doc = plan(offline_env, tmp_path, "--target=l4", "--kv-cache-memory=4GiB", "--max-model-len=64k")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert doc["plans"][0]["kv_cache_memory_bytes"] == 4 * 2**30 and doc["plans"][0]["max_model_len"] == 64_000
