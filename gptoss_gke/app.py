@@ -5,16 +5,15 @@ from __future__ import annotations
 import os
 import sys
 import time
-import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
-from invoke.exceptions import Exit, ParseError, UnexpectedExit
+from invoke.exceptions import Exit
 
-from gptoss_gke.config import ENV_DEBUG, Settings, read_settings, resolve_targets, task_problems
+from gptoss_gke.config import Settings, read_settings, resolve_targets, task_problems
 from gptoss_gke.core.redact import Redactor
-from gptoss_gke.core.report import Printer, silence_stdout, write_report
+from gptoss_gke.core.report import Printer, write_report
 from gptoss_gke.core.result import StepResult
 from gptoss_gke.core.retry import RetryPolicy
 from gptoss_gke.core.runner import Context, Runner
@@ -64,35 +63,20 @@ def _fail(message: str, code: int) -> Exit:
     return Exit(code=code)
 
 
-def guarded(body: Callable[[], Any]) -> Any:
-    """Run a task body so that no traceback ever reaches a person.
-
-    Bad input is exit 2 with the problems; a known failure is its problem and fix; anything else is
-    one line with the way to see the traceback (GPTOSS_DEBUG=1). A closed stdout ends quietly.
-    """
+def offline_settings(flags: Flags) -> tuple[Settings, list[str]]:
+    """Settings and targets for a task that reads nothing and runs no steps (`inv render`): the same one
+    validation pass as a playbook (exit 2 with every problem), the example project accepted as in a dry-run."""
     redactor = Redactor()
     redactor.add(os.environ.get("HF_TOKEN"))
     try:
-        return body()
-    except (Exit, ParseError, UnexpectedExit, KeyboardInterrupt):
-        raise
-    except BrokenPipeError:
-        silence_stdout()
-        raise Exit(code=0) from None
-    except ToolError as exc:
-        raise _fail(redactor(f"error: {exc}"), exc.exit_code) from None
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
-        if os.environ.get(ENV_DEBUG) not in (None, "", "0"):
-            raise
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        text = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise _fail(redactor(f"error: unexpected {type(exc).__name__}: {text} "
-                             f"(at {Path(where.filename).name}:{where.lineno})\n"
-                             f"  fix: this is a bug in gptoss-gke; re-run with {ENV_DEBUG}=1 to see the traceback "
-                             f"and include it in a report"), 1) from None
+        settings, targets, _ = _validate_run(flags, needs_project=True, redactor=redactor, dry_run=True)
+    except ConfigError as exc:
+        raise _fail(redactor(f"error: {exc}"), 2) from None
+    return settings, targets
 
 
-def _validate_run(flags: Flags, *, needs_project: bool, redactor: Redactor) -> tuple[Settings, list[str], Any]:
+def _validate_run(flags: Flags, *, needs_project: bool, redactor: Redactor,
+                  dry_run: bool | None = None) -> tuple[Settings, list[str], Any]:
     """The one validation pass: flags, settings and what this task needs, every problem at once."""
     problems = list(flags.problems)
     settings, setting_problems = read_settings(flags.get("env"), root=PROJECT_ROOT, sets=flags.get("set_", ()))
@@ -106,7 +90,8 @@ def _validate_run(flags: Flags, *, needs_project: bool, redactor: Redactor) -> t
         choice = flags.get("target")
         if spec is not None and choice is not None:
             targets = resolve_targets(choice, settings, all_means=spec.all_means)
-        problems += task_problems(settings, targets=targets, dry_run=bool(flags.get("dry_run")),
+        dry = bool(flags.get("dry_run")) if dry_run is None else dry_run
+        problems += task_problems(settings, targets=targets, dry_run=dry,
                                   needs_project=needs_project,
                                   target_chosen_by_all=choice == ALL and spec.all_means == "enabled")
         if flags.get("on"):

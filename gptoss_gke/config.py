@@ -33,15 +33,14 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr,
                       field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
-from gptoss_gke.errors import ConfigError, Problem
+from gptoss_gke.errors import DEBUG_VARIABLE, ConfigError, Problem
 from gptoss_gke.flags import did_you_mean
 from gptoss_gke.targets import CATALOGUE, Target
 
 ENV_PREFIX = "GPTOSS_"
 ENV_SELECT = "GPTOSS_ENV"  # which env/<name>.yaml
 ENV_DIR = "GPTOSS_ENV_DIR"  # where env files live (default: ./env next to tasks.py)
-ENV_DEBUG = "GPTOSS_DEBUG"  # 1: show the traceback of an unexpected error
-NOT_SETTINGS = (ENV_SELECT, ENV_DIR, ENV_DEBUG)
+NOT_SETTINGS = (ENV_SELECT, ENV_DIR, DEBUG_VARIABLE)
 DEFAULT_ENV = "dev"
 DEFAULT_KUBECONFIG = "~/.kube/config"
 EXAMPLE_PROJECT = "example-project"
@@ -479,7 +478,12 @@ class TargetSettings(_Strict):
 class ClusterSettings(_Strict):
     name: GkeName = "gptoss"
     location: Location | None = None  # a region (regional cluster) or a zone (zonal); default: region
-    release_channel: Literal["rapid", "regular", "stable", "extended"] = "rapid"
+    # Unset: rapid when we create the cluster (Ironwood's versions arrive there first), and an existing
+    # cluster keeps the channel its owner chose (a channel change can trigger upgrades).
+    release_channel: Literal["rapid", "regular", "stable", "extended"] | None = None
+    # How kubectl and our clients reach the control plane: its IP endpoint, or GKE's DNS-based endpoint
+    # (IAM-checked, works for a control plane without a public IP: no bastion needed).
+    control_plane: Literal["ip", "dns"] = "ip"
     initial_nodes: int = Field(default=1, ge=1, le=MAX_POOL_NODES)  # default pool, per zone
     default_machine_type: MachineType = "e2-standard-4"
     image_streaming: bool = True

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+DEBUG_VARIABLE = "GPTOSS_DEBUG"  # 1: an unexpected error shows its traceback instead of one line
+
 
 class ToolError(Exception):
     """A failure with a problem statement and, where known, what to do about it."""

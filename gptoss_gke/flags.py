@@ -178,6 +178,22 @@ class ModelConfig(Flag):
         return str(path)
 
 
+@dataclass(frozen=True)
+class OutputDir(Flag):
+    """A directory to write into: created if absent, refused if something else is there."""
+
+    def parse(self, raw: Any) -> str:
+        super().parse(raw)
+        from pathlib import Path
+
+        text = str(raw).strip()
+        path = Path(text).expanduser()
+        if not text or (path.exists() and not path.is_dir()):
+            raise FlagValueError(f"{text!r} exists and is not a directory" if text else "is empty",
+                                 "a directory (created if absent)", "name a new or existing directory")
+        return str(path)
+
+
 ALL = "all"
 
 

@@ -30,30 +30,32 @@ set) from download until GCS has confirmed its upload. A byte budget —
 The plan checks it against free memory (or the temp dir's free disk) before a byte moves.
 
 *Integrity.* SHA-256 cannot be computed out of order, so chunks are hashed strictly in file order as they
-arrive (memory speed; the hasher releases the GIL) together with a running crc32c. Each chunk goes to a
-temporary object under the sibling prefix ``<folder without '/'>.partial/`` (outside what vLLM reads)
-with its crc32c sent along, so GCS rejects a body that does not match, and the crc32c GCS reports is
-compared with ours. When a whole file's sha256 equals the one the hub publishes (LFS files; small files
-are checked against their git blob id), its chunks are composed server-side — no bytes move — into the
-final name with ``x-goog-meta-sha256``, the composite's crc32c is compared with the one we computed
-over the hub's bytes, and the chunk objects are deleted. A one-chunk file is uploaded straight to its
-final name, after its hash matched. So the final name only ever receives verified bytes: a mismatch
-fails the step and leaves nothing there.
+arrive (memory speed; the hasher releases the GIL) together with a running crc32c. A file of several
+chunks is one XML API multipart upload to its final name: each chunk is a part, sent with its crc32c
+(``x-goog-hash``) and checked against the crc32c GCS reports for it. The upload is completed only when
+the whole file's sha256 equals the one the hub publishes (LFS files; small files are checked against
+their git blob id), then the object's crc32c is compared with the one we computed over the hub's bytes.
+A mismatch aborts the upload. A one-chunk file is uploaded straight to its final name, after its hash
+matched. So the final name only ever receives verified bytes: a mismatch fails the step and leaves
+nothing there.
 
-Why compose: it parallelises the upload *within* a file (gpt-oss-20b is three 4.5 GB shards), its
-pieces are durable objects a killed run resumes from, and on GCS it is metadata-only. XML multipart
-(``transfer_manager.upload_chunks_concurrently``) is unsupported by fake-gcs-server, our loopback test
-double; a resumable session per file would serialise each file's upload, and fake-gcs-server answers a
-session status query by finalizing the partial object (under its final name). fake-gcs-server does
-implement compose, but by rewriting the bytes, which the loopback benchmark therefore charges us for.
+*Why multipart uploads: no billed garbage.* Parts upload in parallel within a file (gpt-oss-120b is
+fifteen 4.3 GB shards), and they are not objects: completing or aborting an upload leaves nothing behind.
+The earlier design (chunk objects composed server-side, then deleted) left every byte twice in the bucket's
+bill for a week, because GCS keeps deleted objects soft-deleted (7 days by default): ~65 GB for
+gpt-oss-120b. Parts of an unfinished upload are billed as stored until completed or aborted: a run aborts
+any upload of ours it will not resume, and ``teardown --purge-model`` aborts what is left.
 
-*Idempotent and resumable.* GCS computes no sha256, so we store it (``x-goog-meta-sha256``); an object
-with the expected size and sha256 is skipped, and a manifest object (revision, files, sizes, sha256,
-crc32c), written last, makes a complete folder a no-op after one listing. Every chunk object also
-carries the SHA-256 *midstate* after it (OpenSSL's ``SHA256_CTX`` through ctypes) and the running crc32c,
-so a killed run restarts each unfinished file at its first missing chunk and fetches only the chunks
-after it. Without libcrypto (never seen on Linux or macOS) unfinished files restart from their first
-chunk; finished files are still skipped.
+*Idempotent and resumable.* GCS computes no sha256, so we store it (``x-goog-meta-sha256``, set when the
+upload starts, completed only after it matched); an object with the expected size and sha256 is skipped,
+and a manifest object (revision, files, sizes, sha256, crc32c), written last, makes a complete folder a
+no-op after one listing. After each part, a zero-byte object under the sibling prefix
+``<folder without '/'>.partial/`` (outside what vLLM reads) records the upload id, the part's etag, the
+SHA-256 *midstate* after it (OpenSSL's ``SHA256_CTX`` through ctypes) and the running crc32c, so a killed
+run lists the upload's parts, continues it at its first missing part and fetches only the chunks after
+it; those records are deleted once the file is complete (soft-deleted, they weigh zero bytes). Without
+libcrypto (never seen on Linux or macOS) unfinished files restart from their first chunk; finished files
+are still skipped.
 
 Credentials: gcloud's access token (shared with every gcloud step, refreshed through gcloud when it
 expires) or, with ``STORAGE_EMULATOR_HOST`` set, anonymous access to that emulator. The HF token comes
@@ -92,8 +94,11 @@ VIEWER_ROLE = "roles/storage.objectViewer"
 MANIFEST_NAME = ".gptoss-gke-manifest.json"
 PARTIAL_SUFFIX = ".partial"
 SHA_KEY = "sha256"  # x-goog-meta-sha256
-STATE_KEY = "gptoss-sha256-state"  # chunk objects: hash midstate after this chunk
-COMPOSE_LIMIT = 32  # GCS composes at most 32 sources per request
+STATE_KEY = "gptoss-sha256-state"  # resume records: hash midstate and crc32c after this part
+UPLOAD_KEY = "gptoss-upload-id"  # resume records: the multipart upload the part belongs to
+ETAG_KEY = "gptoss-part-etag"  # resume records: what GCS answered for the part
+MAX_PARTS = 10000  # GCS XML API multipart uploads: parts 1..10000
+XML_API = "https://storage.googleapis.com"
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 _HF_DEFAULT = "https://huggingface.co"
@@ -244,6 +249,138 @@ def _gcs_error(exc: Exception, *, bucket: str, doing: str) -> Exception:
 
 def _gcs_message(exc) -> str:
     return getattr(exc, "message", None) or str(exc)
+
+
+class MultipartUploads:
+    """Cloud Storage's XML API multipart uploads, on the storage client's own authorized session.
+
+    google-cloud-storage drives them only from a file on disk (``transfer_manager``); staging holds
+    chunks in memory and resumes uploads across runs, so the five calls are made here. Errors are
+    google.api_core exceptions (``code`` is the HTTP status), so the retry policy and ``_gcs_error``
+    treat them like every other Cloud Storage failure.
+    """
+
+    def __init__(self, bucket):
+        self.bucket = bucket
+        self.session = bucket.client._http  # the session gcs_client built (authorized, or plain on an emulator)
+        self.base = (_emulator_host() or XML_API).rstrip("/")
+
+    def _url(self, name: str | None = None) -> str:
+        from urllib.parse import quote
+
+        return f"{self.base}/{self.bucket.name}" + (f"/{quote(name, safe='/')}" if name is not None else "")
+
+    def _call(self, method: str, url: str, *, params: dict, what: str, **kwargs):
+        """``params`` values of None are bare keys (``?uploads``), as the XML API spells them."""
+        from urllib.parse import quote
+
+        from google.api_core import exceptions as gexc
+
+        query = "&".join(k if v is None else f"{k}={quote(str(v), safe='')}" for k, v in params.items())
+        r = self.session.request(method, f"{url}?{query}", timeout=(15, 600), **kwargs)
+        if r.status_code >= 400:
+            code = _xml_text(r.content, "Code") or r.reason
+            raise gexc.from_http_status(r.status_code, f"{what}: {code}: {_xml_text(r.content, 'Message') or ''}",
+                                        response=r)
+        return r
+
+    def start(self, name: str, metadata: dict[str, str]) -> str:
+        headers = {"Content-Type": "application/octet-stream", **{f"x-goog-meta-{k}": v for k, v in metadata.items()}}
+        r = self._call("POST", self._url(name), params={"uploads": None}, headers=headers,
+                       what=f"starting the upload of {name}")
+        return _xml_text(r.content, "UploadId")
+
+    def put_part(self, name: str, upload_id: str, number: int, buf, crc: int) -> str:
+        """Upload one part (GCS checks our crc32c against the body); returns its etag."""
+        want = _b64crc(crc)
+        r = self._call("PUT", self._url(name), params={"partNumber": number, "uploadId": upload_id},
+                       data=buf.reader(), headers={"Content-Length": str(buf.size), "x-goog-hash": f"crc32c={want}"},
+                       what=f"uploading part {number} of {name}")
+        hashes = dict(h.strip().split("=", 1) for h in r.headers.get("x-goog-hash", "").split(",") if "=" in h)
+        if hashes.get("crc32c") != want:
+            raise _Transient(f"part {number} of {name}: GCS reports crc32c {hashes.get('crc32c')}, sent {want}")
+        return r.headers["ETag"]
+
+    def parts(self, name: str, upload_id: str) -> dict[int, tuple[int, str]]:
+        """Uploaded parts: number → (size, etag)."""
+        found: dict[int, tuple[int, str]] = {}
+        marker = 0
+        while True:
+            r = self._call("GET", self._url(name), params={"uploadId": upload_id, "part-number-marker": marker},
+                           what=f"listing the parts of {name}")
+            root = _xml_root(r.content)
+            for part in _xml_all(root, "Part"):
+                found[int(_xml_child(part, "PartNumber"))] = (int(_xml_child(part, "Size")), _xml_child(part, "ETag"))
+            if _xml_child(root, "IsTruncated") != "true":
+                return found
+            marker = int(_xml_child(root, "NextPartNumberMarker"))
+
+    def complete(self, name: str, upload_id: str, etags: dict[int, str]) -> None:
+        body = "<CompleteMultipartUpload>" + "".join(
+            f"<Part><PartNumber>{n}</PartNumber><ETag>{_xml_escape(etags[n])}</ETag></Part>" for n in sorted(etags)
+        ) + "</CompleteMultipartUpload>"
+        self._call("POST", self._url(name), params={"uploadId": upload_id}, data=body.encode(),
+                   headers={"Content-Type": "application/xml"}, what=f"completing the upload of {name}")
+
+    def abort(self, name: str, upload_id: str) -> None:
+        from google.api_core import exceptions as gexc
+
+        try:
+            self._call("DELETE", self._url(name), params={"uploadId": upload_id}, what=f"aborting the upload of {name}")
+        except gexc.NotFound:
+            pass  # already completed or aborted
+
+    def unfinished(self, prefix: str) -> list[tuple[str, str]]:
+        """(object name, upload id) of every upload under ``prefix`` not yet completed or aborted."""
+        found: list[tuple[str, str]] = []
+        params = {"uploads": None, "prefix": prefix}
+        while True:
+            r = self._call("GET", self._url(), params=params, what=f"listing unfinished uploads under {prefix}")
+            root = _xml_root(r.content)
+            found += [(_xml_child(u, "Key"), _xml_child(u, "UploadId")) for u in _xml_all(root, "Upload")]
+            if _xml_child(root, "IsTruncated") != "true":
+                return found
+            params.update({"key-marker": _xml_child(root, "NextKeyMarker"),
+                           "upload-id-marker": _xml_child(root, "NextUploadIdMarker")})
+
+
+def abort_uploads(ctx, bucket: str, uploads: list[tuple[str, str]]) -> None:
+    """Abort unfinished multipart uploads (their parts are billed until then; aborting leaves nothing)."""
+    mpu = MultipartUploads(gcs_client(ctx).bucket(bucket))
+    for name, upload_id in uploads:
+        try:
+            ctx.retrying(lambda n=name, u=upload_id: mpu.abort(n, u), "aborting an unfinished upload")
+        except Exception as exc:  # noqa: BLE001
+            raise _gcs_error(exc, bucket=bucket, doing="aborting an upload in") from None
+
+
+def _xml_root(data: bytes):
+    from xml.etree import ElementTree
+
+    return ElementTree.fromstring(data)
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]  # the XML API answers in the S3 namespace
+
+
+def _xml_all(node, tag: str) -> list:
+    return [e for e in node.iter() if _local(e.tag) == tag]
+
+
+def _xml_child(node, tag: str) -> str | None:
+    return next((e.text for e in node if _local(e.tag) == tag), None)
+
+
+def _xml_text(data: bytes, tag: str) -> str | None:
+    try:
+        return next((e.text for e in _xml_root(data).iter() if _local(e.tag) == tag), None)
+    except Exception:  # noqa: BLE001 - not XML (a proxy's HTML page): no detail to add
+        return None
+
+
+def _xml_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -709,9 +846,11 @@ class Observed:
     files: list[RepoFile]  # the selection
     ignored: int  # repo files left out by the patterns
     objects: dict[str, StagedObject]  # relative path under the folder → object
-    partials: dict[str, StagedObject]  # object name → chunk object
+    partials: dict[str, StagedObject]  # object name → resume record (or an older run's chunk object)
     manifest: dict | None
     bucket_exists: bool
+    uploads: dict[str, list[str]] = field(default_factory=dict)  # object name → its unfinished upload ids
+    parts: dict[str, dict[int, tuple[int, str]]] = field(default_factory=dict)  # resumable upload id → parts
 
 
 def _manifest_ok(obs: Observed) -> bool:
@@ -777,8 +916,10 @@ class StageModel(Step):
         hub.check_access(revision, min(files, key=lambda f: f.size).path)
         folder = model_folder(ctx.settings, self.target, revision)
         objects, partials, manifest, exists = self._list(ctx, folder)
-        return Observed(requested, revision, files, len(repo_files) - len(files), objects, partials, manifest,
-                        exists)
+        obs = Observed(requested, revision, files, len(repo_files) - len(files), objects, partials, manifest, exists)
+        if exists:
+            self._list_uploads(ctx, folder, obs)
+        return obs
 
     def _list(self, ctx, folder: str):
         from google.api_core import exceptions as gexc
@@ -812,6 +953,20 @@ class StageModel(Step):
                 partials[b.name] = obj
         return objects, partials, manifest, True
 
+    def _list_uploads(self, ctx, folder: str, obs: Observed) -> None:
+        """Unfinished multipart uploads of ours under the folder, and the parts of those a record resumes."""
+        mpu = MultipartUploads(gcs_client(ctx).bucket(self.bucket))
+        try:
+            for name, upload_id in ctx.retrying(lambda: mpu.unfinished(folder), "listing unfinished uploads"):
+                obs.uploads.setdefault(name, []).append(upload_id)
+            live = {u for ids in obs.uploads.values() for u in ids}
+            recorded = {o.metadata.get(UPLOAD_KEY) for o in obs.partials.values()} & live
+            names = {u: n for n, ids in obs.uploads.items() for u in ids}
+            for upload_id in sorted(recorded):
+                obs.parts[upload_id] = ctx.retrying(lambda u=upload_id: mpu.parts(names[u], u), "listing parts")
+        except Exception as exc:  # noqa: BLE001
+            raise _gcs_error(exc, bucket=self.bucket, doing="listing uploads in") from None
+
     # ---- plan
     def plan(self, ctx, current) -> Plan:
         s, t = ctx.settings, self.target
@@ -834,16 +989,27 @@ class StageModel(Step):
             facts["transfer"] = self.last_transfer
         resolved = f" ({obs.requested} → {obs.revision[:12]})" if obs.requested != obs.revision else ""
         missing = [f for f in obs.files if not _staged(f, obs.objects.get(f.path))]
+        tuning = _Tuning.from_settings(s)
+        resume = _resume_points(obs, missing, folder, tuning.chunk)
+        stale = _stale_uploads(obs, resume)
+        abort = (f"abort {len(stale)} unfinished upload(s) of an earlier run (their parts are billed until then)"
+                 if stale else "")
         if not missing and _manifest_ok(obs):
+            if stale:
+                return Plan([Change(abort, "delete", apply=lambda ctx: abort_uploads(ctx, self.bucket, stale))],
+                            facts=facts, diff={"abort": [n for n, _ in stale]})
             return noop(f"{len(obs.files)} files, {_size(total)} already staged at {where}{resolved} "
                         f"(manifest verified)", **facts)
         if not missing:
             return Plan([Change(f"write the manifest of {len(obs.files)} files ({_size(total)}) at {where}",
-                                "update", apply=lambda ctx: self._transfer(ctx, obs, []))], facts=facts,
+                                "update", apply=lambda ctx: self._transfer(ctx, obs, [], stale),
+                                detail=[abort] if abort else [])], facts=facts,
                         diff={"manifest": "missing or stale → written"})
-        tuning = _Tuning.from_settings(s)
+        too_many = [f.path for f in missing if f.lfs and -(-f.size // tuning.chunk) > MAX_PARTS]
+        if too_many:
+            raise StepError(f"{', '.join(too_many)} would take more than {MAX_PARTS} parts of models.chunk_mib = "
+                            f"{s.models.chunk_mib} (a multipart upload's limit)", "raise models.chunk_mib")
         to_move = sum(f.size for f in missing)
-        resume = _resume_points(obs, missing, folder, tuning.chunk)
         resumed = sum(r.offset for r in resume.values())
         tuning.check_space(to_move - resumed)
         facts.update(bytes_to_move=to_move - resumed, files_to_move=len(missing), resumed_bytes=resumed)
@@ -857,11 +1023,13 @@ class StageModel(Step):
         if obs.ignored:
             detail.append(f"({obs.ignored} repo files not selected: original/, metal/ and other files vLLM "
                           f"does not load)")
-        return Plan([Change(head, action, apply=lambda ctx: self._transfer(ctx, obs, missing), detail=detail)],
-                    facts=facts, diff={"files": [f.path for f in missing]})
+        if abort:
+            detail.append(abort)
+        return Plan([Change(head, action, apply=lambda ctx: self._transfer(ctx, obs, missing, stale),
+                            detail=detail)], facts=facts, diff={"files": [f.path for f in missing]})
 
     # ---- act
-    def _transfer(self, ctx, obs: Observed, missing: list[RepoFile]) -> None:
+    def _transfer(self, ctx, obs: Observed, missing: list[RepoFile], stale: list[tuple[str, str]]) -> None:
         s, t = ctx.settings, self.target
         folder = model_folder(s, t, obs.revision)
         tuning = _Tuning.from_settings(s)
@@ -869,10 +1037,10 @@ class StageModel(Step):
         bucket = gcs_client(ctx).bucket(self.bucket)
         started = time.monotonic()
         stats = {"files_moved": 0, "bytes_downloaded": 0, "bytes_uploaded": 0, "resumed_bytes": 0}
+        abort_uploads(ctx, self.bucket, stale)  # first: an upload nothing will continue is billed until aborted
         if missing:
             engine = _Transfer(ctx, hub=hub, bucket=bucket, folder=folder, revision=obs.revision, files=missing,
-                               resume=_resume_points(obs, missing, folder, tuning.chunk), tuning=tuning,
-                               partials=obs.partials)
+                               resume=_resume_points(obs, missing, folder, tuning.chunk), tuning=tuning)
             engine.run()
             stats.update(engine.stats())
             for path, obj in engine.done.items():
@@ -940,7 +1108,7 @@ class PurgeStagedModel(Step):
             blobs = ctx.retrying(lambda: list(client.list_blobs(self.bucket, prefix=self.root, retry=None)),
                            "listing the bucket")
         except gexc.NotFound:
-            return []
+            return {"objects": [], "uploads": []}
         except Exception as exc:  # noqa: BLE001
             raise _gcs_error(exc, bucket=self.bucket, doing="listing") from None
         ours = []
@@ -951,18 +1119,30 @@ class PurgeStagedModel(Step):
                              or "hf-revision" in (b.metadata or {}))
             if _HEX40.match(top.removesuffix(PARTIAL_SUFFIX)) and written_by_us:
                 ours.append((b.name, int(b.size or 0)))
-        return ours
+        # Uploads a killed staging run left open: their parts are billed until aborted.
+        try:
+            uploads = ctx.retrying(lambda: MultipartUploads(client.bucket(self.bucket)).unfinished(self.root),
+                                   "listing unfinished uploads")
+        except Exception as exc:  # noqa: BLE001
+            raise _gcs_error(exc, bucket=self.bucket, doing="listing uploads in") from None
+        uploads = [(n, u) for n, u in uploads if _HEX40.match(n[len(self.root):].split("/", 1)[0])]
+        return {"objects": ours, "uploads": uploads}
 
     def plan(self, ctx, current) -> Plan:
         where = f"gs://{self.bucket}/{self.root}"
         if current is None:
             return Plan([Change(f"delete the weights we staged under {where}", "delete", apply=lambda ctx: None)])
-        if not current:
+        objects, uploads = current["objects"], current["uploads"]
+        if not objects and not uploads:
             return noop(f"nothing of ours under {where}")
-        total = sum(size for _, size in current)
-        names = [n for n, _ in current]
-        return Plan([Change(f"delete {len(names)} objects ({_size(total)}) we staged under {where}", "delete",
-                            apply=lambda ctx: self._delete(ctx, names))], diff={"delete": names})
+        total = sum(size for _, size in objects)
+        names = [n for n, _ in objects]
+        changes = [Change(f"delete {len(names)} objects ({_size(total)}) we staged under {where}", "delete",
+                          apply=lambda ctx: self._delete(ctx, names))] if names else []
+        if uploads:
+            changes.append(Change(f"abort {len(uploads)} unfinished upload(s) under {where}", "delete",
+                                  apply=lambda ctx: abort_uploads(ctx, self.bucket, uploads)))
+        return Plan(changes, diff={"delete": names, "abort": [n for n, _ in uploads]})
 
     def _delete(self, ctx, names: list[str]) -> None:
         from google.api_core import exceptions as gexc
@@ -1043,10 +1223,12 @@ def _available_memory() -> int | None:
 
 @dataclass
 class _ResumePoint:
-    chunks: int  # chunks 0..chunks-1 are uploaded and hashed
+    chunks: int  # chunks 0..chunks-1 are uploaded (parts 1..chunks) and hashed
     offset: int
     state: str
     crc: int
+    upload_id: str
+    etags: dict[int, str]  # part number → etag, for completing the upload
 
 
 def _partial_dir(folder: str, f: RepoFile, chunk: int) -> str:
@@ -1055,33 +1237,46 @@ def _partial_dir(folder: str, f: RepoFile, chunk: int) -> str:
 
 
 def _chunk_name(pdir: str, index: int) -> str:
+    """The resume record of chunk ``index`` (part ``index + 1``)."""
     return f"{pdir}{index:06d}"
 
 
 def _resume_points(obs: Observed, missing: list[RepoFile], folder: str, chunk: int) -> dict[str, _ResumePoint]:
+    """Where each unfinished file's upload continues: after the longest run of parts from the first that
+    GCS still holds (same size, same etag) and that a record gives the hash state after."""
     points = {}
     for f in missing:
         n = -(-f.size // chunk)
         if n <= 1 or not f.lfs:
             continue
         pdir = _partial_dir(folder, f, chunk)
-        best = None
-        for i in range(n - 1):  # the last chunk is never a resume point: the file would be done
-            obj = obs.partials.get(_chunk_name(pdir, i))
-            want = min(chunk, f.size - i * chunk)
-            state = (obj.metadata.get(STATE_KEY) if obj else None) or ""
-            if obj is None or obj.size != want or "|" not in state:
+        live = obs.uploads.get(folder + f.path, [])
+        upload_id, etags, best = None, {}, None
+        for i in range(n - 1):  # the last part is never a resume point: the file would be done
+            meta = getattr(obs.partials.get(_chunk_name(pdir, i)), "metadata", None) or {}
+            upload_id = upload_id or meta.get(UPLOAD_KEY)
+            want = (min(chunk, f.size - i * chunk), meta.get(ETAG_KEY))
+            state = meta.get(STATE_KEY) or ""
+            if (meta.get(UPLOAD_KEY) != upload_id or upload_id not in live or "|" not in state
+                    or obs.parts.get(upload_id, {}).get(i + 1) != want):
                 break
+            etags[i + 1] = meta[ETAG_KEY]
             best = (i, state)
         if best:
             i, state = best
             hash_state, _, crc = state.rpartition("|")
             try:
                 _Sha256(hash_state)
-                points[f.path] = _ResumePoint(i + 1, (i + 1) * chunk, hash_state, int(crc))
+                points[f.path] = _ResumePoint(i + 1, (i + 1) * chunk, hash_state, int(crc), upload_id, etags)
             except ValueError:
                 continue
     return points
+
+
+def _stale_uploads(obs: Observed, resume: dict[str, _ResumePoint]) -> list[tuple[str, str]]:
+    """Unfinished uploads under the folder that nothing will continue (billed until aborted)."""
+    kept = {r.upload_id for r in resume.values()}
+    return sorted((name, u) for name, ids in obs.uploads.items() for u in ids if u not in kept)
 
 
 class _Buffer:
@@ -1226,8 +1421,9 @@ class _Progress:
 class _FileJob:
     """One file in flight: its chunks, the in-order hasher, what is uploaded."""
 
-    def __init__(self, f: RepoFile, chunk: int, resume: _ResumePoint | None, pdir: str):
+    def __init__(self, f: RepoFile, chunk: int, resume: _ResumePoint | None, pdir: str, name: str):
         self.f = f
+        self.name = name  # the final object
         # Non-LFS files (configs, templates: small by the hub's rules) are one piece, checked against
         # their git blob id; LFS files are chunked and checked against their sha256.
         self.chunk = chunk if f.lfs else max(f.size, 1)
@@ -1243,7 +1439,8 @@ class _FileJob:
         self.first = first
         self.digest: str | None = None
         self.failed: str | None = None
-        self.chunk_crcs: dict[int, str] = {}
+        self.upload_id = resume.upload_id if resume else None  # the multipart upload, when several parts
+        self.etags: dict[int, str] = dict(resume.etags) if resume else {}
 
     def span(self, index: int) -> tuple[int, int]:
         start = index * self.chunk
@@ -1252,15 +1449,16 @@ class _FileJob:
 
 class _Transfer:
     def __init__(self, ctx, *, hub: HubRepo, bucket, folder: str, revision: str, files: list[RepoFile],
-                 resume: dict[str, _ResumePoint], tuning: _Tuning, partials: dict[str, StagedObject]):
+                 resume: dict[str, _ResumePoint], tuning: _Tuning):
         self.ctx = ctx
         self.hub = hub
         self.bucket = bucket
+        self.mpu = MultipartUploads(bucket)
         self.folder = folder
         self.revision = revision
         self.tuning = tuning
-        self.partials = partials
-        self.jobs = [_FileJob(f, tuning.chunk, resume.get(f.path), _partial_dir(folder, f, tuning.chunk))
+        self.jobs = [_FileJob(f, tuning.chunk, resume.get(f.path), _partial_dir(folder, f, tuning.chunk),
+                              folder + f.path)
                      for f in sorted(files, key=lambda f: (f.size > tuning.chunk, f.path))]
         self.resumed = sum(r.offset for r in resume.values())
         self.budget = _Budget(tuning.budget)
@@ -1270,13 +1468,12 @@ class _Transfer:
         self.lock = threading.Lock()
         self.bytes_down = 0
         self.bytes_up = 0
-        self.compose_seconds = 0.0
         self.headers = hub.headers()
         self.session = None
 
     def stats(self) -> dict:
         return {"files_moved": len(self.done), "bytes_downloaded": self.bytes_down, "bytes_uploaded": self.bytes_up,
-                "resumed_bytes": self.resumed, "compose_seconds": round(self.compose_seconds, 3)}
+                "resumed_bytes": self.resumed}
 
     # -- orchestration
     def run(self) -> None:
@@ -1299,6 +1496,8 @@ class _Transfer:
             for job in self.jobs:
                 if self.fatal is not None:
                     break
+                if job.n > 1 and job.upload_id is None:
+                    self._guard(self._start, job)
                 for index in range(job.first, job.n):
                     if self.fatal is not None or job.failed:
                         break
@@ -1311,6 +1510,8 @@ class _Transfer:
             self.up_pool.shutdown(wait=True)
             self.progress.close()
         self._cleanup_failed()
+        if self.fatal is None and not self.errors:
+            self._delete_prefix(f"{self.folder.rstrip('/')}{PARTIAL_SUFFIX}/", keep=self._marker().name)
         self._delete_marker()
         if self.fatal is not None:
             if isinstance(self.fatal, StepError):
@@ -1440,24 +1641,26 @@ class _Transfer:
             if self.fatal is not None or job.failed:
                 return
             if job.n == 1:
-                obj = self._put(self.folder + job.f.path, buf, chunk_crc, self._final_metadata(job))
+                obj = self._put(job.name, buf, chunk_crc, self._final_metadata(job))
                 self.progress.add(length)
                 self._finish(job, obj)
                 return
-            meta = {STATE_KEY: state} if state else {}
-            self._put(_chunk_name(job.pdir, index), buf, chunk_crc, meta)
+            etag = self._put_part(job, index, buf, chunk_crc)
+            if state:
+                self._record(job, index, etag, state)
             self.progress.add(length)
             with job.lock:
+                job.etags[index + 1] = etag
                 job.remaining.discard(index)
                 last = not job.remaining and job.digest is not None
             if last and not job.failed:
-                self._compose(job)
+                self._complete(job)
         finally:
             buf.close()
             self.budget.release(length)
 
     def _final_metadata(self, job: _FileJob) -> dict:
-        meta = {SHA_KEY: job.digest, "hf-revision": self.revision}
+        meta = {SHA_KEY: job.digest or job.f.sha256, "hf-revision": self.revision}
         if not job.f.lfs:
             meta["git-oid"] = job.f.git_oid
         return meta
@@ -1485,40 +1688,59 @@ class _Transfer:
         except Exception as exc:  # noqa: BLE001
             raise _gcs_error(exc, bucket=self.bucket.name, doing="uploading to") from None
 
-    def _compose(self, job: _FileJob) -> None:
-        """Chunks → final object (server-side), in rounds of at most 32 sources; then verify and clean up."""
-        started = time.monotonic()
+    # -- files of several parts: one multipart upload each
+    def _start(self, job: _FileJob) -> None:
+        """Open the file's upload under its final name, carrying the sha256 the hub publishes: it is only
+        completed once our own hash of the bytes equals it."""
         try:
-            self._compose_tree(job)
-        finally:
-            with self.lock:
-                self.compose_seconds += time.monotonic() - started
-
-    def _compose_tree(self, job: _FileJob) -> None:
-        sources = [self.bucket.blob(_chunk_name(job.pdir, i)) for i in range(job.n)]
-        level = 0
-        while len(sources) > COMPOSE_LIMIT:
-            nxt = []
-            for g in range(0, len(sources), COMPOSE_LIMIT):
-                group = sources[g:g + COMPOSE_LIMIT]
-                dest = self.bucket.blob(f"{job.pdir}compose-{level}-{g // COMPOSE_LIMIT:04d}")
-                dest.content_type = "application/octet-stream"
-                self.ctx.retrying(lambda d=dest, grp=group: d.compose(grp, retry=None), f"composing {job.f.path}")
-                nxt.append(dest)
-            sources, level = nxt, level + 1
-        final = self.bucket.blob(self.folder + job.f.path)
-        final.content_type = "application/octet-stream"
-        final.metadata = self._final_metadata(job)
-        try:
-            self.ctx.retrying(lambda: final.compose(sources, retry=None), f"composing {job.f.path}")
+            job.upload_id = self.ctx.retrying(lambda: self.mpu.start(job.name, self._final_metadata(job)),
+                                              f"starting the upload of {job.f.path}")
         except Exception as exc:  # noqa: BLE001
-            raise _gcs_error(exc, bucket=self.bucket.name, doing="composing in") from None
-        if final.crc32c != _b64crc(job.crc) or int(final.size or 0) != job.f.size:
-            self._delete_quietly(final.name)
+            raise _gcs_error(exc, bucket=self.bucket.name, doing="uploading to") from None
+
+    def _put_part(self, job: _FileJob, index: int, buf: _Buffer, crc: int) -> str:
+        def once() -> str:
+            etag = self.mpu.put_part(job.name, job.upload_id, index + 1, buf, crc)
+            with self.lock:
+                self.bytes_up += buf.size
+            return etag
+
+        try:
+            return self.ctx.retrying(once, f"uploading part {index + 1} of {job.f.path}")
+        except Exception as exc:  # noqa: BLE001
+            raise _gcs_error(exc, bucket=self.bucket.name, doing="uploading to") from None
+
+    def _record(self, job: _FileJob, index: int, etag: str, state: str) -> None:
+        """The zero-byte resume record of a part: what a killed run needs to continue the upload."""
+        blob = self.bucket.blob(_chunk_name(job.pdir, index))
+        blob.metadata = {STATE_KEY: state, UPLOAD_KEY: job.upload_id, ETAG_KEY: etag}
+        try:
+            self.ctx.retrying(lambda: blob.upload_from_string(b"", content_type="application/octet-stream",
+                                                              retry=None), "recording progress")
+        except Exception as exc:  # noqa: BLE001
+            raise _gcs_error(exc, bucket=self.bucket.name, doing="uploading to") from None
+
+    def _complete(self, job: _FileJob) -> None:
+        """Assemble the parts under the final name (server-side), then check what GCS made of them."""
+        from google.api_core import exceptions as gexc
+
+        try:
+            self.ctx.retrying(lambda: self.mpu.complete(job.name, job.upload_id, job.etags),
+                              f"completing the upload of {job.f.path}")
+        except gexc.NotFound:
+            pass  # an earlier attempt completed it and the answer was lost: the check below decides
+        except Exception as exc:  # noqa: BLE001
+            raise _gcs_error(exc, bucket=self.bucket.name, doing="completing an upload in") from None
+        final = self.ctx.retrying(lambda: self.bucket.get_blob(job.name, retry=None), f"reading {job.f.path}")
+        if final is None or final.crc32c != _b64crc(job.crc) or int(final.size or 0) != job.f.size:
+            if final is not None:
+                self._delete_quietly(final.name)
             with job.lock:
-                job.failed = (f"{job.f.path}: the composed object's crc32c/size ({final.crc32c}, {final.size}) "
-                              f"differs from the bytes we verified ({_b64crc(job.crc)}, {job.f.size})")
+                job.failed = (f"{job.f.path}: the uploaded object's crc32c/size "
+                              f"({getattr(final, 'crc32c', None)}, {getattr(final, 'size', None)}) differs from the "
+                              f"bytes we verified ({_b64crc(job.crc)}, {job.f.size})")
             return
+        job.upload_id = None
         self._finish(job, StagedObject(final.name, job.f.size, job.digest, final.crc32c, final.metadata or {}))
         self._delete_prefix(job.pdir)
 
@@ -1538,17 +1760,23 @@ class _Transfer:
         except Exception:  # noqa: BLE001 - cleanup is best effort; leftovers are under .partial/
             pass
 
-    def _delete_prefix(self, prefix: str) -> None:
+    def _delete_prefix(self, prefix: str, keep: str | None = None) -> None:
         try:
             names = [b.name for b in self.bucket.client.list_blobs(self.bucket.name, prefix=prefix, retry=None)]
         except Exception:  # noqa: BLE001
             return
         for name in names:
-            self._delete_quietly(name)
+            if name != keep:
+                self._delete_quietly(name)
 
     def _cleanup_failed(self) -> None:
-        """A file that failed verification leaves nothing: neither a final object nor chunks to resume from."""
+        """A file that failed verification leaves nothing: no final object, no parts, nothing to resume from."""
         for job in self.jobs:
             if job.failed:  # its final name was never written (or was deleted when its crc32c differed)
                 self.errors.append(job.failed)
+                if job.upload_id:
+                    try:
+                        self.mpu.abort(job.name, job.upload_id)
+                    except Exception:  # noqa: BLE001 - a later run aborts it (or purge does)
+                        pass
                 self._delete_prefix(job.pdir)

@@ -9,11 +9,18 @@ task that needs them.
 from __future__ import annotations
 
 import inspect
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
 
 from invoke import Collection, Task, task
+from invoke.exceptions import Exit, ParseError, UnexpectedExit
 
-from gptoss_gke.flags import (ByteSize, Choice, Flag, Integer, ModelConfig, Number, OptionalValue, Repeated, Switch,
-                              Targets, parse_flags)
+from gptoss_gke.errors import DEBUG_VARIABLE
+from gptoss_gke.flags import (ByteSize, Choice, Flag, Integer, ModelConfig, Number, OptionalValue, OutputDir, Repeated,
+                              Switch, Targets, parse_flags)
 from gptoss_gke.serving.capacity import BLOCK_SIZES, KV_CACHE_DTYPES
 
 COMMON = {
@@ -54,8 +61,6 @@ def playbook_task(*, common: tuple[str, ...] = ALL_COMMON, conflicts: tuple[tupl
         specs = {**{name: COMMON[name] for name in common}, **own}
 
         def run(c, **raw):
-            from gptoss_gke.app import guarded
-
             return guarded(lambda: body(c, parse_flags(specs, raw, conflicts)))
 
         run.__name__, run.__qualname__, run.__doc__ = body.__name__, body.__qualname__, body.__doc__
@@ -70,6 +75,79 @@ def playbook_task(*, common: tuple[str, ...] = ALL_COMMON, conflicts: tuple[tupl
                     help={name: _help_text(spec) for name, spec in specs.items()})
 
     return decorate
+
+
+# ---------------------------------------------------------------------------------------------
+# No traceback reaches a person: around every task body (guarded), and for invoke's own output
+# (install_excepthook, called by tasks.py: `inv --list | head` must end quietly too).
+
+def _debugging() -> bool:
+    return os.environ.get(DEBUG_VARIABLE) not in (None, "", "0")
+
+
+def _unexpected(exc: BaseException) -> str:
+    from gptoss_gke.core.redact import Redactor
+
+    redactor = Redactor()
+    redactor.add(os.environ.get("HF_TOKEN"))
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    text = (str(exc).strip().splitlines() or [""])[0][:300]
+    return redactor(f"error: unexpected {type(exc).__name__}: {text}{where}\n"
+                    f"  fix: this is a bug in gptoss-gke; re-run with {DEBUG_VARIABLE}=1 to see the traceback "
+                    f"and include it in a report")
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(message.rstrip() + "\n")
+    sys.stderr.flush()
+
+
+def guarded(body: Callable[[], Any]) -> Any:
+    """Run a task body so that no traceback ever reaches a person.
+
+    Bad input is exit 2 with the problems (the playbook prints them); a known failure is its problem and
+    fix; anything else is one line with the way to see the traceback. A closed stdout ends quietly.
+    """
+    from gptoss_gke.core.redact import Redactor
+    from gptoss_gke.core.report import silence_stdout
+    from gptoss_gke.errors import ToolError
+
+    try:
+        return body()
+    except (Exit, ParseError, UnexpectedExit, KeyboardInterrupt):
+        raise
+    except BrokenPipeError:
+        silence_stdout()
+        raise Exit(code=0) from None
+    except ToolError as exc:
+        redactor = Redactor()
+        redactor.add(os.environ.get("HF_TOKEN"))
+        _say(redactor(f"error: {exc}"))
+        raise Exit(code=exc.exit_code) from None
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if _debugging():
+            raise
+        _say(_unexpected(exc))
+        raise Exit(code=1) from None
+
+
+def install_excepthook() -> None:
+    """For what escapes invoke itself: a closed stdout ends quietly, anything else is one line."""
+    default = sys.excepthook
+
+    def hook(kind, exc, tb):
+        if issubclass(kind, BrokenPipeError):
+            from gptoss_gke.core.report import silence_stdout
+
+            silence_stdout()
+            return
+        if issubclass(kind, Exception) and not _debugging():
+            _say(_unexpected(exc))
+            return
+        default(kind, exc, tb)
+
+    sys.excepthook = hook
 
 
 def _help_text(spec: Flag) -> str:
@@ -226,6 +304,38 @@ def plan(c, f):
             pb.extra.update({k: steps[0].report.get(k) for k in ("kv_cache_tokens", "max_concurrency")})
 
 
+@playbook_task(common=("env", "set_"), target=_named_targets("render"),
+               out=OutputDir("write one file per object into this directory instead of printing"))
+def render(c, f):
+    """Offline: the YAML deploy would apply (image by tag unless pinned), for review, kubectl diff or GitOps."""
+    import sys
+    from pathlib import Path
+
+    from invoke.exceptions import Exit
+
+    from gptoss_gke.app import offline_settings
+    from gptoss_gke.errors import ToolError
+    from gptoss_gke.k8s.manifests import deploy_objects_offline, object_filename, yaml_stream
+
+    settings, targets = offline_settings(f)
+    try:
+        objects, notes = deploy_objects_offline(settings, targets)
+    except ToolError as exc:
+        raise Exit(f"error: {exc}", code=2) from None
+    header = [f"inv render --target={','.join(targets)} (env {settings.env_name}): what `inv deploy` applies, "
+              f"in its order", *notes]
+    if f.out is None:
+        sys.stdout.write(yaml_stream(objects, header))
+        return
+    folder = Path(f.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, obj in enumerate(objects, 1):
+        path = folder / object_filename(i, obj)
+        path.write_text(yaml_stream([obj], header[:1]))
+        print(path)
+    print(f"# {len(objects)} objects; " + "; ".join(notes))
+
+
 @playbook_task(target=Targets(TARGETS_HELP, task="mirror-image"))
 def mirror_image(c, f):
     """Copy the serving image into Artifact Registry with skopeo (no Docker daemon), pinned by digest."""
@@ -314,7 +424,7 @@ def stage_model(c, f):
 
 def build_collection() -> Collection:
     ns = Collection()
-    for t in (setup_cluster, deploy, teardown, plan, doctor, auth, mirror_image, smoke, port_forward, show_api_key,
-              bench, stage_model):
+    for t in (setup_cluster, deploy, teardown, plan, render, doctor, auth, mirror_image, smoke, port_forward,
+              show_api_key, bench, stage_model):
         ns.add_task(t)
     return ns

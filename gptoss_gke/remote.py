@@ -2,10 +2,10 @@
 
 Two situations where running every step on the laptop is wrong:
 
-1. *Private clusters*: the control plane is reachable from a bastion only. The shell steps run there
-   (:class:`RemoteExecutor`: a fabric ``Connection`` behind invoke's ``run`` signature, so the Shell and
-   the steps do not know where they run), and the Kubernetes API is reached through an SSH tunnel
-   (:func:`kube_tunnel`).
+1. *A bastion*: ``inv doctor --on HOST`` checks another host's tools and credentials by running the shell
+   steps there (:class:`RemoteExecutor`: a fabric ``Connection`` behind invoke's ``run`` signature, so the
+   Shell and the steps do not know where they run). A control plane without a public IP needs no bastion
+   for the Kubernetes API: ``cluster.control_plane: dns`` reaches it through GKE's DNS-based endpoint.
 2. *In-region staging*: ``inv stage-model --on HOST`` ships this checkout to a VM next to the bucket and
    runs the staging steps there (:func:`run_task_remotely`), relaying its output live and turning its
    report into local step results.
@@ -28,11 +28,6 @@ Secrets
     before running, and the file is deleted again afterwards whatever happened. The staging run gets its
     secrets on its SSH channel's stdin (one JSON line): nothing is ever written on the host.
 
-Tunnels
-    :func:`tunnel` is shaped like fabric's ``Connection.forward_local`` (a context manager whose
-    ``finally`` always tears everything down) but listens on an ephemeral 127.0.0.1 port it reports, and
-    turns a connection dropped while the tunnel was in use into a step failure with a message.
-
 Only the standard library is imported here at module level (fabric and paramiko load when a connection
 is made), so ``inv --list`` stays instant.
 """
@@ -53,13 +48,10 @@ import tarfile
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
-from urllib.parse import urlsplit
+from typing import Any, Callable
 
-from gptoss_gke.core.forward import LocalForwarder
 from gptoss_gke.core.result import CommandRecord, StepResult
 from gptoss_gke.core.step import Plan, Step, noop
 from gptoss_gke.errors import ConfigError, StepError
@@ -517,7 +509,7 @@ def requirement_specs(dists: list[str]) -> list[str]:
     for line in declared:
         if ";" in line:
             continue  # extras (test dependencies)
-        name = re.split(r"[<>=!~ \[]", line, 1)[0].strip().lower().replace("_", "-")
+        name = re.split(r"[<>=!~ \[]", line, maxsplit=1)[0].strip().lower().replace("_", "-")
         by_name[name] = line.strip()
     return [by_name.get(d, d) for d in dists]
 
@@ -600,237 +592,6 @@ class RemoteExecutor:
 
 def _clip(text: str, n: int = 120) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
-
-
-# ---------------------------------------------------------------------------------------------
-# Tunnels
-
-
-def _transport_of(conn):
-    if isinstance(conn, RemoteSession):
-        return conn.open().transport, conn.label
-    if hasattr(conn, "open") and hasattr(conn, "transport"):  # a fabric Connection
-        conn.open()
-        return conn.transport, f"{getattr(conn, 'user', '')}@{getattr(conn, 'host', '')}"
-    return conn, "the SSH host"  # a paramiko Transport
-
-
-class Tunnel(LocalForwarder):
-    """127.0.0.1:<local_port> → (SSH) → remote_host:remote_port, as seen from the SSH host."""
-
-    backlog = 32
-    join_timeout_s = 2
-    shutdown_sockets = False
-    close_before_join = False  # the relays see the closing flag and end; what is left is closed after
-    open_in_acceptor = True
-    acceptor_name = "tunnel-{port}"
-    relay_name = "tunnel-{port}-relay"
-    bind_fix = "pick another local port (0: any free one)"
-
-    def __init__(self, transport, remote_host: str, remote_port: int, *, local_port: int = 0,
-                 label: str = "the SSH host"):
-        self.transport = transport
-        self.remote_host = remote_host
-        self.remote_port = int(remote_port)
-        self.label = label
-        super().__init__(local_port)
-        self.local_port = self.port
-        self.connections = 0
-        self.dropped = False
-        self.refused = False  # a forwarded connection could not be opened at the far end
-
-    @staticmethod
-    def _bind_reason(exc: OSError):
-        return exc.strerror
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return ("127.0.0.1", self.local_port)
-
-    def url(self, scheme: str = "http", path: str = "") -> str:
-        return f"{scheme}://127.0.0.1:{self.local_port}{path}"
-
-    def _accepted(self, client: socket.socket, peer) -> bool:
-        self.connections += 1
-        return super()._accepted(client, peer)
-
-    def open_upstream(self, client: socket.socket, peer):
-        """A ``direct-tcpip`` channel, opened on the accept thread."""
-        from paramiko.ssh_exception import ChannelException
-
-        try:
-            return self.transport.open_channel("direct-tcpip", (self.remote_host, self.remote_port), peer,
-                                               timeout=15)
-        except ChannelException as exc:
-            why = str(exc.text or exc)
-            hint = ("the SSH server does not allow port forwarding (sshd_config AllowTcpForwarding)"
-                    if "prohibit" in why.lower() else "nothing listening there, or not reachable from that host")
-            self._note(f"{self.label} could not connect to {self.remote_host}:{self.remote_port} ({why}): "
-                       f"{hint}")
-            self.refused = True
-        except Exception as exc:  # noqa: BLE001 - SSHException/EOFError: the transport is gone
-            if not self.transport.is_active():
-                self.dropped = True
-            self._note(f"could not open a channel through {self.label}: {type(exc).__name__}: {exc}")
-        return None
-
-    def relay(self, client: socket.socket, chan) -> None:
-        """Both ways with half-close; a transport that died under the relay marks the tunnel dropped."""
-        up_open, down_open = True, True
-        try:
-            while (up_open or down_open) and not self._closing.is_set():
-                watch = ([client] if up_open else []) + ([chan] if down_open else [])
-                ready, _, _ = select.select(watch, [], [], 0.2)
-                if chan in ready or (down_open and chan.recv_ready()):
-                    data = chan.recv(65536)
-                    if data:
-                        client.sendall(data)
-                    else:
-                        down_open = False
-                        if not self.transport.is_active():
-                            self.dropped = True
-                            break
-                        try:
-                            client.shutdown(socket.SHUT_WR)
-                        except OSError:
-                            pass
-                if client in ready:
-                    data = client.recv(65536)
-                    if data:
-                        chan.sendall(data)
-                    else:
-                        up_open = False
-                        chan.shutdown_write()
-                if chan.closed and not chan.recv_ready():
-                    if not self.transport.is_active():
-                        self.dropped = True
-                    break
-        except (OSError, EOFError) as exc:
-            if not self.transport.is_active():
-                self.dropped = True
-            else:
-                self._note(f"a forwarded connection broke: {exc}")
-        except Exception as exc:  # noqa: BLE001 - paramiko's SSHException on a dying transport
-            if not self.transport.is_active():
-                self.dropped = True
-            self._note(f"a forwarded connection broke: {type(exc).__name__}: {exc}")
-        finally:
-            self._untrack_close(chan, client)  # channel first (the caller's second close is a no-op)
-
-    def drop_error(self) -> StepError:
-        return StepError(f"the SSH connection to {self.label} dropped: the tunnel to "
-                         f"{self.remote_host}:{self.remote_port} closed under its connections",
-                         f"check the network path to {self.label} and that the host is up, then re-run")
-
-
-@contextmanager
-def tunnel(conn, remote_host: str, remote_port: int, *, local_port: int = 0, label: str | None = None
-           ) -> Iterator[Tunnel]:
-    """Listen on 127.0.0.1:<local_port> (0: any free port, see ``.local_port``) and carry each connection
-    through the SSH connection to ``remote_host:remote_port`` as the SSH host sees it (``-L``).
-
-    ``conn`` is a :class:`RemoteSession`, a fabric ``Connection`` or a paramiko ``Transport``. Whatever
-    happens in the block, the listener, every channel and every relay thread are closed on the way out.
-    If the SSH connection dropped while the tunnel carried traffic, the block fails with a StepError
-    saying so (chained to whatever the client saw, when the block itself raised).
-    """
-    transport, default_label = _transport_of(conn)
-    t = Tunnel(transport, remote_host, remote_port, local_port=local_port, label=label or default_label)
-    t.start()
-    try:
-        yield t
-    except StepError:
-        raise
-    except Exception as exc:
-        if t.dropped or not transport.is_active():
-            raise t.drop_error() from exc
-        if t.refused:  # what the client saw was a closed connection; say why
-            raise StepError(t.notes[0], f"check that {remote_host}:{remote_port} serves, as seen from "
-                            f"{t.label}") from exc
-        raise
-    finally:
-        t.close()
-    if t.dropped:
-        raise t.drop_error()
-
-
-# ---------------------------------------------------------------------------------------------
-# The Kubernetes API through a bastion
-
-
-@dataclass
-class KubeServerOverride:
-    """Where the Kubernetes client should connect instead of the kubeconfig's server.
-
-    ``tls_server_name`` keeps certificate verification against the real server's name (GKE's private
-    endpoint certificate names its IP), since the client now connects to 127.0.0.1.
-    """
-
-    server: str
-    original: str
-    tls_server_name: str | None
-
-    def apply(self, configuration) -> None:
-        configuration.host = self.server
-        if self.tls_server_name:
-            configuration.tls_server_name = self.tls_server_name
-
-
-def kube_server(kubeconfig: str, context: str | None = None) -> tuple[str, str | None]:
-    """(server URL, tls-server-name) of a kubeconfig context (its current context by default)."""
-    import yaml
-
-    path = os.path.expanduser(kubeconfig)
-    try:
-        doc = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read kubeconfig {kubeconfig}: {exc.strerror}",
-                          "run `inv setup-cluster` (it writes the context), or set kube.kubeconfig") from None
-    name = context or doc.get("current-context")
-    ctx = next((c.get("context") or {} for c in doc.get("contexts") or [] if c.get("name") == name), None)
-    if ctx is None:
-        raise ConfigError(f"kubeconfig {kubeconfig} has no context {name}", "set kube.context, or run "
-                          "`inv setup-cluster`")
-    cluster = next((c.get("cluster") or {} for c in doc.get("clusters") or [] if c.get("name") == ctx.get("cluster")),
-                   None)
-    if not cluster or not cluster.get("server"):
-        raise ConfigError(f"kubeconfig {kubeconfig}: context {name} names no cluster with a server",
-                          "run `inv setup-cluster` again")
-    return cluster["server"], cluster.get("tls-server-name")
-
-
-@contextmanager
-def kube_tunnel(conn, kubeconfig: str, context: str | None = None) -> Iterator[KubeServerOverride]:
-    """A tunnel to the API server of a kubeconfig context through the SSH host (a bastion).
-
-    How ``kube(ctx)`` uses it: build the client configuration from the kubeconfig as today, then
-    ``override.apply(configuration)`` *before* creating the ``ApiClient`` (the connection pool reads the
-    TLS server name at construction) — :func:`kube_api_client` does exactly that. A playbook run with
-    ``--on BASTION`` would open this once, store the override as the ``kube.server_override`` fact, and
-    ``kube(ctx)`` would pick it up; the port-forward to vLLM then rides the same tunnel, since it is a
-    websocket to the same API server.
-    """
-    server, tls_name = kube_server(kubeconfig, context)
-    u = urlsplit(server)
-    if u.scheme not in ("http", "https") or not u.hostname:
-        raise ConfigError(f"kubeconfig server {server} is not an http(s) URL", "run `inv setup-cluster` again")
-    port = u.port or (443 if u.scheme == "https" else 80)
-    with tunnel(conn, u.hostname, port, label=None) as t:
-        tls = tls_name or (u.hostname if u.scheme == "https" else None)
-        yield KubeServerOverride(server=f"{u.scheme}://127.0.0.1:{t.local_port}{u.path.rstrip('/')}",
-                                 original=server, tls_server_name=tls)
-
-
-def kube_api_client(kubeconfig: str, context: str | None, override: KubeServerOverride | None = None):
-    """A kubernetes ApiClient for a kubeconfig context, pointed through ``override`` when given."""
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    config.load_kube_config(config_file=os.path.expanduser(kubeconfig), context=context,
-                            client_configuration=configuration, persist_config=False)
-    if override is not None:
-        override.apply(configuration)
-    return client.ApiClient(configuration)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -75,7 +75,8 @@ class Target:
     # For `inv plan`: weights as loaded into accelerator memory, the rest of vLLM's non-KV use, and a
     # throughput for tokens-per-dollar until a measured one is given.
     weight_memory_gib: float = 0.0
-    memory_overhead_gib: float = 0.0
+    memory_overhead_gib: float = 0.0  # per device: activations at max_num_batched_tokens, runtime, graphs
+    memory_overhead_source: str = "not measured"
     kv_platform: str = "cuda"  # "tpu": vLLM's TPU backend sizes KV pages differently (not modelled)
     assumed_tokens_per_s: float = 0.0
     ignore_patterns: tuple[str, ...] = GPTOSS_IGNORE
@@ -130,6 +131,7 @@ L4 = Target(
     # GiB - weights come out at its measured "Available KV cache memory: 4.17 GiB".
     weight_memory_gib=13.7193,
     memory_overhead_gib=1.2237,
+    memory_overhead_source="measured: tutorial 000's startup log",
     assumed_tokens_per_s=52.0,  # the tutorial's short-prompt figure
 )
 
@@ -170,6 +172,10 @@ IRONWOOD = Target(
     max_num_batched_tokens=16384,
     max_num_seqs=2048,
     weight_memory_gib=60.8,  # ~65.3 GB of root safetensors
+    # Per TPU device (96 GiB; tensor parallel 2 x data parallel 4 over the slice's 8 devices). Nobody has
+    # published this figure: an assumption, 3x L4's measured 1.2 GiB for twice the batched tokens.
+    memory_overhead_gib=4.0,
+    memory_overhead_source="assumed, not measured on Ironwood",
     kv_platform="tpu",
 )
 

@@ -17,23 +17,32 @@ every other request to fake-gcs-server unchanged:
   kept here and merged into fake-gcs-server's replies.
 * ``foreign(bucket)``: the bucket belongs to another project we cannot read (403 on everything), and
   ``read_only(bucket)``: object writes answer 403, as for an identity with objectViewer only.
+* XML API multipart uploads (``/{bucket}/{object}?uploads`` and friends), which fake-gcs-server lacks:
+  :meth:`GcsFront._xml` says what is implemented. The completed object is written to fake-gcs-server.
+* Soft delete, as billed: every object deleted or replaced (JSON delete, an upload or compose onto an
+  existing name, a completed multipart upload onto one) adds its size to ``soft_deleted_bytes``, what
+  the bucket keeps billing for its soft-delete duration. Parts of unfinished uploads are billed as
+  stored (``pending_part_bytes()``); completing or aborting an upload leaves nothing.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import http.client
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
@@ -122,6 +131,33 @@ _BUCKET = re.compile(r"^/storage/v1/b/([^/]+)$")
 _ANY_IN_BUCKET = re.compile(r"^(?:/upload|/download)?/storage/v1/b/([^/]+)(/.*)?$")
 _OBJECT_WRITE = re.compile(r"^(/upload/storage/v1/b/[^/]+/o|/storage/v1/b/[^/]+/o/.+/(compose|copyTo|rewriteTo/.*))$")
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "proxy-connection"}
+_JSON_API = ("/storage/v1/", "/upload/storage/v1/", "/download/storage/v1/")
+_OBJECT = re.compile(r"^/storage/v1/b/([^/]+)/o/(.+?)(/compose)?$")
+_UPLOAD = re.compile(r"^/upload/storage/v1/b/([^/]+)/o$")
+S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"  # the XML API answers in S3's namespace
+
+
+def _esc(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+def _child(node, tag: str) -> str | None:
+    return next((e.text for e in node if e.tag.rsplit("}", 1)[-1] == tag), None)
+
+
+def _upload_name(query: dict, body: bytes) -> str | None:
+    """The object an upload writes: ``name=`` in the query, or the JSON metadata (multipart body,
+    resumable initiation)."""
+    if query.get("name"):
+        return query["name"]
+    start = body.find(b"{", 0, 65536)
+    if start < 0:
+        return None
+    end = body.find(b"\r\n--", start)  # a multipart body: the metadata part ends at the next boundary
+    try:
+        return json.loads(body[start:end if end > 0 else None]).get("name")
+    except ValueError:
+        return None
 
 
 def _error(code: int, message: str, reason: str) -> bytes:
@@ -141,9 +177,15 @@ class GcsFront:
         self.iam_sets: list[dict] = []  # every accepted setIamPolicy body
         self.iam_rejected = 0  # PUTs refused by the etag precondition
         self.upload_bytes = 0  # object bytes received through the front
+        self.uploads: dict[str, dict] = {}  # XML API multipart uploads in progress, by upload id
+        self.parts_dir = tempfile.mkdtemp(prefix="gcs-front-parts-")
+        self.soft_deleted_bytes = 0
+        self.soft_deleted_objects = 0
+        self.complete_seconds = 0.0  # spent writing completed uploads into fake-gcs-server (GCS: by reference)
         self._foreign: set[str] = set()
         self._read_only: set[str] = set()
         self._races: dict[str, dict] = {}
+        self._failures: list[list] = []  # [method, substring of the request line, status, times left]
         self._server: ThreadingHTTPServer | None = None
         self.port: int | None = None
 
@@ -164,6 +206,12 @@ class GcsFront:
         """Before our next setIamPolicy, someone else adds ``member`` to ``role`` (the etag moves on)."""
         with self.lock:
             self._races[bucket] = {"role": role, "members": [member]}
+
+    def fail_next(self, method: str, contains: str, status: int, times: int = 1) -> None:
+        """The next ``times`` requests with this method whose path and query contain ``contains`` get
+        ``status`` (the server did nothing), as a busy or briefly unavailable GCS answers."""
+        with self.lock:
+            self._failures.append([method, contains, status, times])
 
     def policy(self, bucket: str) -> dict:
         with self.lock:
@@ -199,6 +247,7 @@ class GcsFront:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        shutil.rmtree(self.parts_dir, ignore_errors=True)
 
     # ---- state
     def _overlay(self, bucket: str) -> dict:
@@ -224,8 +273,17 @@ class GcsFront:
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         split = urlsplit(h.path)
         path = unquote(split.path)
+        query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""
+        with self.lock:
+            failure = next((f for f in self._failures if f[0] == h.command and f[1] in h.path and f[3] > 0), None)
+            if failure:
+                failure[3] -= 1
+        if failure:
+            return self._reply(h, failure[2], _error(failure[2], "injected failure", "backendError"))
+        if not path.startswith(_JSON_API) and path.strip("/"):
+            return self._xml(h, path, query, body)
         m = _ANY_IN_BUCKET.match(path)
         bucket = m.group(1) if m else None
         with self.lock:
@@ -287,8 +345,224 @@ class GcsFront:
         if h.command in ("POST", "PUT") and path.startswith("/upload/"):
             with self.lock:
                 self.upload_bytes += len(body)
+        # What the request deletes or replaces, for the soft-delete bill.
+        replaced = None
+        om, um = _OBJECT.match(path), _UPLOAD.match(path)
+        if om and (h.command == "DELETE" and not om.group(3) or h.command == "POST" and om.group(3)):
+            replaced = self._object_size(om.group(1), om.group(2))
+        elif um and h.command == "POST":
+            name = _upload_name(query, body)
+            replaced = self._object_size(um.group(1), name) if name else None
         status, headers, data = self._forward(h, body)
+        if status in (200, 204):
+            self._soft_delete(replaced)
         return self._reply(h, status, data, headers)
+
+    # ---- XML API multipart uploads (fake-gcs-server has none)
+    def _xml(self, h, path: str, query: dict[str, str], body: bytes) -> None:
+        """``/{bucket}?uploads``, ``/{bucket}/{object}?uploads|uploadId=|partNumber=``: Cloud Storage's XML
+        API multipart uploads, as documented (https://cloud.google.com/storage/docs/multipart-uploads):
+        parts are not objects (nothing of them is listed, nor soft-deleted once completed or aborted),
+        each part is checked against ``x-goog-hash`` and answered with its etag and hashes, every part but
+        the last has at least 5 MiB, part numbers run 1..10000, the completed object keeps the metadata
+        given when the upload started. Any other XML API request goes to fake-gcs-server unchanged."""
+        bucket, _, name = path.lstrip("/").partition("/")
+        if not ("uploads" in query or "uploadId" in query):
+            status, headers, data = self._forward(h, body)
+            return self._reply(h, status, data, headers)
+        with self.lock:
+            foreign, read_only = bucket in self._foreign, bucket in self._read_only
+        if foreign or (read_only and h.command != "GET"):
+            return self._xml_error(h, 403, "AccessDenied", "Access denied.")
+        status, _, _ = self._forward(h, b"", method="GET", path=f"/storage/v1/b/{bucket}")
+        if status != 200:
+            return self._xml_error(h, 404, "NoSuchBucket", "The specified bucket does not exist.")
+        if not name:
+            if h.command == "GET" and "uploads" in query:
+                return self._list_uploads(h, bucket, query)
+            return self._xml_error(h, 400, "InvalidArgument", "Invalid argument.")
+        if h.command == "POST" and "uploads" in query:
+            return self._start_upload(h, bucket, name)
+        with self.lock:
+            upload = self.uploads.get(query.get("uploadId", ""))
+        if upload is None or (upload["bucket"], upload["key"]) != (bucket, name):
+            return self._xml_error(h, 404, "NoSuchUpload", "The requested upload was not found.")
+        if h.command == "PUT" and "partNumber" in query:
+            return self._put_part(h, upload, query["partNumber"], body)
+        if h.command == "GET":
+            return self._list_parts(h, upload, query)
+        if h.command == "POST":
+            return self._complete(h, upload, body)
+        if h.command == "DELETE":
+            self._drop_upload(upload)
+            return self._reply(h, 204, b"", [("Content-Type", "application/xml")])
+        return self._xml_error(h, 405, "MethodNotAllowed", "Method not allowed.")
+
+    def _start_upload(self, h, bucket: str, name: str) -> None:
+        upload_id = "ABPnzm" + os.urandom(24).hex()
+        metadata = {k[len("x-goog-meta-"):]: v for k, v in h.headers.items() if k.lower().startswith("x-goog-meta-")}
+        with self.lock:
+            self.uploads[upload_id] = {"bucket": bucket, "key": name, "id": upload_id, "parts": {},
+                                       "content_type": h.headers.get("Content-Type") or "application/octet-stream",
+                                       "metadata": metadata, "initiated": time.strftime("%Y-%m-%dT%H:%M:%S.000Z",
+                                                                                        time.gmtime())}
+        return self._xml_reply(h, "InitiateMultipartUploadResult",
+                               f"<Bucket>{bucket}</Bucket><Key>{_esc(name)}</Key><UploadId>{upload_id}</UploadId>")
+
+    def _put_part(self, h, upload: dict, number: str, body: bytes) -> None:
+        import google_crc32c
+
+        if not number.isdigit() or not 1 <= int(number) <= 10000:
+            return self._xml_error(h, 400, "InvalidArgument", "Part number must be an integer between 1 and 10000.")
+        crc = base64.b64encode(google_crc32c.Checksum(body).digest()).decode()
+        md5 = hashlib.md5(body)
+        sent = dict(x.strip().split("=", 1) for x in (h.headers.get("x-goog-hash") or "").split(",") if "=" in x)
+        if sent.get("crc32c", crc) != crc or sent.get("md5", base64.b64encode(md5.digest()).decode()) != \
+                base64.b64encode(md5.digest()).decode():
+            return self._xml_error(h, 400, "BadDigest", "The CRC32C you specified did not match what we received.")
+        part = Path(self.parts_dir) / upload["id"] / number
+        part.parent.mkdir(parents=True, exist_ok=True)
+        part.write_bytes(body)
+        etag = f'"{md5.hexdigest()}"'
+        with self.lock:
+            upload["parts"][int(number)] = {"path": part, "size": len(body), "etag": etag, "md5": md5.digest(),
+                                            "modified": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())}
+            self.upload_bytes += len(body)
+        return self._reply(h, 200, b"", [("ETag", etag), ("Content-Type", "text/html; charset=UTF-8"), (
+            "x-goog-hash", f"crc32c={crc},md5={base64.b64encode(md5.digest()).decode()}")])
+
+    def _list_parts(self, h, upload: dict, query: dict) -> None:
+        marker, most = int(query.get("part-number-marker") or 0), int(query.get("max-parts") or 1000)
+        with self.lock:
+            numbers = sorted(n for n in upload["parts"] if n > marker)
+            page, parts = numbers[:most], dict(upload["parts"])
+        items = "".join(f"<Part><PartNumber>{n}</PartNumber><LastModified>{parts[n]['modified']}</LastModified>"
+                        f"<ETag>{_esc(parts[n]['etag'])}</ETag><Size>{parts[n]['size']}</Size></Part>" for n in page)
+        more = len(numbers) > most
+        return self._xml_reply(h, "ListPartsResult",
+                               f"<Bucket>{upload['bucket']}</Bucket><Key>{_esc(upload['key'])}</Key>"
+                               f"<UploadId>{upload['id']}</UploadId><PartNumberMarker>{marker}</PartNumberMarker>"
+                               f"<NextPartNumberMarker>{page[-1] if page else marker}</NextPartNumberMarker>"
+                               f"<MaxParts>{most}</MaxParts><IsTruncated>{str(more).lower()}</IsTruncated>{items}")
+
+    def _complete(self, h, upload: dict, body: bytes) -> None:
+        from xml.etree import ElementTree
+
+        try:
+            listed = [(int(_child(p, "PartNumber")), _child(p, "ETag"))
+                      for p in ElementTree.fromstring(body).iter() if p.tag.rsplit("}", 1)[-1] == "Part"]
+        except (ElementTree.ParseError, TypeError, ValueError):
+            return self._xml_error(h, 400, "MalformedXML", "The XML you provided was not well-formed.")
+        with self.lock:
+            parts = dict(upload["parts"])
+        numbers = [n for n, _ in listed]
+        if not listed or numbers != sorted(set(numbers)):
+            return self._xml_error(h, 400, "InvalidPartOrder", "The list of parts was not in ascending order.")
+        for i, (n, etag) in enumerate(listed):
+            if n not in parts or parts[n]["etag"].strip('"') != (etag or "").strip('"'):
+                return self._xml_error(h, 400, "InvalidPart", f"Part {n} was not found or its etag differs.")
+            if i < len(listed) - 1 and parts[n]["size"] < 5 * 1024 * 1024:
+                return self._xml_error(h, 400, "EntityTooSmall", "A part other than the last is smaller than 5 MiB.")
+        status, data = self._write_object(upload, [parts[n]["path"] for n in numbers])
+        if status != 200:
+            return self._reply(h, status, data)
+        etag = hashlib.md5(b"".join(parts[n]["md5"] for n in numbers)).hexdigest() + f"-{len(numbers)}"
+        self._drop_upload(upload)
+        return self._xml_reply(h, "CompleteMultipartUploadResult",
+                               f"<Location>{self.url}/{upload['bucket']}/{_esc(upload['key'])}</Location>"
+                               f"<Bucket>{upload['bucket']}</Bucket><Key>{_esc(upload['key'])}</Key>"
+                               f'<ETag>"{etag}"</ETag>')
+
+    def _write_object(self, upload: dict, paths: list[Path]) -> tuple[int, bytes]:
+        """The parts, concatenated, become one object in fake-gcs-server (streamed, never held in memory)."""
+        boundary = "gcs-front-" + os.urandom(8).hex()
+        meta = json.dumps({"name": upload["key"], "contentType": upload["content_type"],
+                           "metadata": upload["metadata"]}).encode()
+        head = (f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n").encode() + meta + (
+            f"\r\n--{boundary}\r\nContent-Type: {upload['content_type']}\r\n\r\n").encode()
+        tail = f"\r\n--{boundary}--\r\n".encode()
+
+        def stream():
+            yield head
+            for p in paths:
+                with open(p, "rb") as fh:
+                    while chunk := fh.read(8 * 1024 * 1024):
+                        yield chunk
+            yield tail
+
+        length = len(head) + len(tail) + sum(p.stat().st_size for p in paths)
+        replaced = self._object_size(upload["bucket"], upload["key"])
+        started = time.monotonic()
+        conn = http.client.HTTPConnection("127.0.0.1", self.backend.port, timeout=600)
+        try:
+            conn.request("POST", f"/upload/storage/v1/b/{upload['bucket']}/o?uploadType=multipart", body=stream(),
+                         headers={"Content-Type": f"multipart/related; boundary={boundary}",
+                                  "Content-Length": str(length)})
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+            with self.lock:
+                self.complete_seconds += time.monotonic() - started
+        if resp.status == 200:
+            self._soft_delete(replaced)
+        return resp.status, data
+
+    def _drop_upload(self, upload: dict) -> None:
+        with self.lock:
+            self.uploads.pop(upload["id"], None)
+        shutil.rmtree(Path(self.parts_dir) / upload["id"], ignore_errors=True)
+
+    def _list_uploads(self, h, bucket: str, query: dict) -> None:
+        prefix = query.get("prefix", "")
+        marker = (query.get("key-marker", ""), query.get("upload-id-marker", ""))
+        most = int(query.get("max-uploads") or 1000)
+        with self.lock:
+            found = sorted((u["key"], u["id"], u["initiated"]) for u in self.uploads.values()
+                           if u["bucket"] == bucket and u["key"].startswith(prefix) and (u["key"], u["id"]) > marker)
+        page, more = found[:most], len(found) > most
+        items = "".join(f"<Upload><Key>{_esc(k)}</Key><UploadId>{u}</UploadId><Initiated>{t}</Initiated></Upload>"
+                        for k, u, t in page)
+        nxt = (f"<NextKeyMarker>{_esc(page[-1][0])}</NextKeyMarker><NextUploadIdMarker>{page[-1][1]}"
+               f"</NextUploadIdMarker>") if more else ""
+        return self._xml_reply(h, "ListMultipartUploadsResult",
+                               f"<Bucket>{bucket}</Bucket><Prefix>{_esc(prefix)}</Prefix><MaxUploads>{most}"
+                               f"</MaxUploads><IsTruncated>{str(more).lower()}</IsTruncated>{nxt}{items}")
+
+    def pending_part_bytes(self) -> int:
+        """Bytes of parts of unfinished uploads: billed as stored until completed or aborted."""
+        with self.lock:
+            return sum(p["size"] for u in self.uploads.values() for p in u["parts"].values())
+
+    def _xml_reply(self, h, element: str, inner: str) -> None:
+        data = (f"<?xml version='1.0' encoding='UTF-8'?><{element} xmlns='{S3_NS}'>{inner}</{element}>").encode()
+        return self._reply(h, 200, data, [("Content-Type", "application/xml; charset=UTF-8")])
+
+    def _xml_error(self, h, status: int, code: str, message: str) -> None:
+        data = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code><Message>{_esc(message)}</Message>"
+                f"</Error>").encode()
+        return self._reply(h, status, data, [("Content-Type", "application/xml; charset=UTF-8")])
+
+    # ---- soft delete: what a deleted or replaced object keeps costing
+    def _object_size(self, bucket: str, name: str) -> int | None:
+        from urllib.parse import quote
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.backend.port, timeout=60)
+        try:
+            conn.request("GET", f"/storage/v1/b/{bucket}/o/{quote(name, safe='')}")
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        return int(json.loads(data).get("size", 0)) if resp.status == 200 else None
+
+    def _soft_delete(self, size: int | None) -> None:
+        """GCS keeps a deleted (or overwritten) object for the bucket's soft-delete duration (7 days by
+        default) and bills its bytes meanwhile."""
+        if size is not None:
+            with self.lock:
+                self.soft_deleted_objects += 1
+                self.soft_deleted_bytes += size
 
     @staticmethod
     def _merge_iam_config(ov: dict, cfg: dict) -> None:

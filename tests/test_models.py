@@ -1,9 +1,9 @@
 """Model staging against real servers on loopback: the HF hub emulator and fake-gcs-server.
 
 A synthetic repo shaped like openai/gpt-oss-120b (root shards + original/ + metal/ copies, configs,
-tokenizer, chat template) is served by the hub emulator; objects land in fake-gcs-server (behind the
-GcsFront where bucket IAM and bucket fields matter). Shards are 20 MiB and chunks 8 MiB, so every
-shard is transferred in three parallel chunks and composed.
+tokenizer, chat template) is served by the hub emulator; objects land in fake-gcs-server behind the
+GcsFront (bucket IAM and fields, XML API multipart uploads, the soft-delete bill). Shards are 20 MiB and
+chunks 8 MiB, so every shard is transferred as a multipart upload of three parallel parts.
 """
 
 from __future__ import annotations
@@ -141,6 +141,10 @@ def test_first_run_stages_exactly_the_selection_verified_and_rerun_moves_nothing
     assert [r.status for r in results] == ["changed", "changed", "changed"], out
     objects = listing(fake_gcs)
     assert set(objects) == {folder + p for p in VLLM_LOADS} | {folder + MANIFEST_NAME}  # no .partial leftovers
+    # No week of billed garbage: nothing soft-deleted but the run's tiny in-progress marker and its zero-byte
+    # resume records (composing chunk objects left all 60 MiB of shards soft-deleted), no upload left open.
+    assert gcs_front.soft_deleted_bytes < 1024, gcs_front.soft_deleted_bytes
+    assert gcs_front.uploads == {} and gcs_front.pending_part_bytes() == 0
     # Only the selection crossed the wire: not one byte of original/ or metal/.
     assert hf_hub.bytes_served == selected_bytes(hf_hub, sha)
     assert hf_hub.bytes_served_for(REPO_ID, "original/model.safetensors") == 0
@@ -175,7 +179,7 @@ def test_first_run_stages_exactly_the_selection_verified_and_rerun_moves_nothing
     assert len(gcs_front.iam_sets) == 1
 
 
-def test_branch_is_resolved_to_its_commit_and_the_folder_names_the_commit(tmp_path, hf_hub, fake_gcs):
+def test_branch_is_resolved_to_its_commit_and_the_folder_names_the_commit(tmp_path, hf_hub, gcs_front, fake_gcs):
     sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=2 * MiB, n_shards=3, copy_size=MiB)
     s = settings_for(tmp_path, hf_hub, "main")
     results, out, ctx = _run_only_stage(s, fake_gcs)
@@ -226,7 +230,7 @@ def test_iam_binding_is_added_once_with_an_etag_precondition(tmp_path, hf_hub, g
 # failures
 
 
-def test_corrupted_upstream_byte_fails_and_leaves_nothing_under_the_final_name(tmp_path, hf_hub, fake_gcs):
+def test_corrupted_upstream_byte_fails_and_leaves_nothing_under_the_final_name(tmp_path, hf_hub, gcs_front, fake_gcs):
     sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=SHARD, n_shards=3, copy_size=MiB)
     bad = "model-00001-of-00002.safetensors"
     hf_hub.corrupt(REPO_ID, bad, offset=CHUNK_MIB * MiB + 12345)  # in the second chunk
@@ -240,6 +244,7 @@ def test_corrupted_upstream_byte_fails_and_leaves_nothing_under_the_final_name(t
     assert not [n for n in names if bad in n]  # no chunk left to resume corrupt bytes from
     assert folder + MANIFEST_NAME not in names  # the manifest is written last, only when all is verified
     assert folder + "model-00000-of-00002.safetensors" in names  # the good files are kept
+    assert gcs_front.uploads == {}  # the bad file's upload was aborted: no parts left billed
 
     hf_hub.clear_faults()
     before = hf_hub.bytes_served
@@ -249,19 +254,16 @@ def test_corrupted_upstream_byte_fails_and_leaves_nothing_under_the_final_name(t
     assert folder + MANIFEST_NAME in listing(fake_gcs)
 
 
-def test_dropped_connection_is_retried_for_that_chunk_only(tmp_path, hf_hub, fake_gcs, monkeypatch):
-    import gptoss_gke.models as models
-
-    # GCS composes at most 32 sources per call; with 2 our three-chunk shards take the two-level path.
-    monkeypatch.setattr(models, "COMPOSE_LIMIT", 2)
+def test_dropped_connection_is_retried_for_that_chunk_only(tmp_path, hf_hub, gcs_front, fake_gcs):
     sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=SHARD, n_shards=3, copy_size=MiB)
     shard = "model-00002-of-00002.safetensors"
     hf_hub.drop_after(REPO_ID, shard, nbytes=3 * MiB, times=1, mode="rst")
+    gcs_front.fail_next("PUT", "partNumber=2", 503)  # and GCS is briefly unavailable for one part
     # Chunks held in files under temp_dir this time (the other tests hold them in memory).
     s = settings_for(tmp_path, hf_hub, sha, GPTOSS_MODELS__TEMP_DIR=str(tmp_path / "spool"))
     [r], out, _ = _run_only_stage(s, fake_gcs)
     assert r.status == "changed", out
-    assert "retrying downloading" in out
+    assert "retrying downloading" in out and "retrying uploading part 2 of" in out
     served = hf_hub.bytes_served_for(REPO_ID, shard)
     assert SHARD < served <= SHARD + CHUNK_MIB * MiB  # the cut chunk again, not the file
     blob = fake_gcs.client().bucket(BUCKET).get_blob(folder_of(s, sha) + shard)
@@ -287,7 +289,7 @@ def test_missing_repo_or_revision_fails_clearly_before_any_byte_moves(tmp_path, 
     assert hf_hub.bytes_served == 0 and not listing(fake_gcs)
 
 
-def test_gated_repo_token_required_refused_then_used_and_never_shown(tmp_path, hf_hub, fake_gcs):
+def test_gated_repo_token_required_refused_then_used_and_never_shown(tmp_path, hf_hub, gcs_front, fake_gcs):
     sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=MiB, n_shards=2, copy_size=MiB, gated="manual")
     [r], out, _ = _run_only_stage(settings_for(tmp_path, hf_hub, sha), fake_gcs)
     assert r.status == "failed" and "gated: downloading it needs a token" in r.error and "HF_TOKEN" in r.fix
@@ -336,7 +338,7 @@ def test_bucket_of_another_project_or_not_writable_fails_before_bytes_move(tmp_p
     assert hf_hub.bytes_served == 0
 
 
-def test_not_enough_temp_space_is_refused_before_bytes_move(tmp_path, hf_hub, fake_gcs, monkeypatch):
+def test_not_enough_temp_space_is_refused_before_bytes_move(tmp_path, hf_hub, gcs_front, fake_gcs, monkeypatch):
     import shutil
     from collections import namedtuple
 
@@ -412,6 +414,8 @@ def test_inv_stage_model_killed_mid_transfer_resumes_with_only_what_is_missing(t
     assert first + second <= total + 4 * CHUNK_MIB * MiB  # waste bounded by the chunks in flight at the kill
     names = set(listing(fake_gcs))
     assert {folder + p for p in VLLM_LOADS} | {folder + MANIFEST_NAME} == names  # .partial/ is gone
+    # The killed run's uploads were continued or aborted: no parts left billed, nothing big soft-deleted.
+    assert gcs_front.uploads == {} and gcs_front.soft_deleted_bytes < 4096
     for p in ("model-00000-of-00002.safetensors", "model-00002-of-00002.safetensors"):
         data = fake_gcs.client().bucket(BUCKET).blob(folder + p).download_as_bytes()
         assert hashlib.sha256(data).hexdigest() == hf_hub.file_info(REPO_ID, p, sha)["sha256"]
@@ -434,6 +438,13 @@ def test_teardown_purge_deletes_only_what_we_staged_and_revokes_the_grant(tmp_pa
     bucket = fake_gcs.client().bucket(BUCKET)
     bucket.blob(f"models/{REPO_ID}/notes.txt").upload_from_string(b"someone else's")
     bucket.blob("elsewhere/model.safetensors").upload_from_string(b"not ours either")
+    # A staging run killed mid-upload leaves an upload open (its parts billed until aborted); someone
+    # else's upload elsewhere in the bucket is not ours to abort.
+    from gptoss_gke.models import MultipartUploads
+
+    mpu = MultipartUploads(fake_gcs.client(gcs_front.url).bucket(BUCKET))
+    ours = mpu.start(f"models/{REPO_ID}/{sha}/model-00001-of-00002.safetensors", {})
+    theirs = mpu.start("elsewhere/big.bin", {})
 
     redactor = Redactor()
     printer = Printer(redactor, stream=io.StringIO(), color=False)
@@ -443,4 +454,5 @@ def test_teardown_purge_deletes_only_what_we_staged_and_revokes_the_grant(tmp_pa
     results = Runner(ctx).run(purge_model_steps(s, ["l4", "ironwood"]))
     assert [r.status for r in results] == ["changed", "changed"]
     assert set(listing(fake_gcs)) == {f"models/{REPO_ID}/notes.txt", "elsewhere/model.safetensors"}
+    assert set(gcs_front.uploads) == {theirs} and ours not in gcs_front.uploads
     assert not [b for b in gcs_front.policy(BUCKET)["bindings"] if b["role"] == "roles/storage.objectViewer"]

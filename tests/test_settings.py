@@ -37,7 +37,7 @@ def load(tmp_path, text=BASE, *, environ=None, sets=(), env="dev"):
 
 def test_layers_defaults_then_file_then_environment_then_flags(tmp_path):
     s = load(tmp_path)
-    assert s.cluster.release_channel == "rapid"  # built-in default
+    assert s.cluster.release_channel is None  # built-in default: rapid on create, an existing channel kept
     assert s.cluster.name == "base" and s.region == "europe-west4"  # file
     s = load(tmp_path, environ={"GPTOSS_CLUSTER__NAME": "fromenv", "GPTOSS_TARGETS__L4__NODE_POOL__MAX_NODES": "3"})
     assert s.cluster.name == "fromenv"

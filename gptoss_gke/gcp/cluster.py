@@ -7,6 +7,7 @@ gcloud takes exactly one update flag per call, and each is its own long-running 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -19,6 +20,10 @@ from gptoss_gke.gcp import gcloud
 from gptoss_gke.gcp.project import Apis, GcloudStep, Project
 
 CLUSTER_FACT = "gke.cluster"
+SERVER_CONFIG_FACT = "gke.server_config"
+# The channel a cluster we create joins when cluster.release_channel is unset: Ironwood's GKE versions
+# arrive there first.
+DEFAULT_CHANNEL = "rapid"
 # Every add-on we need, listed in full: `--addons` enables what it lists and disables the rest.
 ADDONS = ("GcsFuseCsiDriver", "HttpLoadBalancing", "HorizontalPodAutoscaling")
 OPERATION_TIMEOUT_S = 3600
@@ -29,6 +34,18 @@ def describe_cluster(ctx) -> dict | None:
     return ctx.fact(CLUSTER_FACT, lambda: gcloud.read_json(
         ctx, "container", "clusters", "describe", s.cluster.name, f"--location={s.cluster_location}",
         what=f"cluster {s.cluster.name}"))
+
+
+def server_config(ctx) -> dict:
+    """`get-server-config`: each release channel's default version (what a new node pool gets)."""
+    s = ctx.settings
+    return ctx.fact(SERVER_CONFIG_FACT, lambda: gcloud.read_json(
+        ctx, "container", "get-server-config", f"--location={s.cluster_location}",
+        what=f"the GKE versions offered in {s.cluster_location}", absent_ok=False) or {})
+
+
+def dns_endpoint(cluster: dict) -> dict:
+    return (cluster.get("controlPlaneEndpointsConfig") or {}).get("dnsEndpointConfig") or {}
 
 
 def _location_flags(ctx) -> list[str]:
@@ -79,8 +96,7 @@ class Cluster(_ClusterScoped):
         streaming = (c.get("nodePoolDefaults", {}).get("nodeConfigDefaults", {}).get("gcfsConfig", {})
                      .get("enabled", False))
         channel = c.get("releaseChannel", {}).get("channel", "UNSPECIFIED")
-        want_channel = s.cluster.release_channel.upper()
-        return [
+        settings = [
             ("workload identity", pool == s.workload_pool, f"workload pool {pool or 'unset'} → {s.workload_pool}",
              [f"--workload-pool={s.workload_pool}"]),
             ("add-ons", not wanted_addons, "enable " + ", ".join(a.split("=")[0] for a in wanted_addons),
@@ -89,9 +105,15 @@ class Cluster(_ClusterScoped):
              ["--gateway-api=standard"]),
             ("image streaming", streaming or not s.cluster.image_streaming, "enable image streaming",
              ["--enable-image-streaming"]),
-            ("release channel", channel == want_channel, f"release channel {channel} → {want_channel}",
-             [f"--release-channel={s.cluster.release_channel}"]),
         ]
+        if s.cluster.release_channel:  # only a channel the user chose moves an existing cluster
+            want = s.cluster.release_channel.upper()
+            settings.append(("release channel", channel == want, f"release channel {channel} → {want}",
+                             [f"--release-channel={s.cluster.release_channel}"]))
+        if s.cluster.control_plane == "dns":
+            settings.append(("DNS endpoint", bool(dns_endpoint(c).get("allowExternalTraffic")),
+                             "allow kubectl through the DNS-based control-plane endpoint", ["--enable-dns-access"]))
+        return settings
 
     def plan(self, ctx, current) -> Plan:
         s = ctx.settings
@@ -102,10 +124,12 @@ class Cluster(_ClusterScoped):
                                 f"fix cluster.name/cluster.location in {s.env_file}, or set cluster.create: true")
             argv = gcloud.argv(
                 ctx, "container", "clusters", "create", name, *_location_flags(ctx),
-                f"--workload-pool={s.workload_pool}", f"--release-channel={s.cluster.release_channel}",
+                f"--workload-pool={s.workload_pool}",
+                f"--release-channel={s.cluster.release_channel or DEFAULT_CHANNEL}",
                 f"--num-nodes={s.cluster.initial_nodes}", f"--machine-type={s.cluster.default_machine_type}",
                 "--gateway-api=standard", f"--addons={','.join(ADDONS)}",
                 *(["--enable-image-streaming"] if s.cluster.image_streaming else []),
+                *(["--enable-dns-access"] if s.cluster.control_plane == "dns" else []),
                 f"--labels={_label_flag({**s.gcp_labels, **s.cluster.labels})}",
             )
             kind = "regional" if s.cluster_is_regional else "zonal"
@@ -130,6 +154,34 @@ class Cluster(_ClusterScoped):
         return Plan(changes, diff={"settings": [c.summary for c in changes]}, facts=facts)
 
 
+# gcloud's taint effects and the API's.
+_EFFECTS = {"NoSchedule": "NO_SCHEDULE", "PreferNoSchedule": "PREFER_NO_SCHEDULE", "NoExecute": "NO_EXECUTE"}
+_DRIVER = {"default": "DEFAULT", "latest": "LATEST", "disabled": "INSTALLATION_DISABLED"}
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+
+
+def _taint(text: str) -> dict:
+    """'key=value:Effect' (gcloud's form) → the API's {key, value, effect}."""
+    kv, _, effect = text.rpartition(":")
+    key, _, value = kv.partition("=")
+    return {"key": key, "value": value, "effect": _EFFECTS.get(effect, effect)}
+
+
+def _taint_flag(t: dict) -> str:
+    effect = next((k for k, v in _EFFECTS.items() if v == t.get("effect")), t.get("effect", ""))
+    return f"{t.get('key')}={t.get('value', '')}:{effect}"
+
+
+def _chips(topology: str) -> int:
+    return math.prod(int(n) for n in topology.split("x"))
+
+
+def _chips_per_host(machine_type: str) -> int | None:
+    """TPU machine types name their chips per VM: tpu7x-standard-4t, ct6e-standard-8t."""
+    m = re.search(r"-(\d+)t$", machine_type)
+    return int(m.group(1)) if m else None
+
+
 class NodePool(_ClusterScoped):
     section = "node pools"
 
@@ -143,15 +195,38 @@ class NodePool(_ClusterScoped):
     def observe(self, ctx):
         cluster = describe_cluster(ctx)
         if cluster is None:
-            return {"cluster": None, "pool": None}
+            return {"cluster": None, "pool": None, "server": None}
         pool = next((p for p in cluster.get("nodePools", []) if p.get("name") == self.pool.name), None)
-        return {"cluster": cluster, "pool": pool}
+        # The version a new pool gets is the channel's default, which can lag the control plane (worth
+        # reading only when the control plane itself is new enough: otherwise plan() refuses anyway).
+        minimum = self.pool.min_gke_version
+        server = server_config(ctx) if pool is None and minimum and gke_version(
+            cluster.get("currentMasterVersion", "")) >= gke_version(minimum) else None
+        return {"cluster": cluster, "pool": pool, "server": server}
 
     # -- what we want, in gcloud's words and in the API's -------------------------------------
     def _labels(self, ctx) -> dict[str, str]:
         return dict(self.pool.labels)
 
-    def _create_argv(self, ctx) -> list[str]:
+    @property
+    def multi_host(self) -> bool:
+        p = self.pool
+        if not p.tpu_topology:
+            return False
+        if not re.fullmatch(r"\d+(x\d+){1,2}", p.tpu_topology):
+            raise StepError(f"targets.{self.target_name}.node_pool.tpu_topology {p.tpu_topology!r} is not a TPU "
+                            f"topology", "write it as GKE does, e.g. 2x2x1 (Ironwood) or 2x4 (v5e, v6e)")
+        per_host = _chips_per_host(p.machine_type)
+        return bool(per_host and _chips(p.tpu_topology) > per_host)
+
+    def _accelerator_flag(self) -> str:
+        p = self.pool
+        acc = f"type={p.accelerator_type},count={p.accelerator_count}"
+        if p.gpu_driver_version:
+            acc += f",gpu-driver-version={p.gpu_driver_version}"
+        return f"--accelerator={acc}"
+
+    def _create_argv(self, ctx, node_version: str | None) -> list[str]:
         s, p = ctx.settings, self.pool
         flags = [
             f"--cluster={s.cluster.name}", *_location_flags(ctx),
@@ -159,12 +234,11 @@ class NodePool(_ClusterScoped):
             f"--machine-type={p.machine_type}",
         ]
         if p.accelerator_type:
-            acc = f"type={p.accelerator_type},count={p.accelerator_count}"
-            if p.gpu_driver_version:
-                acc += f",gpu-driver-version={p.gpu_driver_version}"
-            flags.append(f"--accelerator={acc}")
-        if p.tpu_topology:
+            flags.append(self._accelerator_flag())
+        if self.multi_host:  # a single-host slice takes no topology: its machine type is the shape
             flags.append(f"--tpu-topology={p.tpu_topology}")
+        if node_version:
+            flags.append(f"--node-version={node_version}")
         flags += [f"--num-nodes={p.initial_nodes}", "--enable-autoscaling", f"--min-nodes={p.min_nodes}",
                   f"--max-nodes={p.max_nodes}"]
         if self._labels(ctx):
@@ -184,6 +258,37 @@ class NodePool(_ClusterScoped):
         return gcloud.argv(ctx, "container", "node-pools", "update", self.pool.name,
                            f"--cluster={s.cluster.name}", *_location_flags(ctx), *flags)
 
+    def _new_pool_version(self, cluster: dict, server: dict | None) -> tuple[str | None, str]:
+        """(--node-version, or None to take the default; where the version comes from, in words).
+
+        Without --node-version a pool gets its channel's default version (capped at the control
+        plane's), which can be older than what the accelerator needs even when the control plane is
+        new enough. Then we ask for the control plane's own version: new enough (checked before) and
+        never newer than the control plane, as node versions must be.
+        """
+        p = self.pool
+        master = cluster.get("currentMasterVersion") or ""
+        if server is None:
+            return None, "node version: the pool gets its channel's default (not observed)"
+        channel = (cluster.get("releaseChannel") or {}).get("channel") or "UNSPECIFIED"
+        if channel != "UNSPECIFIED":
+            default = next((c.get("defaultVersion") for c in server.get("channels") or []
+                            if c.get("channel") == channel), None)
+            source = f"the {channel} channel's default in get-server-config"
+        else:
+            default = server.get("defaultClusterVersion")
+            source = "the default version in get-server-config (the cluster has no release channel)"
+        if not default:
+            raise StepError(f"get-server-config names no default version for {source.split(' in ')[0]}",
+                            f"pick a version >= {p.min_gke_version} yourself and create the pool with "
+                            f"--node-version, or upgrade the Google Cloud CLI")
+        if master and gke_version(default) > gke_version(master):
+            default, source = master, "the control plane's version (a pool is never newer than it)"
+        if gke_version(default) >= gke_version(p.min_gke_version):
+            return None, f"node version {default} ({source}), >= {p.min_gke_version}: no --node-version"
+        return master, (f"node version {master} (--node-version, the control plane's): a new pool would get "
+                        f"{default} ({source}), older than the {p.min_gke_version} {p.machine_type} needs")
+
     def _immutable_drift(self, ctx, pool: dict) -> list[str]:
         p, cfg = self.pool, pool.get("config", {})
         drift = []
@@ -201,19 +306,36 @@ class NodePool(_ClusterScoped):
             drift.append(f"spot is {bool(cfg.get('spot'))}, want {self.options.spot}")
         ra = cfg.get("reservationAffinity") or {}
         want_res = self.options.reservation
-        have_res = (ra.get("values") or [None])[0] if ra.get("consumeReservationType") == "SPECIFIC_RESERVATION" \
-            else None
         # A local reservation may be written as its name or its path, a shared one only as its path
         # (projects/P/reservations/R): compare the paths, so both spellings converge.
         project = ctx.settings.project
-        if want_res and have_res and reservation_key(have_res, project) != reservation_key(want_res, project):
-            drift.append(f"reservation is {have_res}, want {want_res}")
+        have_res = (ra.get("values") or [""])[0] if ra.get("consumeReservationType") == "SPECIFIC_RESERVATION" \
+            else None
+        if have_res:
+            have_res = have_res.removeprefix(f"projects/{project}/reservations/")  # ours: shown by name
+        if want_res and (not have_res or reservation_key(have_res, project) != reservation_key(want_res, project)):
+            drift.append(f"reservation is {have_res or 'none (' + ra.get('consumeReservationType', 'unset') + ')'}, "
+                         f"want {want_res}")
+        elif not want_res and have_res:
+            drift.append(f"the pool is bound to reservation {have_res}, but none is configured "
+                         f"(targets.{self.target_name}.node_pool.reservation)")
+        scopes = cfg.get("oauthScopes") or []
+        if CLOUD_PLATFORM_SCOPE not in scopes:
+            drift.append(f"OAuth scopes are {', '.join(sc.rsplit('/', 1)[-1] for sc in scopes) or 'none'}, "
+                         f"want cloud-platform (access is then decided by IAM alone)")
         return drift
 
     def plan(self, ctx, current) -> Plan:
         s, p = ctx.settings, self.pool
-        current = current or {"cluster": None, "pool": None}
+        current = current or {"cluster": None, "pool": None, "server": None}
         cluster, pool = current["cluster"], current["pool"]
+        if self.multi_host and p.machine_type.startswith("tpu7x"):
+            raise StepError(
+                f"{p.machine_type} with topology {p.tpu_topology} is a multi-host slice: Ironwood places those "
+                f"with a workload policy (--placement-policy), not --tpu-topology, and this tool does not "
+                f"create one", f"use a single-host shape (tpu7x-standard-4t, 2x2x1), or create the pool "
+                f"yourself with a high-throughput workload policy and name it in targets.{self.target_name}."
+                f"node_pool.name")
         if cluster is not None and p.min_gke_version:
             have = cluster.get("currentMasterVersion", "0")
             if gke_version(have) < gke_version(p.min_gke_version):
@@ -223,42 +345,82 @@ class NodePool(_ClusterScoped):
                     f"--location={s.cluster_location} --cluster-version=<a version >= {p.min_gke_version}> "
                     f"(the rapid channel has them)")
         if pool is None:
+            version, words = None, ""
+            if p.min_gke_version and cluster is not None:
+                version, words = self._new_pool_version(cluster, current["server"])
+            elif p.min_gke_version:
+                words = (f"node version: the new cluster's channel default, checked against >= {p.min_gke_version} "
+                         f"once the cluster exists")
+            facts = {"node_version": version or "channel default", "node_version_source": words} if words else {}
             return Plan([Change(f"create node pool {p.name} ({self._shape()})", "create",
-                                argv=self._create_argv(ctx), timeout=OPERATION_TIMEOUT_S)],
-                        diff={"node pool": "absent → present"})
+                                argv=self._create_argv(ctx, version), timeout=OPERATION_TIMEOUT_S,
+                                detail=[words] if words else [])],
+                        diff={"node pool": "absent → present"}, facts=facts)
+        loc = s.cluster_location
         drift = self._immutable_drift(ctx, pool)
         if drift:
-            loc = s.cluster_location
             raise StepError(
                 f"node pool {p.name} differs in what cannot change in place: {'; '.join(drift)}",
                 f"we never recreate a pool silently. Either set targets.{self.target_name}.node_pool to match the "
                 f"existing pool, or delete it (gcloud container node-pools delete {p.name} "
                 f"--cluster={s.cluster.name} --location={loc}) and re-run inv setup-cluster")
+        version = pool.get("version") or ""
+        if p.min_gke_version and gke_version(version) < gke_version(p.min_gke_version):
+            master = cluster.get("currentMasterVersion", "")
+            raise StepError(
+                f"node pool {p.name} runs GKE {version or 'an unknown version'}; {p.machine_type} needs >= "
+                f"{p.min_gke_version}",
+                f"upgrade its nodes (they are recreated; nothing here does it for you): gcloud container clusters "
+                f"upgrade {s.cluster.name} --node-pool={p.name} --cluster-version={master} --location={loc}")
+        changes = self._mutable_changes(ctx, pool)
+        if not changes:
+            return noop(f"node pool {p.name} is {self._shape()}, autoscaling {p.min_nodes}..{p.max_nodes}, "
+                        f"GKE_METADATA, GKE {version}")
+        return Plan(changes, diff={"node pool": [c.summary for c in changes]})
+
+    def _mutable_changes(self, ctx, pool: dict) -> list[Change]:
+        """One `node-pools update` per drifted setting: gcloud takes one update flag per call."""
+        p, cfg = self.pool, pool.get("config", {})
+
+        def update(summary: str, *flags: str) -> Change:
+            return Change(summary, "update", argv=self._update_argv(ctx, *flags), timeout=OPERATION_TIMEOUT_S)
+
         changes = []
         auto = pool.get("autoscaling") or {}
         have_auto = (bool(auto.get("enabled")), int(auto.get("minNodeCount", 0)), int(auto.get("maxNodeCount", 0)))
         if have_auto != (True, p.min_nodes, p.max_nodes):
-            changes.append(Change(
-                f"autoscaling {have_auto[1]}..{have_auto[2]}{'' if have_auto[0] else ' (off)'} → "
-                f"{p.min_nodes}..{p.max_nodes}", "update",
-                argv=self._update_argv(ctx, "--enable-autoscaling", f"--min-nodes={p.min_nodes}",
-                                       f"--max-nodes={p.max_nodes}"), timeout=OPERATION_TIMEOUT_S))
-        labels = pool.get("config", {}).get("labels") or {}
+            changes.append(update(f"autoscaling {have_auto[1]}..{have_auto[2]}{'' if have_auto[0] else ' (off)'} → "
+                                  f"{p.min_nodes}..{p.max_nodes}", "--enable-autoscaling",
+                                  f"--min-nodes={p.min_nodes}", f"--max-nodes={p.max_nodes}"))
+        labels = cfg.get("labels") or {}
         want = self._labels(ctx)
         if any(labels.get(k) != v for k, v in want.items()):
             merged = {**labels, **want}  # --node-labels replaces the set: keep labels others added
-            changes.append(Change(f"node labels → {_label_flag(want)}", "update",
-                                  argv=self._update_argv(ctx, f"--node-labels={_label_flag(merged)}"),
-                                  timeout=OPERATION_TIMEOUT_S))
-        mode = pool.get("config", {}).get("workloadMetadataConfig", {}).get("mode")
+            changes.append(update(f"node labels → {_label_flag(want)}", f"--node-labels={_label_flag(merged)}"))
+        taints = cfg.get("taints") or []
+        ours = [_taint(t) for t in p.taints]
+        have_taints = {(t.get("key"), t.get("value", ""), t.get("effect")) for t in taints}
+        missing = [t for t in ours if (t["key"], t["value"], t["effect"]) not in have_taints]
+        if missing:
+            # --node-taints replaces the set: keep taints others added on other keys.
+            merged_taints = [t for t in taints if t.get("key") not in {o["key"] for o in ours}] + ours
+            changes.append(update(f"node taints: add {', '.join(_taint_flag(t) for t in missing)}",
+                                  f"--node-taints={','.join(_taint_flag(t) for t in merged_taints)}"))
+        accs = cfg.get("accelerators") or []
+        if p.accelerator_type and p.gpu_driver_version and accs:
+            have_driver = (accs[0].get("gpuDriverInstallationConfig") or {}).get("gpuDriverVersion") or "unset"
+            if have_driver != _DRIVER[p.gpu_driver_version]:
+                changes.append(update(f"GPU driver {have_driver} → {_DRIVER[p.gpu_driver_version]}",
+                                      self._accelerator_flag()))
+        zones = ctx.settings.node_locations(self.target_name)
+        have_zones = pool.get("locations") or []
+        if have_zones and sorted(have_zones) != sorted(zones):
+            changes.append(update(f"node locations {','.join(have_zones)} → {','.join(zones)}",
+                                  f"--node-locations={','.join(zones)}"))
+        mode = cfg.get("workloadMetadataConfig", {}).get("mode")
         if mode != "GKE_METADATA":
-            changes.append(Change(f"workload metadata {mode or 'unset'} → GKE_METADATA", "update",
-                                  argv=self._update_argv(ctx, "--workload-metadata=GKE_METADATA"),
-                                  timeout=OPERATION_TIMEOUT_S))
-        if not changes:
-            return noop(f"node pool {p.name} is {self._shape()}, autoscaling {p.min_nodes}..{p.max_nodes}, "
-                        f"GKE_METADATA")
-        return Plan(changes, diff={"node pool": [c.summary for c in changes]})
+            changes.append(update(f"workload metadata {mode or 'unset'} → GKE_METADATA", "--workload-metadata=GKE_METADATA"))
+        return changes
 
     def _shape(self) -> str:
         p = self.pool
@@ -284,7 +446,10 @@ class KubeCredentials(GcloudStep):
         clusters = {c["name"]: c.get("cluster", {}) for c in config.get("clusters") or []}
         entry = contexts.get(ctx.settings.kube_context)
         server = clusters.get(entry.get("cluster"), {}).get("server") if entry else None
-        return {"endpoint": (cluster or {}).get("endpoint"), "server": server}
+        cluster = cluster or {}
+        endpoint = dns_endpoint(cluster).get("endpoint") if ctx.settings.cluster.control_plane == "dns" \
+            else cluster.get("endpoint")
+        return {"endpoint": endpoint, "server": server}
 
     def plan(self, ctx, current) -> Plan:
         s = ctx.settings
@@ -292,7 +457,10 @@ class KubeCredentials(GcloudStep):
         want = f"https://{current['endpoint']}" if current["endpoint"] else None
         if current["server"] and (want is None or current["server"] == want):
             return noop(f"context {s.kube_context} in {s.kubeconfig_shown} points at {current['server']}")
-        argv = gcloud.argv(ctx, "container", "clusters", "get-credentials", s.cluster.name, *_location_flags(ctx))
+        # The DNS endpoint is a name with a publicly trusted certificate, checked by IAM: no bastion.
+        dns = ["--dns-endpoint"] if s.cluster.control_plane == "dns" else []
+        argv = gcloud.argv(ctx, "container", "clusters", "get-credentials", s.cluster.name, *_location_flags(ctx),
+                           *dns)
         return Plan([Change(f"write context {s.kube_context} into {s.kubeconfig_shown}", "update", argv=argv,
                             env={"KUBECONFIG": s.kubeconfig_path})])
 

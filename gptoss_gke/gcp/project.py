@@ -16,6 +16,13 @@ REQUIRED_APIS = (
     "iamcredentials.googleapis.com",
     "sts.googleapis.com",
 )
+# GKE image streaming reads image layers through the Container File System API; without it gcloud
+# only warns and nodes silently pull whole images.
+IMAGE_STREAMING_API = "containerfilesystem.googleapis.com"
+
+
+def required_apis(settings) -> tuple[str, ...]:
+    return REQUIRED_APIS + ((IMAGE_STREAMING_API,) if settings.cluster.image_streaming else ())
 
 
 def access_token(ctx) -> str:
@@ -120,9 +127,10 @@ class Apis(GcloudStep):
 
     def plan(self, ctx, current) -> Plan:
         enabled = current or set()
-        missing = [api for api in REQUIRED_APIS if api not in enabled]
+        wanted = required_apis(ctx.settings)
+        missing = [api for api in wanted if api not in enabled]
         if not missing:
-            return noop(f"all {len(REQUIRED_APIS)} required APIs already enabled")
+            return noop(f"all {len(wanted)} required APIs already enabled")
         return Plan(changes=[Change(f"enable {', '.join(missing)}", action="create",
                                     argv=gcloud.argv(ctx, "services", "enable", *missing))],
                     diff={"enable": missing})

@@ -151,3 +151,55 @@ def render_template(relative: str, values: dict[str, Any]) -> list[dict]:
     """One manifest file outside the per-target folders (e.g. bench/job.yaml), filled from `values`."""
     text = (MANIFESTS / relative).read_text()
     return [doc for doc in yaml.safe_load_all(_fill(text, values, relative)) if doc]
+
+
+# ---------------------------------------------------------------------------------------------
+# `inv render`: what deploy applies, offline
+
+
+def offline_image(settings, target_name: str) -> tuple[str, bool]:
+    """(image reference, pinned?) without reading a registry.
+
+    Deploy pins the mirrored image by the digest it reads. Offline that digest is known only when the
+    settings already name the image by digest and mirror every platform (a copy with ``--all
+    --preserve-digests`` keeps the source's digest); otherwise the mirrored tag stands in for it.
+    """
+    from gptoss_gke.images import destination, source_ref
+
+    src, dest = source_ref(settings, target_name), destination(settings, target_name)
+    if src.digest and settings.registry.platform == "all":
+        return str(dest.at(src.digest)), True
+    return str(dest), False
+
+
+def deploy_objects_offline(settings, targets: list[str]) -> tuple[list[dict], list[str]]:
+    """The objects `inv deploy` applies for ``targets``, in its order, and what differs at run time."""
+    objects, notes, seen = [], [], set()
+    for name in targets:
+        target = settings.target(name)
+        image, pinned = offline_image(settings, name)
+        if not pinned:
+            notes.append(f"{name}: image by tag {image}; deploy pins it by digest after mirroring")
+        if not re.fullmatch(r"[0-9a-f]{40}", target.model_revision):
+            notes.append(f"{name}: model revision {target.model_revision!r} is not a commit; deploy uses the "
+                         f"commit it resolves to while staging")
+        for obj in render(settings, target, image):
+            meta = obj["metadata"]
+            key = (obj["kind"], meta.get("namespace"), meta["name"])
+            if key not in seen:  # the namespace and service account are shared by the targets
+                seen.add(key)
+                objects.append(obj)
+    notes.append(f"Secret {settings.kube.namespace}/{settings.kube.api_key_secret} (the API key) is created by "
+                 f"deploy through the API and never rendered")
+    return objects, notes
+
+
+def yaml_stream(objects: list[dict], header: list[str]) -> str:
+    parts = ["".join(f"# {line}\n" for line in header)]
+    parts += ["---\n" + yaml.safe_dump(obj, sort_keys=False, width=120) for obj in objects]
+    return "".join(parts)
+
+
+def object_filename(index: int, obj: dict) -> str:
+    """Apply order first, so `kubectl apply -f DIR` (which sorts by name) keeps it."""
+    return f"{index:02d}-{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"

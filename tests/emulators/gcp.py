@@ -51,7 +51,13 @@ Behaviour worth knowing (all of it mirrors the real services):
   value (false, 0, "", [], ``*_UNSPECIFIED``) are omitted, except inside map fields such as labels.
   So an autoscaling pool with ``minNodeCount: 0`` reads back without ``minNodeCount``.
 * New node pools get ``config.workloadMetadataConfig.mode = GKE_METADATA`` when the cluster has
-  Workload Identity, as GKE does.
+  Workload Identity, as GKE does, and, without ``version`` in the create body, the default version
+  of the cluster's release channel (``channel_versions``, also what ``serverConfig`` reports), capped
+  at the control plane's version: lower ``channel_versions[ch]`` after a cluster exists to get a
+  control plane newer than what its new pools get.
+* Every cluster reports ``controlPlaneEndpointsConfig.dnsEndpointConfig.endpoint``;
+  ``allowExternalTraffic`` is set only by ``--enable-dns-access`` (create body or
+  ``desiredControlPlaneEndpointsConfig``).
 * Container and Artifact Registry calls answer ``403 SERVICE_DISABLED`` when the project has not
   enabled the API (``enforce_service_enablement``), and every API answers 403 for unknown projects.
 """
@@ -321,6 +327,10 @@ def _is_default(value: Any) -> bool:
     if isinstance(value, str) and value.endswith("_UNSPECIFIED"):
         return True
     return False
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", version)[:4])
 
 
 def _camel_lower(name: str) -> str:
@@ -683,6 +693,7 @@ class GcpEmulator:
         network = body.get("network") or "default"
         subnetwork = body.get("subnetwork") or "default"
         region = location[:-2] if _is_zone(location) else location
+        cluster_id = hashlib.sha256(f"{project}/{location}/{name}".encode()).hexdigest()[:32]
         cluster = copy.deepcopy(body)
         cluster["_project"] = project
         cluster.pop("nodePools", None)
@@ -694,7 +705,7 @@ class GcpEmulator:
             "zone": location,
             "locations": locations,
             "selfLink": self._gke_link(project, location, "clusters", name),
-            "id": hashlib.sha256(f"{project}/{location}/{name}".encode()).hexdigest()[:32],
+            "id": cluster_id,
             "createTime": _now(),
             "status": "PROVISIONING",
             "endpoint": self.cluster_endpoint,
@@ -724,6 +735,15 @@ class GcpEmulator:
                 "datapathProvider": "LEGACY_DATAPATH",
             },
             "ipAllocationPolicy": {"useIpAliases": True, "stackType": "IPV4"},
+            # Every cluster has a DNS endpoint; user traffic may use it only with allowExternalTraffic
+            # (`--enable-dns-access`). The IP endpoints stay enabled unless `--no-enable-ip-access`.
+            "controlPlaneEndpointsConfig": {
+                "dnsEndpointConfig": {
+                    "endpoint": f"gke-{cluster_id}-{self.state.projects[project]['projectNumber']}"
+                                f".{location}.gke.goog"},
+                "ipEndpointsConfig": {"enabled": True, "enablePublicEndpoint": True,
+                                      "publicEndpoint": self.cluster_endpoint},
+            },
             "releaseChannel": {"channel": channel},
             "resourceLabels": {},
             "labelFingerprint": "a9dc16a7",
@@ -764,7 +784,13 @@ class GcpEmulator:
         _deep_merge(config, body.get("config") or {})
         version = body.get("version")
         if not version or version in ("latest", "-"):
-            version = cluster.get("currentNodeVersion") or cluster.get("currentMasterVersion")
+            # GKE gives a new pool its channel's default version, never newer than the control plane:
+            # it can be older than the control plane (what Ironwood pools trip over).
+            channel = (cluster.get("releaseChannel") or {}).get("channel")
+            version = self._channel_version(channel)
+            master = cluster.get("currentMasterVersion")
+            if master and _version_key(master) < _version_key(version):
+                version = master
         count = int(body.get("initialNodeCount", 3 if body.get("autoscaling") is None else 0) or 0)
         pool = copy.deepcopy(body)
         pool.pop("config", None)

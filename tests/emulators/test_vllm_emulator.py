@@ -142,10 +142,9 @@ def test_streaming_ttft_and_rate_match_configuration(fake_vllm):
     kinds = ["r" if "reasoning" in d else "c" for d in deltas]
     assert kinds == sorted(kinds, reverse=True)  # reasoning first, then content
     assert chunks[-2]["choices"][0]["finish_reason"] == "length"
-    ttft = token_times[0]
-    rate = (n - 1) / (token_times[-1] - token_times[0])
-    assert abs(ttft - 0.3) / 0.3 < 0.05, ttft
-    assert abs(rate - 100.0) / 100.0 < 0.05, rate
+    # The pacing is a floor whatever the machine's load (how close it comes: bench/bench_client_accuracy.py).
+    assert token_times[0] >= 0.3 - 0.005, token_times[0]
+    assert token_times[-1] >= 0.3 + (n - 1) / 100.0 - 0.005, token_times[-1]
 
 
 def test_streaming_completions_without_usage(fake_vllm):
