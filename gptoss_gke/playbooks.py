@@ -85,15 +85,19 @@ def _debugging() -> bool:
     return os.environ.get(DEBUG_VARIABLE) not in (None, "", "0")
 
 
-def _unexpected(exc: BaseException) -> str:
+def _redactor():
     from gptoss_gke.core.redact import Redactor
 
     redactor = Redactor()
     redactor.add(os.environ.get("HF_TOKEN"))
+    return redactor
+
+
+def _unexpected(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
     text = (str(exc).strip().splitlines() or [""])[0][:300]
-    return redactor(f"error: unexpected {type(exc).__name__}: {text}{where}\n"
+    return _redactor()(f"error: unexpected {type(exc).__name__}: {text}{where}\n"
                     f"  fix: this is a bug in gptoss-gke; re-run with {DEBUG_VARIABLE}=1 to see the traceback "
                     f"and include it in a report")
 
@@ -109,7 +113,6 @@ def guarded(body: Callable[[], Any]) -> Any:
     Bad input is exit 2 with the problems (the playbook prints them); a known failure is its problem and
     fix; anything else is one line with the way to see the traceback. A closed stdout ends quietly.
     """
-    from gptoss_gke.core.redact import Redactor
     from gptoss_gke.core.report import silence_stdout
     from gptoss_gke.errors import ToolError
 
@@ -121,9 +124,7 @@ def guarded(body: Callable[[], Any]) -> Any:
         silence_stdout()
         raise Exit(code=0) from None
     except ToolError as exc:
-        redactor = Redactor()
-        redactor.add(os.environ.get("HF_TOKEN"))
-        _say(redactor(f"error: {exc}"))
+        _say(_redactor()(f"error: {exc}"))
         raise Exit(code=exc.exit_code) from None
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         if _debugging():
