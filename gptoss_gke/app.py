@@ -1,4 +1,9 @@
-"""Glue between invoke tasks and the engine: settings → context → steps → recap → exit status."""
+"""Glue between invoke tasks and the engine: settings → context → steps → recap → exit status.
+
+While the body runs, SIGINT and SIGTERM stop the run (``core/interrupt.py``): no step or change
+starts after them, the recap and the report say interrupted, and the exit status is 130 (SIGINT) or
+143 (SIGTERM).
+"""
 
 from __future__ import annotations
 
@@ -12,14 +17,16 @@ from typing import Any, Iterator
 from invoke.exceptions import Exit
 
 from gptoss_gke.config import Settings, read_settings, resolve_targets, task_problems
+from gptoss_gke.core.interrupt import RERUN_FIX, signals_handled
+from gptoss_gke.core.private_files import sweep_stale
 from gptoss_gke.core.redact import Redactor
-from gptoss_gke.core.report import Printer, write_report
+from gptoss_gke.core.report import Printer, ReportFile, report_document
 from gptoss_gke.core.result import StepResult
 from gptoss_gke.core.retry import RetryPolicy
 from gptoss_gke.core.runner import Context, Runner
 from gptoss_gke.core.shell import Shell
 from gptoss_gke.core.step import Step
-from gptoss_gke.errors import ConfigError, Problem, ToolError
+from gptoss_gke.errors import ConfigError, Interrupted, Problem, ToolError
 from gptoss_gke.flags import ALL, Flags
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -36,9 +43,17 @@ class Playbook:
         self.runner = Runner(ctx)
         self.extra: dict = {}
         self.remote = None  # a gptoss_gke.remote.RemoteSession when the task runs with --on
+        self.not_started: list[str] = []  # steps an interrupt kept from starting
 
     def run(self, steps: list[Step]) -> list[StepResult]:
-        return self.runner.run(steps)
+        """Run the steps; after an interrupt, raise :class:`Interrupted` so the task does nothing more."""
+        results = self.runner.run(steps)
+        self._stop_if_interrupted(self.runner)
+        return results
+
+    def _stop_if_interrupted(self, runner: Runner) -> None:
+        self.not_started += [n for n in runner.not_started if n not in self.not_started]
+        self.ctx.interrupt.check(f"before {self.not_started[0]} started" if self.not_started else "")
 
     def preview(self, steps: list[Step]) -> list[StepResult]:
         """Run the steps read-only (whatever --dry-run says) and return what they would do.
@@ -50,7 +65,12 @@ class Playbook:
         dry = Context(ctx.settings, ctx.shell.dry_twin(), ctx.printer, ctx.redact, dry_run=True, assume_yes=ctx.assume_yes,
                       interactive=ctx.interactive)
         dry.targets = ctx.targets
-        return Runner(dry).run(steps)
+        runner = Runner(dry)
+        results = runner.run(steps)
+        if ctx.interrupt.is_set():
+            self.results.extend(results)  # what the preview got to is all this run did
+            self._stop_if_interrupted(runner)
+        return results
 
     @property
     def results(self) -> list[StepResult]:
@@ -61,6 +81,16 @@ def _fail(message: str, code: int) -> Exit:
     sys.stderr.write(message.rstrip() + "\n")
     sys.stderr.flush()
     return Exit(code=code)
+
+
+def refuse_invoke_dry(c) -> None:
+    """`inv --dry` makes every command invoke runs return an empty success, reads included: a run would
+    see an empty world and report it. Our --dry-run does the reads and skips only the writes."""
+    config = getattr(c, "config", None)
+    if config is not None and config.get("run", {}).get("dry"):
+        raise _fail("error: invoke's --dry fakes every command as an empty success (reads too), so nothing "
+                    "could be observed\n  fix: use --dry-run (after the task name): it reads everything and "
+                    "changes nothing", 2)
 
 
 def offline_settings(flags: Flags) -> tuple[Settings, list[str]]:
@@ -118,12 +148,14 @@ def playbook(c, task: str, flags: Flags, *, needs_project: bool = True, executor
     started = time.monotonic()
     redactor = Redactor()
     redactor.add(os.environ.get("HF_TOKEN"))
+    refuse_invoke_dry(c)
     try:
         settings, targets, remote_settings = _validate_run(flags, needs_project=needs_project, redactor=redactor)
+        report = flags.get("report")
+        report_file = ReportFile(report) if report else None  # checked (and opened) only when all else is valid
     except ConfigError as exc:
         raise _fail(redactor(f"error: {exc}"), 2) from None
     dry_run = bool(flags.get("dry_run"))
-    report = flags.get("report")
 
     printer = Printer(redactor)
     remote = where = None
@@ -145,18 +177,43 @@ def playbook(c, task: str, flags: Flags, *, needs_project: bool = True, executor
     on_host = f" on={remote.label}" if remote is not None else ""
     printer.line(f"PLAYBOOK [{task}] env={settings.env_name} project={settings.project} "
                  f"targets={','.join(targets) or '-'}{on_host}{mode}", "bold")
-    try:
-        yield pb
-    except ToolError as exc:
-        # A failure outside any step (a refusal to proceed, say): same shape as a failed step.
-        pb.results.append(StepResult(task, "playbook", error=exc.problem, fix=exc.fix, action="skip"))
-        printer.result(pb.results[-1])
-    finally:
-        if remote is not None:
-            remote.close()
-        printer.recap(pb.results, time.monotonic() - started)
-        if report:
-            write_report(report, pb.results, redactor, task=task, dry_run=dry_run,
-                         extra={"env": settings.env_name, **pb.extra})
+    swept = sweep_stale()
+    if swept:
+        printer.line(f"  removed {len(swept)} temp folder(s) holding credentials that a killed run left behind "
+                     f"({', '.join(swept)})", "dim")
+    if report_file is not None:  # a run killed before the end leaves a report that says so
+        report_file.write({"task": task, "dry_run": dry_run, "outcome": "running", "env": settings.env_name},
+                          redactor)
+    stopped = ""
+    with signals_handled(printer.line) as stop:
+        try:
+            yield pb
+        except Interrupted as exc:
+            stopped = exc.problem  # recorded by the runner, or just below (a prompt, between steps)
+        except ToolError as exc:
+            # A failure outside any step (a refusal to proceed, say): same shape as a failed step.
+            pb.results.append(StepResult(task, "playbook", error=exc.problem, fix=exc.fix, action="skip"))
+            printer.result(pb.results[-1])
+        finally:
+            if stop.is_set() and not any(r.interrupted for r in pb.results):
+                # Interrupted between steps (or at a prompt): the run still did not finish.
+                pb.results.append(StepResult(task, "playbook", action="skip", interrupted=True, fix=RERUN_FIX,
+                                             error=stopped or f"interrupted by {stop.name}"))
+                printer.result(pb.results[-1])
+            if remote is not None:
+                remote.close()
+            interrupted = None
+            if stop.is_set():
+                interrupted = {"signal": stop.name, "exit_status": stop.exit_status,
+                               "in_flight": [r.name for r in pb.results if r.interrupted],
+                               "not_started": pb.not_started}
+            printer.recap(pb.results, time.monotonic() - started, interrupted=stop.name if interrupted else None,
+                          not_started=pb.not_started)
+            if report_file is not None:
+                report_file.write(report_document(pb.results, task=task, dry_run=dry_run, interrupted=interrupted,
+                                                  extra={"env": settings.env_name, **pb.extra}), redactor)
+                report_file.close()
+    if stop.is_set():
+        raise Exit(code=stop.exit_status)
     if any(r.status == "failed" for r in pb.results):
         raise Exit(code=1)

@@ -667,6 +667,13 @@ class Settings(_Strict):
                                    max_model_len=t.max_model_len, load_budget_s=t.load_timeout_s,
                                    node_pool=pool)
 
+    def hourly_price(self, machine_type: str, *, spot: bool = False) -> float | None:
+        """USD per node-hour from ``prices.<machine type>``; None when not known (never guessed)."""
+        price = self.prices.get(machine_type)
+        if price is None:
+            return None
+        return price.spot if spot else price.on_demand
+
     def target_settings(self, name: str) -> TargetSettings:
         return self.targets.get(name, TargetSettings())
 

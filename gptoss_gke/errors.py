@@ -91,3 +91,7 @@ class CommandFailed(StepError):
         super().__init__(problem, fix)
         self.rc = rc
         self.stderr = stderr
+
+
+class Interrupted(ToolError):
+    """SIGINT/SIGTERM (Ctrl-C, a CI cancel) arrived: nothing new starts, the run ends saying so."""

@@ -15,8 +15,9 @@ What is compared, so that "already there" is exact and a re-run copies nothing:
 The rest of the chain uses :func:`pinned_image`: ``<host>/<project>/<repo>/<path>@sha256:…``.
 
 Credentials: the destination token is gcloud's (``gcloud auth print-access-token``). It reaches
-skopeo only through an auth file (0600, in a private ``mkdtemp`` directory, removed right after each
-command) named by ``REGISTRY_AUTH_FILE``; never argv, output or report. The source is read anonymously
+skopeo only through an auth file (``core/private_files.py``: 0600, in a private directory, removed right
+after each command however it ends, swept by the next run if this one was killed) named by
+``REGISTRY_AUTH_FILE``; never argv, output or report. The source is read anonymously
 (``--no-creds`` / ``--src-no-creds``), so no credentials of the user's are sent to Docker Hub.
 """
 
@@ -25,14 +26,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import re
-import shutil
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from gptoss_gke.core.private_files import private_file
 from gptoss_gke.core.step import Change, Plan, Step, noop
 from gptoss_gke.errors import CannotObserve, CommandFailed, StepError
 from gptoss_gke.gcp import gcloud
@@ -191,29 +190,15 @@ def dest_auth_file(ctx) -> Iterator[str]:
     auth = base64.b64encode(f"{AR_USER}:{token}".encode()).decode()
     ctx.redact.add(token)
     ctx.redact.add(auth)
-    folder = tempfile.mkdtemp(prefix="gptoss-registry-auth-")  # 0700, owned by us
-    try:
-        path = os.path.join(folder, "auth.json")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"auths": {registry_host(ctx.settings): {"auth": auth}}}, fh)
+    with private_file("auth.json", json.dumps({"auths": {registry_host(ctx.settings): {"auth": auth}}})) as path:
         yield path
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextmanager
 def no_auth_file() -> Iterator[str]:
     """An auth file holding `{}`: skopeo must not pick up the user's credentials for the source."""
-    folder = tempfile.mkdtemp(prefix="gptoss-registry-anon-")
-    try:
-        path = os.path.join(folder, "auth.json")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write("{}")
+    with private_file("auth.json", "{}") as path:
         yield path
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _skopeo_read(ctx, argv: list[str], auth_file: str) -> str:

@@ -57,6 +57,13 @@ it; those records are deleted once the file is complete (soft-deleted, they weig
 libcrypto (never seen on Linux or macOS) unfinished files restart from their first chunk; finished files
 are still skipped.
 
+*One run per folder.* A run claims ``<folder>.partial/.in-progress`` before its first byte (created only if
+absent: a GCS generation precondition, so two runs starting together cannot both win) and refreshes it
+every :data:`MARKER_HEARTBEAT_S`. Another run finding it refuses to start, saying who holds it, since
+when, and how to clear it if that run is gone; a marker whose process is gone (same host) or that has
+been silent for :data:`MARKER_STALE_S` is taken over (again under a generation precondition). The marker
+is removed when the run ends, whatever the outcome; Ctrl-C or SIGTERM stops the workers between chunks.
+
 Credentials: gcloud's access token (shared with every gcloud step, refreshed through gcloud when it
 expires) or, with ``STORAGE_EMULATOR_HOST`` set, anonymous access to that emulator. The HF token comes
 from settings (``HF_TOKEN`` or ``models.hf_token_file``), is registered with the redactor by the loader,
@@ -76,6 +83,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -84,11 +92,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from gptoss_gke.core import interrupt
+from gptoss_gke.core.private_files import process_alive
 from gptoss_gke.core.report import format_duration
 from gptoss_gke.core.retry import is_transient_exception
 from gptoss_gke.gcp.project import project_number
 from gptoss_gke.core.step import Change, Plan, Step, noop, skip
-from gptoss_gke.errors import CannotObserve, StepError
+from gptoss_gke.errors import CannotObserve, StepError, ToolError
 
 VIEWER_ROLE = "roles/storage.objectViewer"
 MANIFEST_NAME = ".gptoss-gke-manifest.json"
@@ -99,6 +109,9 @@ UPLOAD_KEY = "gptoss-upload-id"  # resume records: the multipart upload the part
 ETAG_KEY = "gptoss-part-etag"  # resume records: what GCS answered for the part
 MAX_PARTS = 10000  # GCS XML API multipart uploads: parts 1..10000
 XML_API = "https://storage.googleapis.com"
+MARKER_NAME = ".in-progress"  # under <folder>.partial/: a staging run is writing this folder
+MARKER_HEARTBEAT_S = 30.0
+MARKER_STALE_S = 600.0  # twenty missed heartbeats: the run that wrote it is gone
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 _HF_DEFAULT = "https://huggingface.co"
@@ -851,6 +864,63 @@ class Observed:
     bucket_exists: bool
     uploads: dict[str, list[str]] = field(default_factory=dict)  # object name → its unfinished upload ids
     parts: dict[str, dict[int, tuple[int, str]]] = field(default_factory=dict)  # resumable upload id → parts
+    marker: "RunMarker | None" = None  # another (or a killed) run's in-progress marker
+
+
+def _marker_name(folder: str) -> str:
+    return f"{folder.rstrip('/')}{PARTIAL_SUFFIX}/{MARKER_NAME}"
+
+
+def _utc_now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+def _when(text) -> _dt.datetime | None:
+    try:
+        when = _dt.datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=_dt.timezone.utc)
+
+
+@dataclass
+class RunMarker:
+    """A staging run's claim on a folder, as another run reads it."""
+
+    bucket: str
+    name: str
+    generation: int
+    doc: dict
+    updated: _dt.datetime | None = None  # the object's own time (markers without a heartbeat field)
+
+    def _times(self) -> tuple[_dt.datetime | None, _dt.datetime | None]:
+        started = _when(self.doc.get("started")) or self.updated
+        heard = _when(self.doc.get("heartbeat")) or self.updated or started
+        return started, heard
+
+    def stale_because(self) -> str | None:
+        """Why the run that wrote it is gone, or None if it may still be writing."""
+        host, pid = self.doc.get("host"), self.doc.get("pid")
+        if host == socket.gethostname() and isinstance(pid, int) and not process_alive(pid):
+            return f"its process (pid {pid} on {host}) is gone"
+        _, heard = self._times()
+        if heard is None:
+            return "it carries no time at all"
+        silent = (_utc_now() - heard).total_seconds()
+        if silent > MARKER_STALE_S:
+            return f"it has been silent for {format_duration(silent)}"
+        return None
+
+    def describe(self) -> str:
+        started, heard = self._times()
+        now = _utc_now()
+        since = f"started {format_duration((now - started).total_seconds())} ago" if started else "start unknown"
+        last = f", last heard from {format_duration(max(0.0, (now - heard).total_seconds()))} ago" if heard else ""
+        who = f" on {self.doc.get('host', 'an unknown host')} (pid {self.doc.get('pid', '?')})"
+        return f"{since}{who}{last}"
+
+    def clear_command(self) -> str:
+        return f"gcloud storage rm gs://{self.bucket}/{self.name}"
 
 
 def _manifest_ok(obs: Observed) -> bool:
@@ -915,8 +985,9 @@ class StageModel(Step):
         # Gated repos keep their listings public: try one file now, before any byte moves.
         hub.check_access(revision, min(files, key=lambda f: f.size).path)
         folder = model_folder(ctx.settings, self.target, revision)
-        objects, partials, manifest, exists = self._list(ctx, folder)
-        obs = Observed(requested, revision, files, len(repo_files) - len(files), objects, partials, manifest, exists)
+        objects, partials, manifest, exists, marker = self._list(ctx, folder)
+        obs = Observed(requested, revision, files, len(repo_files) - len(files), objects, partials, manifest, exists,
+                       marker=marker)
         if exists:
             self._list_uploads(ctx, folder, obs)
         return obs
@@ -929,11 +1000,12 @@ class StageModel(Step):
         objects: dict[str, StagedObject] = {}
         partials: dict[str, StagedObject] = {}
         manifest = None
+        marker = None
         try:
             blobs = ctx.retrying(lambda: list(client.list_blobs(self.bucket, prefix=base, retry=None)),
                            "listing the bucket")
         except gexc.NotFound:
-            return objects, partials, None, False
+            return objects, partials, None, False, None
         except Exception as exc:  # noqa: BLE001
             raise _gcs_error(exc, bucket=self.bucket, doing="listing") from None
         for b in blobs:
@@ -949,9 +1021,16 @@ class StageModel(Step):
                         manifest = None
                 else:
                     objects[rel] = obj
+            elif b.name == _marker_name(folder):
+                try:
+                    doc = json.loads(ctx.retrying(lambda: b.download_as_bytes(retry=None), "reading the marker"))
+                except (ValueError, gexc.NotFound):
+                    doc = {}
+                marker = RunMarker(self.bucket, b.name, int(b.generation or 0), doc if isinstance(doc, dict) else {},
+                                   b.updated)
             elif b.name.startswith(base + PARTIAL_SUFFIX + "/"):
                 partials[b.name] = obj
-        return objects, partials, manifest, True
+        return objects, partials, manifest, True, marker
 
     def _list_uploads(self, ctx, folder: str, obs: Observed) -> None:
         """Unfinished multipart uploads of ours under the folder, and the parts of those a record resumes."""
@@ -1000,10 +1079,11 @@ class StageModel(Step):
                             facts=facts, diff={"abort": [n for n, _ in stale]})
             return noop(f"{len(obs.files)} files, {_size(total)} already staged at {where}{resolved} "
                         f"(manifest verified)", **facts)
+        takeover = self._check_marker(obs, where)
         if not missing:
             return Plan([Change(f"write the manifest of {len(obs.files)} files ({_size(total)}) at {where}",
                                 "update", apply=lambda ctx: self._transfer(ctx, obs, [], stale),
-                                detail=[abort] if abort else [])], facts=facts,
+                                detail=[*takeover, abort] if abort else takeover)], facts=facts,
                         diff={"manifest": "missing or stale → written"})
         too_many = [f.path for f in missing if f.lfs and -(-f.size // tuning.chunk) > MAX_PARTS]
         if too_many:
@@ -1025,8 +1105,25 @@ class StageModel(Step):
                           f"does not load)")
         if abort:
             detail.append(abort)
+        detail += takeover
         return Plan([Change(head, action, apply=lambda ctx: self._transfer(ctx, obs, missing, stale),
                             detail=detail)], facts=facts, diff={"files": [f.path for f in missing]})
+
+    @staticmethod
+    def _check_marker(obs: Observed, where: str) -> list[str]:
+        """Refuse while another run holds the folder; a stale claim is taken over (said in the plan)."""
+        marker = obs.marker
+        if marker is None:
+            return []
+        why = marker.stale_because()
+        if why is None:
+            raise StepError(
+                f"another stage-model run is writing {where}: {marker.describe()}; two runs on one folder would "
+                f"race on its partial files",
+                f"wait for it to finish (then re-run: what it staged is kept). If that run is gone (it stops "
+                f"refreshing its marker, and is taken over after {format_duration(MARKER_STALE_S)} of silence), "
+                f"clear its marker now: {marker.clear_command()}")
+        return [f"taking over from an earlier run that stopped ({why}): {marker.describe()}"]
 
     # ---- act
     def _transfer(self, ctx, obs: Observed, missing: list[RepoFile], stale: list[tuple[str, str]]) -> None:
@@ -1037,15 +1134,17 @@ class StageModel(Step):
         bucket = gcs_client(ctx).bucket(self.bucket)
         started = time.monotonic()
         stats = {"files_moved": 0, "bytes_downloaded": 0, "bytes_uploaded": 0, "resumed_bytes": 0}
-        abort_uploads(ctx, self.bucket, stale)  # first: an upload nothing will continue is billed until aborted
-        if missing:
-            engine = _Transfer(ctx, hub=hub, bucket=bucket, folder=folder, revision=obs.revision, files=missing,
-                               resume=_resume_points(obs, missing, folder, tuning.chunk), tuning=tuning)
-            engine.run()
-            stats.update(engine.stats())
-            for path, obj in engine.done.items():
-                obs.objects[path] = obj
-        self._write_manifest(ctx, bucket, folder, obs)
+        with _FolderClaim(ctx, bucket, folder, obs.revision, obs.marker) as claim:
+            abort_uploads(ctx, self.bucket, stale)  # first: an upload nothing will continue is billed until aborted
+            if missing:
+                engine = _Transfer(ctx, hub=hub, bucket=bucket, folder=folder, revision=obs.revision, files=missing,
+                                   resume=_resume_points(obs, missing, folder, tuning.chunk), tuning=tuning)
+                engine.run()
+                stats.update(engine.stats())
+                for path, obj in engine.done.items():
+                    obs.objects[path] = obj
+            claim.check()
+            self._write_manifest(ctx, bucket, folder, obs)
         stats["seconds"] = round(time.monotonic() - started, 3)
         self.last_transfer = stats
         if missing:
@@ -1447,6 +1546,101 @@ class _FileJob:
         return start, min(self.chunk, self.f.size - start)
 
 
+class _FolderClaim:
+    """This run's in-progress marker on a staging folder (see "One run per folder" above).
+
+    Taken before the first byte (it is also the first write: a bucket we cannot write fails here),
+    refreshed every :data:`MARKER_HEARTBEAT_S` by a thread, removed when the block ends, whatever happened.
+    Every write carries a generation precondition, so two runs never both hold it.
+    """
+
+    def __init__(self, ctx, bucket, folder: str, revision: str, stale: RunMarker | None):
+        self.ctx = ctx
+        self.bucket = bucket
+        self.where = f"gs://{bucket.name}/{folder}"
+        self.blob = bucket.blob(_marker_name(folder))
+        self.generation = stale.generation if stale else 0  # 0: create only if absent
+        self.doc = {"tool": "gptoss-gke stage-model", "revision": revision, "host": socket.gethostname(),
+                    "pid": os.getpid(), "claim": os.urandom(8).hex(), "started": _utc_now().isoformat()}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _write(self) -> None:
+        from google.api_core import exceptions as gexc
+
+        data = json.dumps({**self.doc, "heartbeat": _utc_now().isoformat()}).encode()
+        try:
+            self.blob.upload_from_string(data, content_type="application/json",
+                                         if_generation_match=self.generation, retry=None)
+        except gexc.PreconditionFailed:
+            if not self._still_ours():  # (a retry after a lost answer finds our own write)
+                raise
+        self.generation = int(self.blob.generation or 0)
+
+    def _still_ours(self) -> bool:
+        try:
+            current = self.bucket.get_blob(self.blob.name, retry=None)
+            doc = json.loads(current.download_as_bytes(retry=None)) if current is not None else {}
+        except Exception:  # noqa: BLE001 - cannot tell: not ours
+            return False
+        if isinstance(doc, dict) and doc.get("claim") == self.doc["claim"]:
+            self.blob = current
+            return True
+        return False
+
+    def __enter__(self) -> "_FolderClaim":
+        from google.api_core import exceptions as gexc
+
+        try:
+            self.ctx.retrying(self._write, "claiming the staging folder")
+        except gexc.PreconditionFailed:
+            raise StepError(f"another stage-model run claimed {self.where} a moment ago",
+                            "wait for it to finish, then re-run (what it staged is kept)") from None
+        except Exception as exc:  # noqa: BLE001
+            err = _gcs_error(exc, bucket=self.bucket.name, doing="writing to")
+            if isinstance(err, StepError) and "permission denied" in err.problem:
+                raise StepError(f"gs://{self.bucket.name} is not writable by this identity: {_gcs_message(exc)}",
+                                f"ask for roles/storage.objectAdmin (or storage.admin) on gs://{self.bucket.name}, "
+                                f"or set models.bucket to a bucket you own") from None
+            raise err from None
+        self._thread = threading.Thread(target=self._heartbeat, daemon=True, name="stage-claim")
+        self._thread.start()
+        return self
+
+    def _heartbeat(self) -> None:
+        from google.api_core import exceptions as gexc
+
+        while not self._stop.wait(MARKER_HEARTBEAT_S):
+            try:
+                self._write()
+            except gexc.PreconditionFailed:
+                self.generation = -1  # taken over: this run was silent too long (a suspended laptop, say)
+                return
+            except Exception:  # noqa: BLE001 - one missed heartbeat is not fatal: stale takes many
+                continue
+
+    def check(self) -> None:
+        """Still ours? Checked before the manifest is written: it is what makes a folder complete."""
+        if self.generation < 0:
+            raise StepError(f"another stage-model run took over {self.where} while this one was silent",
+                            "let that run finish, then re-run to verify the folder")
+
+    def __exit__(self, *exc) -> None:
+        from google.api_core import exceptions as gexc
+
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self.generation < 0:
+            return  # not ours any more
+        try:
+            self.blob.delete(if_generation_match=self.generation, retry=None)
+        except gexc.NotFound:
+            pass
+        except Exception:  # noqa: BLE001 - best effort: a leftover marker only says when it was last refreshed
+            pass
+
+
 class _Transfer:
     def __init__(self, ctx, *, hub: HubRepo, bucket, folder: str, revision: str, files: list[RepoFile],
                  resume: dict[str, _ResumePoint], tuning: _Tuning):
@@ -1470,6 +1664,10 @@ class _Transfer:
         self.bytes_up = 0
         self.headers = hub.headers()
         self.session = None
+        self.stop = interrupt.current()
+
+    def _stopping(self) -> bool:
+        return self.fatal is not None or self.stop.is_set()
 
     def stats(self) -> dict:
         return {"files_moved": len(self.done), "bytes_downloaded": self.bytes_down, "bytes_uploaded": self.bytes_up,
@@ -1486,33 +1684,37 @@ class _Transfer:
         pool = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=self.tuning.workers + 4)
         self.session.mount("http://", pool)
         self.session.mount("https://", pool)
-        self._probe_writable()
         total = sum(j.f.size for j in self.jobs) - self.resumed
         self.progress = _Progress(self.ctx, total, len(self.jobs))
         workers = self.tuning.workers
         self.down_pool = ThreadPoolExecutor(workers, thread_name_prefix="hf-get")
         self.up_pool = ThreadPoolExecutor(workers, thread_name_prefix="gcs-put")
         try:
-            for job in self.jobs:
-                if self.fatal is not None:
-                    break
-                if job.n > 1 and job.upload_id is None:
-                    self._guard(self._start, job)
-                for index in range(job.first, job.n):
-                    if self.fatal is not None or job.failed:
+            # Ctrl-C/SIGTERM: no chunk starts after it, and a wait for local space ends at once.
+            with self.stop.on_interrupt(self.budget.abort):
+                for job in self.jobs:
+                    if self._stopping():
                         break
-                    _, length = job.span(index)
-                    if not self.budget.acquire(length):
-                        break
-                    self.down_pool.submit(self._guard, self._download, job, index, length)
+                    if job.n > 1 and job.upload_id is None:
+                        self._guard(self._start, job)
+                    for index in range(job.first, job.n):
+                        if self._stopping() or job.failed:
+                            break
+                        _, length = job.span(index)
+                        if not self.budget.acquire(length):
+                            break
+                        self.down_pool.submit(self._guard, self._download, job, index, length)
         finally:
             self.down_pool.shutdown(wait=True)
             self.up_pool.shutdown(wait=True)
             self.progress.close()
         self._cleanup_failed()
+        if self.fatal is None and self.stop.is_set():
+            self.fatal = self.stop.error(f"while staging into gs://{self.bucket.name}/{self.folder} (parts already "
+                                         f"uploaded are kept: the next run resumes from them)")
         if self.fatal is None and not self.errors:
-            self._delete_prefix(f"{self.folder.rstrip('/')}{PARTIAL_SUFFIX}/", keep=self._marker().name)
-        self._delete_marker()
+            # The resume records are done with; the run's claim is removed by _FolderClaim.
+            self._delete_prefix(f"{self.folder.rstrip('/')}{PARTIAL_SUFFIX}/", keep=_marker_name(self.folder))
         if self.fatal is not None:
             if isinstance(self.fatal, StepError):
                 raise self.fatal
@@ -1533,32 +1735,9 @@ class _Transfer:
                     self.fatal = exc
             self.budget.abort()
 
-    def _marker(self):
-        return self.bucket.blob(f"{self.folder.rstrip('/')}{PARTIAL_SUFFIX}/.in-progress")
-
-    def _probe_writable(self) -> None:
-        """The first write is a tiny marker: a bucket we cannot write fails here, before any byte moves."""
-        doc = json.dumps({"revision": self.revision, "started": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-                          "pid": os.getpid()}).encode()
-        blob = self._marker()
-        try:
-            self.ctx.retrying(lambda: blob.upload_from_string(doc, content_type="application/json", retry=None),
-                   "writing to the bucket")
-        except Exception as exc:  # noqa: BLE001
-            err = _gcs_error(exc, bucket=self.bucket.name, doing="writing to")
-            if isinstance(err, StepError) and "permission denied" in err.problem:
-                raise StepError(f"gs://{self.bucket.name} is not writable by this identity: {_gcs_message(exc)}",
-                                f"ask for roles/storage.objectAdmin (or storage.admin) on gs://{self.bucket.name}, "
-                                f"or set models.bucket to a bucket you own") from None
-            raise err from None
-
-    def _delete_marker(self) -> None:
-        if self.fatal is None and not self.errors:
-            self._delete_quietly(self._marker().name)
-
     # -- per chunk
     def _download(self, job: _FileJob, index: int, length: int) -> None:
-        if self.fatal is not None or job.failed:
+        if self._stopping() or job.failed:
             self.budget.release(length)
             return
         start, _ = job.span(index)
@@ -1568,7 +1747,7 @@ class _Transfer:
         except Exception as exc:
             buf.close()
             self.budget.release(length)
-            if isinstance(exc, StepError):
+            if isinstance(exc, ToolError):  # (an interrupt among them)
                 raise
             raise self.hub.explain(exc, self.revision) from None
         self._offer(job, index, buf)
@@ -1592,6 +1771,7 @@ class _Transfer:
                                 "use the Hugging Face Hub or a mirror that supports byte ranges")
             got = 0
             for piece in r.iter_content(1024 * 1024):
+                self.stop.check(f"while downloading {f.path}")
                 buf.write(piece)
                 got += len(piece)
                 with self.lock:
@@ -1638,7 +1818,7 @@ class _Transfer:
     def _upload(self, job: _FileJob, index: int, buf: _Buffer, chunk_crc: int, state: str | None) -> None:
         _, length = job.span(index)
         try:
-            if self.fatal is not None or job.failed:
+            if self._stopping() or job.failed:
                 return
             if job.n == 1:
                 obj = self._put(job.name, buf, chunk_crc, self._final_metadata(job))

@@ -207,6 +207,9 @@ def auth(c, adc=True):
     """Log in interactively: gcloud auth login (+ application-default login for the Python clients)."""
     import sys
 
+    from gptoss_gke.app import refuse_invoke_dry
+
+    refuse_invoke_dry(c)
     if not sys.stdin.isatty():
         from invoke.exceptions import Exit
 

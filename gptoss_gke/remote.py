@@ -8,7 +8,9 @@ Two situations where running every step on the laptop is wrong:
    for the Kubernetes API: ``cluster.control_plane: dns`` reaches it through GKE's DNS-based endpoint.
 2. *In-region staging*: ``inv stage-model --on HOST`` ships this checkout to a VM next to the bucket and
    runs the staging steps there (:func:`run_task_remotely`), relaying its output live and turning its
-   report into local step results.
+   report into local step results. The run there lasts exactly as long as its SSH channel's stdin stays
+   open: an interrupt here (Ctrl-C, SIGTERM), this process dying or the connection dropping all end it
+   with EOF, and the remote run stops as an interrupted local run does (``remote_entry``).
 
 Connections (:class:`RemoteSession`)
     Built from ``remote.*`` (``--on [user@]host[:port]`` overrides host, user and port). No ssh_config or
@@ -52,12 +54,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from gptoss_gke.core import interrupt
 from gptoss_gke.core.result import CommandRecord, StepResult
 from gptoss_gke.core.step import Plan, Step, noop
 from gptoss_gke.errors import ConfigError, StepError
 from gptoss_gke.remote_entry import FORWARDED_ENV, PROTOCOL, REPORT_MARK, WORKDIR_PREFIX, package_files, tree_digest
 
 KEEPALIVE_S = 15
+REMOTE_STOP_GRACE_S = 60.0  # after asking the remote run to stop: how long its report may take
 MIN_PYTHON = (3, 10)
 # What the staging steps import on the remote host → the distribution that provides it.
 STAGING_MODULES = {
@@ -728,23 +732,40 @@ class _LineRelay:
 
 
 def stream_command(session: RemoteSession, command: str, *, stdin: bytes = b"", on_line: Callable[[str], None],
-                   doing: str = "running a command") -> tuple[int, str, _LineRelay]:
+                   doing: str = "running a command", hold_stdin: bool = False) -> tuple[int, str, _LineRelay]:
     """Run ``command`` on the host, write ``stdin`` to it (then EOF), relay its stdout lines live.
 
     Drives the SSH channel directly: invoke's stdin pump moves one byte per 10 ms, and we want each
     line as soon as it is complete. Returns (exit status, stderr, relay). A connection that drops
     meanwhile is a StepError; a process killed by a signal has exit status -1.
+
+    With ``hold_stdin`` the EOF is sent only when this run is interrupted: the remote side (remote_entry)
+    treats it as its own interrupt and reports; after :data:`REMOTE_STOP_GRACE_S` the channel is closed
+    anyway. Without it, an interrupt closes the channel at once.
     """
     conn = session.open()
     relay = _LineRelay(on_line)
     err = bytearray()
+    stop = interrupt.current()
+    asked_to_stop: float | None = None
     try:
         chan = conn.create_session()
         chan.exec_command(command)
         if stdin:
             chan.sendall(stdin)
-        chan.shutdown_write()
+        if not hold_stdin:
+            chan.shutdown_write()
         while True:
+            if stop.is_set() and asked_to_stop is None:
+                asked_to_stop = time.monotonic()
+                if not hold_stdin:
+                    break
+                on_line(f"  asking the run on {session.label} to stop (it reports what it did)")
+                chan.shutdown_write()
+            if asked_to_stop is not None and time.monotonic() - asked_to_stop > REMOTE_STOP_GRACE_S:
+                on_line(f"  the run on {session.label} did not report within {REMOTE_STOP_GRACE_S:.0f}s; "
+                        f"closing the connection (which ends it)")
+                break
             select.select([chan], [], [], 0.2)
             progressed = False
             while chan.recv_stderr_ready():
@@ -797,7 +818,8 @@ def _results_from_report(doc: dict, label: str) -> list[StepResult]:
 
 
 def run_task_remotely(ctx, session: RemoteSession, task: str, *, secrets: dict[str, str | None] | None = None,
-                      facts: dict[str, Any] | None = None, bundle: Bundle | None = None) -> list[StepResult]:
+                      facts: dict[str, Any] | None = None, bundle: Bundle | None = None,
+                      not_started: list[str] | None = None) -> list[StepResult]:
     """Ship this checkout to the host, run ``task``'s steps there, relay its output, return its results.
 
     The host gets a private temp dir holding the code only; the settings, secrets and facts travel on
@@ -840,7 +862,7 @@ def run_task_remotely(ctx, session: RemoteSession, task: str, *, secrets: dict[s
         payload = (json.dumps(request) + "\n").encode()
         started = time.monotonic()
         status, stderr, relay = stream_command(session, command, stdin=payload, on_line=printer.line,
-                                               doing=f"{task} ran there")
+                                               doing=f"{task} ran there", hold_stdin=True)
         elapsed = time.monotonic() - started
     finally:
         try:
@@ -851,6 +873,8 @@ def run_task_remotely(ctx, session: RemoteSession, task: str, *, secrets: dict[s
             printer.line(f"  could not remove {workdir} on {session.label} (the remote process removes it as it "
                          f"exits; it holds code only, never a secret)", "dim")
     tail = ctx.redact("\n".join(stderr.strip().splitlines()[-12:] or relay.last_lines[-12:]))
+    if relay.report is None and ctx.interrupt.is_set():
+        raise ctx.interrupt.error(f"while {task} ran on {session.label} (it was asked to stop; it sent no report)")
     if relay.report is None:
         fix = "see the error above"
         if "ModuleNotFoundError" in stderr or "No module named" in stderr:
@@ -863,6 +887,8 @@ def run_task_remotely(ctx, session: RemoteSession, task: str, *, secrets: dict[s
                         f"({doc.get('code', {}).get('sha256', '?')[:12]} ≠ {bundle.sha256[:12]})",
                         "report this: the shipped copy must shadow any installed gptoss_gke")
     results = _results_from_report(doc, session.label)
+    if not_started is not None:
+        not_started += [n for n in doc.get("not_started") or [] if n not in not_started]
     for r in results:
         r.facts.setdefault("code", bundle.marker.get("commit") or bundle.sha256[:12])
     printer.line("")
@@ -892,4 +918,6 @@ def stage_model_remotely(pb) -> None:
             facts["gcp.project"] = project
     if ctx.settings.hf_token:
         secrets["hf_token"] = ctx.settings.hf_token.get_secret_value()
-    pb.results.extend(run_task_remotely(ctx, session, "stage-model", secrets=secrets, facts=facts))
+    pb.results.extend(run_task_remotely(ctx, session, "stage-model", secrets=secrets, facts=facts,
+                                        not_started=pb.not_started))
+    ctx.interrupt.check()  # interrupted while it ran there: end this run as interrupted too

@@ -10,7 +10,12 @@ starts this module there. The protocol is deliberately small:
 * **stdout**: the run's own output as it happens (TASK headers, progress, ok/changed/failed lines; every
   line redacted), relayed live by the local side; then one line starting with :data:`REPORT_MARK`
   followed by the run's JSON report (redacted), which the local side turns into its step results.
-* **exit status**: 0 every step ok, 1 a step failed, 2 a bad request (wrong protocol, different code).
+* **exit status**: 0 every step ok, 1 a step failed, 2 a bad request (wrong protocol, different code), 130
+  interrupted.
+* **stdin stays open** after the request while the local side waits. Its EOF means the local run was
+  interrupted, died, or lost the connection: this run then stops exactly as a local run does on Ctrl-C
+  (no new step, chunk or command; children terminated; the report says interrupted). So a transfer never
+  outlives the run that started it, and a re-run never races it on the same partial files.
 
 Before anything else the shipped code checks itself: the digest of the package it imported must equal
 the one the local side computed, so the remote runs exactly this checkout, not an installed copy.
@@ -28,6 +33,7 @@ import os
 import shutil
 import socket
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -100,6 +106,7 @@ def run(request: dict) -> int:
     from pydantic import SecretStr
 
     from gptoss_gke.config import Settings
+    from gptoss_gke.core.interrupt import signals_handled
     from gptoss_gke.core.redact import Redactor
     from gptoss_gke.core.report import Printer
     from gptoss_gke.core.retry import RetryPolicy
@@ -144,7 +151,10 @@ def run(request: dict) -> int:
     tasks = _tasks()
     if task not in tasks:
         return _fail(f"unknown task {task!r} (this side runs: {', '.join(tasks)})")
-    results = Runner(ctx).run(tasks[task](settings, targets))
+    with signals_handled(printer.line) as stop:
+        threading.Thread(target=_stop_on_eof, args=(stop,), daemon=True, name="stdin-eof").start()
+        runner = Runner(ctx)
+        results = runner.run(tasks[task](settings, targets))
     doc = {
         "protocol": PROTOCOL,
         "task": task,
@@ -152,10 +162,24 @@ def run(request: dict) -> int:
         "python": sys.version.split()[0],
         "code": {"sha256": digest, "package": str(package)},
         "steps": [res.to_json() for res in results],
+        "not_started": runner.not_started,
+        "interrupted": stop.name or None,
     }
     sys.stdout.write(REPORT_MARK + json.dumps(redactor.scrub(doc), default=str) + "\n")
     sys.stdout.flush()
+    if stop.is_set():
+        return stop.exit_status
     return 1 if any(res.status == "failed" for res in results) else 0
+
+
+def _stop_on_eof(stop) -> None:
+    """The local side sends nothing after the request; EOF on stdin means it stopped (see the docstring)."""
+    try:
+        while os.read(0, 65536):
+            pass
+    except OSError:
+        pass
+    stop.trigger("the local side (its SSH stdin closed)", 130)
 
 
 def main() -> int:

@@ -318,6 +318,8 @@ class FaultyProxy:
       closes every connection, and new ones are refused until ``restore()``: the network went away
       mid-copy, after the blobs, before the tag.
     * ``deny_writes()``: every upload gets 403 DENIED, as Artifact Registry answers a reader-only account.
+    * ``stall_on_manifest_put()``: the next manifest upload is held (connection open, nothing forwarded)
+      until ``restore()``: a copy that is still running at its last step. Returns an event set when held.
     """
 
     def __init__(self, upstream: Registry):
@@ -327,6 +329,8 @@ class FaultyProxy:
         self.mode = "pass"
         self.down = False
         self.cuts = 0
+        self.stalled = threading.Event()
+        self._released = threading.Event()
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._server = socket.socket()
@@ -346,12 +350,20 @@ class FaultyProxy:
     def deny_writes(self) -> None:
         self.mode = "deny"
 
+    def stall_on_manifest_put(self):
+        self.stalled.clear()
+        self._released.clear()
+        self.mode = "stall"
+        return self.stalled
+
     def restore(self) -> None:
         with self._lock:
             self.mode, self.down = "pass", False
+        self._released.set()
 
     def stop(self) -> None:
         self.down = True
+        self._released.set()
         self._server.close()
         self._close_all()
 
@@ -403,6 +415,9 @@ class FaultyProxy:
                     while src.recv(65536):
                         pass
                     break
+                if from_client and self.mode == "stall" and _MANIFEST_PUT.search((window + data)[-4096:]):
+                    self.stalled.set()
+                    self._released.wait()
                 if from_client and self.mode == "cut":
                     window = (window + data)[-4096:]
                     if _MANIFEST_PUT.search(window):

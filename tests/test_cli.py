@@ -54,7 +54,7 @@ def test_doctor_without_credentials_points_to_inv_auth(offline_env):
 
 def test_offline_setup_cluster_plan_is_complete_and_exits_0(offline_env, tmp_path):
     report = tmp_path / "plan.json"
-    proc = run_inv(["setup-cluster", "--dry-run", f"--report={report}"], offline_env)
+    proc = run_inv(["setup-cluster", "--target=l4,ironwood", "--dry-run", f"--report={report}"], offline_env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     for expected in (

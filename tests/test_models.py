@@ -404,6 +404,7 @@ def test_inv_stage_model_killed_mid_transfer_resumes_with_only_what_is_missing(t
     done = subprocess.run([INV, "stage-model", "--target=ironwood", f"--report={report}"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "taking over from an earlier run that stopped (its process (pid " in done.stdout  # its marker
     second = hf_hub.bytes_served - first
     doc = json.loads(report.read_text())
     stage = doc["steps"][-1]

@@ -330,30 +330,51 @@ def test_show_api_key_refuses_without_a_terminal_and_prints_with_force(world):
     assert world.key not in report.read_text()  # shown to the person, never written down
 
 
-def test_inv_port_forward_prints_url_and_key_free_curl_until_interrupted(world):
+CURL_WRAPPER = """#!/bin/sh
+# Record the exact argv curl was started with (what `ps` shows every user), then run the real curl.
+printf '%s\\n' "$*" >> "{log}"
+exec "{real}" "$@"
+"""
+
+
+def test_inv_port_forward_curl_hint_works_with_the_key_never_on_a_command_line(world):
     import signal
     import subprocess
 
-    from tests.conftest import INV, REPO
+    from tests.conftest import INV, REPO, require_tool
 
+    real_curl = require_tool("curl", "apt-get install -y curl")
+    bindir = world.tmp / "bin"
+    bindir.mkdir()
+    argv_log = world.tmp / "curl-argv.log"
+    (bindir / "curl").write_text(CURL_WRAPPER.format(log=argv_log, real=real_curl))
+    (bindir / "curl").chmod(0o755)
     proc = subprocess.Popen([INV, "port-forward", "--target=l4", "--local-port=0"], cwd=REPO, env=inv_env(world),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines = []
         for line in proc.stdout:
             lines.append(line)
-            if "forwarding http://127.0.0.1:" in line:
+            if "show-api-key" in line:  # the last line of the hint
                 break
-        url = lines[-1].split("forwarding ")[1].split()[0]
-        status, _ = Endpoint(url, timeout=10).get("/health")
-        assert status == 200
+        url = next(ln for ln in lines if "forwarding http://127.0.0.1:" in ln).split("forwarding ")[1].split()[0]
+        hint = next(ln for ln in lines if "curl -s " in ln).strip()
+        # Run the printed line as a person would, in bash, with the key in a shell variable.
+        used = subprocess.run(["bash", "-c", hint], env={"PATH": f"{bindir}:{os.environ['PATH']}",
+                                                        "VLLM_API_KEY": world.key},
+                              capture_output=True, text=True, timeout=30)
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C is how a port-forward ends
         proc.wait(timeout=30)  # (not communicate(timeout=...): it would skip what the line reader buffered)
         rest = proc.stdout.read()
         proc.stdout.close()
     out = "".join(lines) + rest
-    assert "curl -s " + url + "/v1/models --oauth2-bearer \"$VLLM_API_KEY\"" in out, out
-    assert "tunnel closed" in out
+    assert used.returncode == 0, used.stderr
+    assert [m["id"] for m in json.loads(used.stdout)["data"]] == ["openai/gpt-oss-20b"]  # the key was accepted
+    started = argv_log.read_text()
+    assert "/v1/models" in started and world.key not in started and "Bearer" not in started
+    assert f"| curl -s {url}/v1/models -H @-" in hint and "$VLLM_API_KEY" in hint
+    assert proc.returncode == 0 and "tunnel closed" in out and "RECAP ok=0 changed=1" in out
     assert world.key not in out
     assert _refused(int(url.rsplit(":", 1)[1]))

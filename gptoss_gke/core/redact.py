@@ -16,7 +16,8 @@ MASK = "***"
 _TOKEN_SHAPES = [
     re.compile(r"ya29\.[0-9A-Za-z_\-.]+"),  # Google OAuth access tokens
     re.compile(r"hf_[0-9A-Za-z]{16,}"),  # Hugging Face user tokens
-    re.compile(r"(?i)(authorization:\s*bearer\s+)[^\s'\"]+"),
+    # (not a placeholder such as %s or $VAR: the port-forward hint shows how to send the header)
+    re.compile(r"(?i)(authorization:\s*bearer\s+)(?![%$])[^\s'\"]+"),
     re.compile(r"(?i)(--api-key[= ])[^\s'\"]+"),
 ]
 

@@ -33,6 +33,7 @@ class StepResult:
     fix: str | None = None
     observed: bool = True
     dry_run: bool = False
+    interrupted: bool = False  # stopped by Ctrl-C/SIGTERM; its status is "failed" (it did not converge)
     facts: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -1,20 +1,27 @@
-"""The runner: observe (concurrently where possible) → plan → act in order → verify → report."""
+"""The runner: observe (concurrently where possible) → plan → act in order → verify → report.
+
+An interrupt (``core/interrupt.py``) is checked before every step and every change: once it arrives
+nothing new starts, the step in flight is reported as interrupted, and the steps after it are listed
+as not started.
+"""
 
 from __future__ import annotations
 
 import importlib
+import select
 import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
+from gptoss_gke.core import interrupt
 from gptoss_gke.core.redact import Redactor
 from gptoss_gke.core.report import Printer
 from gptoss_gke.core.result import StepResult
 from gptoss_gke.core.shell import Shell
 from gptoss_gke.core.step import Plan, Step
-from gptoss_gke.errors import CannotObserve, Conflict, ToolError
+from gptoss_gke.errors import CannotObserve, Conflict, Interrupted, ToolError
 
 MAX_PARALLEL_READS = 8
 
@@ -58,11 +65,15 @@ class Context:
             msg = text.splitlines()[0][:160] if text else type(exc).__name__
             self.printer.line(f"    retrying {what} in {delay:.1f}s after a transient error: {msg}", "dim")
 
-        return self.shell.retry.call(fn, transient=is_transient_exception, on_retry=announce)
+        return self.shell.retry.call(fn, transient=is_transient_exception, on_retry=announce, sleep=self.sleep)
+
+    @property
+    def interrupt(self) -> interrupt.Interruption:
+        return interrupt.current()
 
     def sleep(self, seconds: float) -> None:
-        """Every wait inside a step goes through here, so an interrupt can end it (see the runner)."""
-        time.sleep(seconds)
+        """Every wait inside a step goes through here: an interrupt ends it at once (Interrupted)."""
+        self.interrupt.wait(seconds)
 
     def forget(self, key: str) -> None:
         with self._lock:
@@ -73,7 +84,13 @@ class Context:
             return True
         if not self.interactive:
             return False
-        answer = input(self.redact(question) + " [y/N] ")
+        sys.stdout.write(self.redact(question) + " [y/N] ")
+        sys.stdout.flush()
+        # Not input(): a signal does not end a blocking read, and Ctrl-C at this prompt must.
+        while not select.select([sys.stdin], [], [], 0.2)[0]:
+            self.interrupt.check("at the confirmation prompt")
+        answer = sys.stdin.readline()
+        self.interrupt.check("at the confirmation prompt")
         return answer.strip().lower() in ("y", "yes")
 
 
@@ -106,6 +123,7 @@ class Runner:
     def __init__(self, ctx: Context):
         self.ctx = ctx
         self.results: list[StepResult] = []
+        self.not_started: list[str] = []  # steps an interrupt kept from starting
         self.started = time.monotonic()
 
     def run(self, steps: list[Step]) -> list[StepResult]:
@@ -119,6 +137,10 @@ class Runner:
             importlib.import_module(module)
         try:
             for i, step in enumerate(steps):
+                if ctx.interrupt.is_set():
+                    self.not_started = [s.name for s in steps[i:]]
+                    ctx.printer.line(f"  not started ({ctx.interrupt.name}): {', '.join(self.not_started)}", "failed")
+                    break
                 out = outputs[i]
                 result = out.result
                 if i == last_gate + 1:
@@ -194,6 +216,7 @@ class Runner:
                 return
             try:
                 for change in plan.changes:
+                    ctx.interrupt.check(f"before: {change.summary}")
                     step.apply(ctx, change)
             except Conflict as exc:
                 # Someone (or a retried request) got there first: look again before failing.
@@ -209,12 +232,21 @@ class Runner:
                         "the change was accepted but did not take effect; check the resource, then re-run",
                     )
             result.reason = "; ".join(c.summary for c in plan.changes) + plan.note
+        except Interrupted as exc:
+            result.interrupted = True
+            result.error = exc.problem
+            result.fix = exc.fix
         except ToolError as exc:
             result.error = exc.problem
             result.fix = exc.fix
             result.facts.update(exc.facts)
         except Exception as exc:  # an unexpected bug still produces a report line and a recap
             result.error = f"{type(exc).__name__}: {exc}"
+        if result.error is not None and ctx.interrupt.is_set() and not result.interrupted:
+            # It failed because what it waited for was stopped (a child terminated, a worker ended).
+            result.interrupted = True
+            result.error = f"interrupted by {ctx.interrupt.name}: {result.error}"
+            result.fix = interrupt.RERUN_FIX
 
     @staticmethod
     def _describe(result: StepResult, plan: Plan) -> None:

@@ -2,16 +2,26 @@
 
 The executor is anything with invoke's ``run`` signature: an ``invoke.Context`` locally or a
 ``fabric.Connection`` for a remote host, so a step does not know where it runs.
+
+Interrupts (``core/interrupt.py``): no child starts once the run is interrupted, a child that was
+running when it happened is terminated (locally each child leads its own process group, so what it
+started goes too), and the command then fails as interrupted, never as a failure to retry.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from invoke.runners import Local
+
+from gptoss_gke.core import interrupt
 from gptoss_gke.core.redact import Redactor
 from gptoss_gke.core.result import CommandRecord
 from gptoss_gke.core.retry import RetryPolicy, is_transient_text
@@ -56,6 +66,43 @@ class _LineEcho:
         pass
 
 
+class ProcessGroupLocal(Local):
+    """invoke's local runner, except that each child leads a process group of its own.
+
+    So an interrupt can stop the child and everything it started (gcloud's helpers, say) with one
+    signal, and a Ctrl-C at the terminal reaches only us: we decide what the child gets, and when.
+    """
+
+    def start(self, command: str, shell: str, env: dict[str, Any]) -> None:
+        if self.using_pty:  # interactive commands (`inv auth`) keep the terminal and its Ctrl-C
+            super().start(command, shell, env)
+            return
+        self.process = subprocess.Popen(command, shell=True, executable=shell, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, stdin=subprocess.PIPE, start_new_session=True)
+        interrupt.current().adopt(self.process, os.path.basename(command.split(" ", 1)[0]))
+
+    def kill(self) -> None:  # a timeout: the whole group, not only the shell that started it
+        if self.using_pty:
+            super().kill()
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        super().stop()
+        if not self.using_pty and getattr(self, "process", None) is not None:
+            interrupt.current().release(self.process)
+
+
+def use_process_groups(executor: Any) -> None:
+    """Make an invoke Context (or a fabric Connection's local runs) start children in their own groups."""
+    runners = getattr(getattr(executor, "config", None), "runners", None)
+    if runners is not None and runners.get("local") is Local:
+        runners.local = ProcessGroupLocal
+
+
 class Shell:
     def __init__(
         self,
@@ -77,6 +124,7 @@ class Shell:
         self.base_env = dict(base_env or {})
         self.offline: str | None = None  # set once we know no cloud can be reached (dry-run)
         self._recorder = _Recorder()
+        use_process_groups(executor)
 
     def dry_twin(self) -> "Shell":
         """The same shell (executor, policy, environment), but writes are only recorded."""
@@ -125,7 +173,10 @@ class Shell:
         shown = self.display(argv)
         full_env = {**self.base_env, **(env or {})}
 
+        stop = interrupt.current()
+
         def once() -> Completed:
+            stop.check(f"before running: {shown}")
             started = time.monotonic()
             kwargs: dict[str, Any] = dict(warn=True, env=full_env, in_stream=False, pty=False)
             if write:
@@ -142,6 +193,8 @@ class Shell:
             try:
                 res = self.executor.run(shlex.join(argv), **kwargs)
             except Exception as exc:  # invoke raises CommandTimedOut, UnexpectedExit is disabled by warn
+                if stop.is_set():
+                    raise stop.error(f"while running: {shown} (terminated)") from None
                 if type(exc).__name__ == "CommandTimedOut":
                     raise StepError(
                         f"timed out after {timeout:.0f}s waiting for: {purpose or shown}",
@@ -152,6 +205,8 @@ class Shell:
             done = Completed(res.stdout or "", res.stderr or "", res.exited, elapsed)
             self._record(CommandRecord(shown, write=write, executed=True, rc=done.rc, elapsed=elapsed,
                                        where=self.where))
+            if stop.is_set() and done.rc != 0:  # terminated because of the interrupt: not a failure to retry
+                raise stop.error(f"while running: {shown} (terminated)")
             if done.rc == 127 or (done.rc != 0 and "command not found" in done.stderr):
                 tool = argv[0]
                 raise CannotObserve(f"{tool} is not installed (or not on PATH)", INSTALL_HINTS.get(tool))
@@ -167,4 +222,4 @@ class Shell:
             first = str(getattr(exc, "stderr", exc)).strip().splitlines()[-1:] or [""]
             self.emit(f"    retrying in {delay:.1f}s after a transient error: {self.redact(first[0])[:200]}")
 
-        return self.retry.call(once, transient=transient, on_retry=announce)
+        return self.retry.call(once, transient=transient, on_retry=announce, sleep=stop.wait)

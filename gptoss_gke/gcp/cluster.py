@@ -62,6 +62,22 @@ def gke_version(text: str) -> tuple[int, ...]:
     return tuple(nums[:4] + [0] * (4 - len(nums[:4])))
 
 
+def price_words(settings, machine_type: str, *, spot: bool = False) -> str:
+    """A node's hourly price from ``prices.*``, or plainly that it is unknown and where to give it."""
+    price = settings.hourly_price(machine_type, spot=spot)
+    if price is None:
+        return (f"price unknown for {machine_type}{' (spot)' if spot else ''}: add "
+                f"prices.{machine_type}.{'spot' if spot else 'on_demand'} to {settings.env_file or 'the environment'}")
+    return f"${price:.2f}/h per node {'spot' if spot else 'on demand'}"
+
+
+def default_pool_billing(s) -> str:
+    zones = "in each of the region's zones GKE picks" if s.cluster_is_regional else f"in {s.cluster_location}"
+    return (f"BILLING STARTS when the cluster is created: its default pool runs {s.cluster.initial_nodes}× "
+            f"{s.cluster.default_machine_type} {zones} ({price_words(s, s.cluster.default_machine_type)}), "
+            f"plus GKE's cluster fee")
+
+
 class _ClusterScoped(GcloudStep):
     def apply(self, ctx, change: Change) -> None:
         try:
@@ -135,7 +151,8 @@ class Cluster(_ClusterScoped):
             kind = "regional" if s.cluster_is_regional else "zonal"
             # gcloud writes the kubeconfig context on create: into our configured file, not $KUBECONFIG.
             return Plan([Change(f"create {kind} cluster {name} in {s.cluster_location}", "create", argv=argv,
-                                env={"KUBECONFIG": s.kubeconfig_path}, timeout=OPERATION_TIMEOUT_S)],
+                                env={"KUBECONFIG": s.kubeconfig_path}, timeout=OPERATION_TIMEOUT_S,
+                                detail=[default_pool_billing(s)])],
                         diff={"cluster": "absent → present"})
         self._current = current
         status = current.get("status", "RUNNING")
@@ -239,7 +256,7 @@ class NodePool(_ClusterScoped):
             flags.append(f"--tpu-topology={p.tpu_topology}")
         if node_version:
             flags.append(f"--node-version={node_version}")
-        flags += [f"--num-nodes={p.initial_nodes}", "--enable-autoscaling", f"--min-nodes={p.min_nodes}",
+        flags += [f"--num-nodes={self._nodes_at_creation()}", "--enable-autoscaling", f"--min-nodes={p.min_nodes}",
                   f"--max-nodes={p.max_nodes}"]
         if self._labels(ctx):
             flags.append(f"--node-labels={_label_flag(self._labels(ctx))}")
@@ -351,10 +368,12 @@ class NodePool(_ClusterScoped):
             elif p.min_gke_version:
                 words = (f"node version: the new cluster's channel default, checked against >= {p.min_gke_version} "
                          f"once the cluster exists")
-            facts = {"node_version": version or "channel default", "node_version_source": words} if words else {}
-            return Plan([Change(f"create node pool {p.name} ({self._shape()})", "create",
-                                argv=self._create_argv(ctx, version), timeout=OPERATION_TIMEOUT_S,
-                                detail=[words] if words else [])],
+            billing, detail, facts = self._billing(ctx)
+            if words:
+                facts.update(node_version=version or "channel default", node_version_source=words)
+                detail = [words, *detail]
+            return Plan([Change(f"create node pool {p.name} ({self._shape()}): {billing}", "create",
+                                argv=self._create_argv(ctx, version), timeout=OPERATION_TIMEOUT_S, detail=detail)],
                         diff={"node pool": "absent → present"}, facts=facts)
         loc = s.cluster_location
         drift = self._immutable_drift(ctx, pool)
@@ -421,6 +440,34 @@ class NodePool(_ClusterScoped):
         if mode != "GKE_METADATA":
             changes.append(update(f"workload metadata {mode or 'unset'} → GKE_METADATA", "--workload-metadata=GKE_METADATA"))
         return changes
+
+    def _nodes_at_creation(self) -> int:
+        """Per zone. Zero unless warm capacity is asked for (initial_nodes or min_nodes): an accelerator
+        node bills from the moment it exists, and the autoscaler adds one when a pod needs it."""
+        return max(self.pool.initial_nodes, self.pool.min_nodes)
+
+    def _billing(self, ctx) -> tuple[str, list[str], dict]:
+        """What creating the pool starts to bill, in words (summary, announcement) and as facts."""
+        s, p = ctx.settings, self.pool
+        zones = len(s.node_locations(self.target_name))
+        now, most = self._nodes_at_creation() * zones, p.max_nodes * zones
+        price = s.hourly_price(p.machine_type, spot=self.options.spot)
+        each = price_words(s, p.machine_type, spot=self.options.spot)
+
+        def cost(n: int) -> str:
+            return f"${price * n:.2f}/h" if price is not None else "price unknown"
+
+        facts = {"nodes_at_creation": now, "max_nodes": most, "hourly_price_per_node": price,
+                 "hourly_cost_at_creation": price * now if price is not None else None}
+        if now == 0:
+            return (f"0 nodes now, nothing billed until a pod needs one; autoscaling up to {most} node(s), {each}",
+                    [], facts)
+        words = (f"{now} node(s) start now and bill from creation: {cost(now)} ({each}); autoscaling up to {most} "
+                 f"({cost(most)})")
+        why = "min_nodes" if p.min_nodes else "initial_nodes"
+        return words, [f"BILLING STARTS when this pool is created: {now}× {p.machine_type} = {cost(now)} "
+                       f"(targets.{self.target_name}.node_pool.{why} asks for warm capacity; 0 creates it "
+                       f"scaled to zero)"], facts
 
     def _shape(self) -> str:
         p = self.pool

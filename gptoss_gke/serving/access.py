@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import sys
-import time
 
 from gptoss_gke.core.step import Change, Plan, Step
-from gptoss_gke.errors import StepError
+from gptoss_gke.errors import Interrupted, StepError
 
 
 class ForwardSession(Step):
@@ -37,19 +36,32 @@ class ForwardSession(Step):
         p = ctx.printer
         with port_forward_tunnel(ctx, t, local_port=self.local_port) as tunnel:
             url = f"http://127.0.0.1:{tunnel.port}"
+            p.line(f"  forwarding {url} → pod {s.kube.namespace}/{tunnel.pod}:{t.port}   (Ctrl-C closes the tunnel)")
+            for line in curl_hint(s, url):
+                p.line(line)
+            p.line(f"  (or see the key once with `inv show-api-key --target={t.name}`)")
             try:
-                p.line(f"  forwarding {url} → pod {s.kube.namespace}/{tunnel.pod}:{t.port}   "
-                       f"(Ctrl-C closes the tunnel)")
-                p.line("  the key stays out of this output; put it in an environment variable first:")
-                p.line(f"    export VLLM_API_KEY=\"$(kubectl --context {s.kube_context} -n {s.kube.namespace} get "
-                       f"secret {s.kube.api_key_secret} -o jsonpath='{{.data.VLLM_API_KEY}}' | base64 -d)\"")
-                p.line(f"    curl -s {url}/v1/models --oauth2-bearer \"$VLLM_API_KEY\"")
-                p.line(f"  (or see it once with `inv show-api-key --target={t.name}`)")
                 while not (self.until and self.until(tunnel)):
-                    time.sleep(0.2)
-            except KeyboardInterrupt:
+                    ctx.sleep(0.2)
+            except Interrupted:
+                if ctx.interrupt.name != "SIGINT":
+                    raise  # SIGTERM (a CI cancel) ends the run as interrupted
+                ctx.interrupt.absorb()  # Ctrl-C is how a port-forward ends: not a failure
                 p.line("")
         p.line("  tunnel closed")
+
+
+def curl_hint(s, url: str) -> list[str]:
+    """How to call the endpoint with the key kept off every command line (``ps`` shows arguments to all
+    users): a shell variable, not exported, handed to curl as a header on stdin (``-H @-``, curl >= 7.55)
+    by ``printf``, which is a shell builtin and so never a process of its own."""
+    return [
+        "  the key stays out of this output and off every command line (printf is a shell builtin; curl reads "
+        "the header from stdin):",
+        f"    VLLM_API_KEY=\"$(kubectl --context {s.kube_context} -n {s.kube.namespace} get secret "
+        f"{s.kube.api_key_secret} -o jsonpath='{{.data.VLLM_API_KEY}}' | base64 -d)\"",
+        f"    printf 'Authorization: Bearer %s\\n' \"$VLLM_API_KEY\" | curl -s {url}/v1/models -H @-",
+    ]
 
 
 class ShowApiKey(Step):

@@ -88,6 +88,7 @@ __all__ = [
     "ApiError",
     "GcpEmulator",
     "GcpState",
+    "OperationHold",
     "RecordedRequest",
     "gcloud_env",
     "gcp_emulator",
@@ -220,6 +221,23 @@ class _OpFailure:
         self.code = code
 
 
+class OperationHold:
+    """Operations started by matching mutating requests stay RUNNING until :meth:`release` (a slow
+    operation, as a real node-pool delete takes minutes). ``started`` is set when one was started."""
+
+    def __init__(self, method, path_regex):
+        self.method = method.upper() if method else None
+        self.regex = re.compile(path_regex)
+        self.started = threading.Event()
+        self.released = threading.Event()
+
+    def matches(self, method: str, path: str) -> bool:
+        return self.method in (None, method) and bool(self.regex.search(path))
+
+    def release(self) -> None:
+        self.released.set()
+
+
 class _Operation:
     """One long-running operation of any of the emulated APIs."""
 
@@ -239,6 +257,7 @@ class _Operation:
         self.on_success = on_success
         self.on_failure = on_failure
         self.metadata = metadata or {}
+        self.hold: OperationHold | None = None
         self.error: dict | None = None
         self.done = False
         self.response: Any = None
@@ -366,6 +385,7 @@ class GcpEmulator:
         self._log: list[RecordedRequest] = []
         self._injections: list[_Injection] = []
         self._op_failures: list[_OpFailure] = []
+        self._holds: list[OperationHold] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.port: int | None = None
@@ -455,10 +475,19 @@ class GcpEmulator:
         with self.lock:
             self._op_failures.append(_OpFailure(method, path_regex, message, code))
 
+    def hold_operations(self, path_regex: str, method: str | None = None) -> OperationHold:
+        """Operations started by the mutating requests matching ``path_regex`` (and ``method``) stay RUNNING,
+        whatever ``op_polls_before_done`` says, until ``hold.release()``; later polls then complete them."""
+        hold = OperationHold(method, path_regex)
+        with self.lock:
+            self._holds.append(hold)
+        return hold
+
     def clear_faults(self) -> None:
         with self.lock:
             self._injections.clear()
             self._op_failures.clear()
+            self._holds.clear()
 
     # ------------------------------------------------------------------ seeding / inspection
     def add_project(self, project_id: str, number: str | int | None = None, **fields) -> dict:
@@ -626,6 +655,10 @@ class GcpEmulator:
         if failure:
             op.error = {"code": failure.code, "message": failure.message}
         self.state.operations[op.name] = op
+        op.hold = next((h for h in self._holds if h.matches(method, path)), None)
+        if op.hold is not None:
+            op.hold.started.set()
+            return op
         if op.polls_left <= 0 and not pending_in_reply:
             self._complete(op)
         return op
@@ -644,6 +677,8 @@ class GcpEmulator:
         if op is None:
             raise ApiError(404, f"Operation \"{name}\" not found.", "NOT_FOUND")
         op.polls += 1
+        if not op.done and op.hold is not None and not op.hold.released.is_set():
+            return op  # held: RUNNING until the test releases it
         if not op.done:
             if op.polls_left > 0:
                 op.polls_left -= 1
