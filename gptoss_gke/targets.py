@@ -131,7 +131,7 @@ L4 = Target(
     # GiB - weights come out at its measured "Available KV cache memory: 4.17 GiB".
     weight_memory_gib=13.7193,
     memory_overhead_gib=1.2237,
-    memory_overhead_source="measured: tutorial 000's startup log",
+    memory_overhead_source="measured: the L4 tutorial's startup log",
     assumed_tokens_per_s=52.0,  # the tutorial's short-prompt figure
 )
 

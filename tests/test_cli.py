@@ -212,3 +212,15 @@ def test_doctor_flags_placeholders_and_prints_each_fix_once(offline_env):
     assert (f"failed: placeholder settings (accepted only with --dry-run): project at env/dev.yaml:"
             f"{_line_of('project:')}; models.bucket at env/dev.yaml:{_line_of('  bucket:')}") in out
     assert out.count("GPTOSS_PROJECT=<your project>") == 1 and out.count("fix: run `inv auth`") == 1
+
+
+def test_tutorials_are_named_in_words_a_user_knows():
+    import re
+
+    internal = re.compile(r"\bseed 0\d\d\b|\btutorial 00\d\b|shared/design|\.\./shared")
+    for path in [REPO / "README.md", *REPO.glob("docs/*.md"), *REPO.glob("env/*"), *REPO.rglob("gptoss_gke/**/*.py"),
+                 *REPO.glob("manifests/**/*.yaml"), *REPO.glob("tests/*.py")]:
+        text = path.read_text()
+        if path.name == "test_cli.py":
+            text = text.replace(internal.pattern, "")
+        assert not internal.search(text), f"{path.relative_to(REPO)}: {internal.search(text).group(0)}"

@@ -76,7 +76,7 @@ def test_a_kv_cache_that_cannot_sit_beside_the_weights_does_not_fit(offline_env,
     # 13.72 GiB weights + 1.22 GiB overhead + 8 GiB = 22.94 GiB: more than the card's 0.85 x 22.49 GiB.
     proc, doc = plan(offline_env, tmp_path, "--target=l4", "--kv-cache-memory=8589934592")
     assert proc.returncode == 1
-    assert ("failed: does not fit: weights 13.72 GiB + activations/overhead 1.22 GiB (measured: tutorial 000's "
+    assert ("failed: does not fit: weights 13.72 GiB + activations/overhead 1.22 GiB (measured: the L4 tutorial's "
             "startup log) + KV cache 8.00 GiB = 22.94 GiB, more than the 19.12 GiB vLLM may use") in proc.stdout
     assert "fix: lower --kv-cache-memory to at most 4,481,261,501 bytes" in proc.stdout
 
