@@ -27,7 +27,7 @@ from gptoss_gke.core.runner import Context, Runner
 from gptoss_gke.core.shell import Shell
 from gptoss_gke.core.step import Step
 from gptoss_gke.errors import ConfigError, Interrupted, Problem, ToolError
-from gptoss_gke.flags import ALL, Flags
+from gptoss_gke.flags import Flags
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,9 +121,7 @@ def _validate_run(flags: Flags, *, needs_project: bool, redactor: Redactor,
         if spec is not None and choice is not None:
             targets = resolve_targets(choice, settings, all_means=spec.all_means)
         dry = bool(flags.get("dry_run")) if dry_run is None else dry_run
-        problems += task_problems(settings, targets=targets, dry_run=dry,
-                                  needs_project=needs_project,
-                                  target_chosen_by_all=choice == ALL and spec.all_means == "enabled")
+        problems += task_problems(settings, targets=targets, dry_run=dry, needs_project=needs_project)
         if flags.get("on"):
             from gptoss_gke.remote import resolve_remote
 

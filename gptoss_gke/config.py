@@ -1430,15 +1430,11 @@ def resolve_targets(choice: Any, settings: Settings, *, all_means: str = "enable
     return list(choice or ())
 
 
-def task_problems(settings: Settings, *, targets: list[str], dry_run: bool, needs_project: bool,
-                  target_chosen_by_all: bool = False) -> list[Problem]:
-    """Values only some tasks need; checked before the first step runs."""
+def task_problems(settings: Settings, *, targets: list[str], dry_run: bool, needs_project: bool) -> list[Problem]:
+    """Values only some tasks need; checked before the first step runs. (No enabled target is not one:
+    setup-cluster then converges the cluster alone.)"""
     problems = []
     layers = _Layers(origin=settings._origins)
-    if target_chosen_by_all and not targets:
-        problems.append(Problem("flag --target", "", "all means the enabled targets, and none is enabled",
-                                f"targets.<t>.enabled: true for at least one of {', '.join(CATALOGUE)}",
-                                "enable a target in the environment file, or name one with --target"))
     if not needs_project:
         return problems
     failed = settings._failed
