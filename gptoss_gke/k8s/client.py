@@ -33,11 +33,11 @@ def kube(ctx) -> Kube:
         path = s.kubeconfig_path
         fix = "run `inv setup-cluster` (it writes the kubeconfig context), or set kube.kubeconfig/kube.context"
         if not os.path.exists(path):
-            raise CannotObserve(f"no kubeconfig at {s.kube.kubeconfig}", fix)
+            raise CannotObserve(f"no kubeconfig at {s.kubeconfig_shown}", fix)
         try:
             api_client = config.new_client_from_config(config_file=path, context=s.kube_context)
         except ConfigException as exc:
-            raise CannotObserve(f"kubeconfig {s.kube.kubeconfig} has no usable context {s.kube_context}: {exc}",
+            raise CannotObserve(f"kubeconfig {s.kubeconfig_shown} has no usable context {s.kube_context}: {exc}",
                                 fix) from None
         try:
             k = Kube(api_client)
