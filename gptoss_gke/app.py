@@ -7,15 +7,16 @@ starts after them, the recap and the report say interrupted, and the exit status
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from invoke.exceptions import Exit
 
-from gptoss_gke.config import Settings, load_settings, parse_set, require, resolve_targets
+from gptoss_gke.config import Settings, read_settings, resolve_targets, task_problems
 from gptoss_gke.core.interrupt import RERUN_FIX, signals_handled
 from gptoss_gke.core.private_files import sweep_stale
 from gptoss_gke.core.redact import Redactor
@@ -25,7 +26,8 @@ from gptoss_gke.core.retry import RetryPolicy
 from gptoss_gke.core.runner import Context, Runner
 from gptoss_gke.core.shell import Shell
 from gptoss_gke.core.step import Step
-from gptoss_gke.errors import ConfigError, Interrupted, ToolError
+from gptoss_gke.errors import ConfigError, Interrupted, Problem, ToolError
+from gptoss_gke.flags import Flags
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,25 +82,6 @@ class Playbook:
         return self.runner.results
 
 
-def _load(env, set_, target, *, allow_all_targets: bool, single_target: str | None, needs_project: bool,
-          dry_run: bool) -> tuple[Settings, list[str]]:
-    settings = load_settings(env, root=PROJECT_ROOT, overrides=parse_set(set_ or []))
-    targets = resolve_targets(target, settings, allow_all=allow_all_targets, single=single_target)
-    if needs_project:
-        require(settings, targets=targets, dry_run=dry_run)
-    return settings, targets
-
-
-def offline_settings(env=None, set_=None, target=None) -> tuple[Settings, list[str]]:
-    """Settings and targets for a task that reads nothing and runs no steps (`inv render`): bad input
-    exits 2 with the same messages as a playbook, the example project is accepted as in a dry-run."""
-    try:
-        return _load(env, set_, target, allow_all_targets=False, single_target=None, needs_project=True,
-                     dry_run=True)
-    except ConfigError as exc:
-        raise _fail(f"error: {exc}", 2) from None
-
-
 def _fail(message: str, code: int) -> Exit:
     sys.stderr.write(message.rstrip() + "\n")
     sys.stderr.flush()
@@ -115,34 +98,67 @@ def refuse_invoke_dry(c) -> None:
                     "changes nothing", 2)
 
 
-@contextmanager
-def playbook(c, task: str, *, env: str | None = None, set_: list[str] | None = None, dry_run: bool = False,
-             report: str | None = None, yes: bool = False, target: str | None = "all",
-             allow_all_targets: bool = True, single_target: str | None = None, needs_project: bool = True,
-             executor=None, on=None,
-             remote_shell: bool = True) -> Iterator[Playbook]:
-    """Load settings, build the context, run the body, print the recap, set the exit status.
+def offline_settings(flags: Flags) -> tuple[Settings, list[str]]:
+    """Settings and targets for a task that reads nothing and runs no steps (`inv render`): the same one
+    validation pass as a playbook (exit 2 with every problem), the example project accepted as in a dry-run."""
+    redactor = Redactor()
+    redactor.add(os.environ.get("HF_TOKEN"))
+    try:
+        settings, targets, _ = _validate_run(flags, needs_project=True, redactor=redactor, dry_run=True)
+    except ConfigError as exc:
+        raise _fail(redactor(f"error: {exc}"), 2) from None
+    return settings, targets
 
-    ``on`` (the tasks' ``--on``): a remote host from ``remote.*``; ``pb.remote`` is its (lazily opened)
-    session, closed at the end. With ``remote_shell`` the Shell runs every command there (a bastion);
-    without, the shell stays local and the task decides what runs remotely (stage-model).
+
+def _validate_run(flags: Flags, *, needs_project: bool, redactor: Redactor,
+                  dry_run: bool | None = None) -> tuple[Settings, list[str], Any]:
+    """The one validation pass: flags, settings and what this task needs, every problem at once."""
+    problems = list(flags.problems)
+    settings, setting_problems = read_settings(flags.get("env"), root=PROJECT_ROOT, sets=flags.get("set_", ()))
+    problems += setting_problems
+    targets: list[str] = []
+    remote_settings = None
+    if settings is not None:
+        if settings.hf_token:
+            redactor.add(settings.hf_token.get_secret_value())
+        spec = flags.specs.get("target")
+        choice = flags.get("target")
+        if spec is not None and choice is not None:
+            targets = resolve_targets(choice, settings, all_means=spec.all_means)
+        dry = bool(flags.get("dry_run")) if dry_run is None else dry_run
+        problems += task_problems(settings, targets=targets, dry_run=dry, needs_project=needs_project)
+        if flags.get("on"):
+            from gptoss_gke.remote import resolve_remote
+
+            try:
+                remote_settings = resolve_remote(settings.remote, flags.get("on"))
+            except ConfigError as exc:
+                problems.append(Problem("flag --on", "", exc.problem, "", exc.fix or ""))
+    if problems:
+        raise ConfigError.of(problems)
+    return settings, targets, remote_settings
+
+
+@contextmanager
+def playbook(c, task: str, flags: Flags, *, needs_project: bool = True, executor=None,
+             remote_shell: bool = True) -> Iterator[Playbook]:
+    """Validate everything, build the context, run the body, print the recap, set the exit status.
+
+    ``flags.on`` (the tasks' ``--on``): a remote host from ``remote.*``; ``pb.remote`` is its (lazily
+    opened) session, closed at the end. With ``remote_shell`` the Shell runs every command there (a
+    bastion); without, the shell stays local and the task decides what runs remotely (stage-model).
     """
     started = time.monotonic()
     redactor = Redactor()
-    remote_settings = None
+    redactor.add(os.environ.get("HF_TOKEN"))
     refuse_invoke_dry(c)
     try:
-        settings, targets = _load(env, set_, target, allow_all_targets=allow_all_targets,
-                                  single_target=single_target, needs_project=needs_project, dry_run=dry_run)
-        if settings.hf_token:
-            redactor.add(settings.hf_token.get_secret_value())
-        if on:
-            from gptoss_gke.remote import resolve_remote
-
-            remote_settings = resolve_remote(settings.remote, on)
-        report_file = ReportFile(report) if report else None  # checked (and opened) before any step
+        settings, targets, remote_settings = _validate_run(flags, needs_project=needs_project, redactor=redactor)
+        report = flags.get("report")
+        report_file = ReportFile(report) if report else None  # checked (and opened) only when all else is valid
     except ConfigError as exc:
-        raise _fail(f"error: {exc}", 2) from None
+        raise _fail(redactor(f"error: {exc}"), 2) from None
+    dry_run = bool(flags.get("dry_run"))
 
     printer = Printer(redactor)
     remote = where = None
@@ -156,7 +172,7 @@ def playbook(c, task: str, *, env: str | None = None, set_: list[str] | None = N
     shell = Shell(executor if executor is not None else c, redactor, dry_run=dry_run,
                   retry=RetryPolicy(s.attempts, s.base_delay_s, s.max_delay_s), emit=printer.line,
                   where=where or "local")
-    ctx = Context(settings, shell, printer, redactor, dry_run=dry_run, assume_yes=yes)
+    ctx = Context(settings, shell, printer, redactor, dry_run=dry_run, assume_yes=bool(flags.get("yes")))
     ctx.targets = targets
     pb = Playbook(task, settings, ctx, report)
     pb.remote = remote

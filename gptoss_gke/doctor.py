@@ -1,4 +1,4 @@
-"""`inv doctor`: is this machine ready? Every miss comes with the exact fix."""
+"""`inv doctor`: is this machine (and its settings) ready? Every miss comes with the exact fix, once."""
 
 from __future__ import annotations
 
@@ -47,6 +47,24 @@ class LocalTool(Step):
         return noop(f"{current}")
 
 
+class PlaceholderSettings(Step):
+    """Example values still in the settings: fine for --dry-run, refused by every other run."""
+
+    section = "doctor"
+    name = "settings"
+    needs = ()
+
+    def plan(self, ctx, current) -> Plan:
+        from gptoss_gke.config import placeholders
+
+        found = placeholders(ctx.settings)
+        if not found:
+            return noop(f"{ctx.settings.env_file or 'settings'}: no example values left (project, bucket, hosts)")
+        fixes = list(dict.fromkeys(p.fix for p in found))  # each fix once
+        raise StepError("placeholder settings (accepted only with --dry-run): "
+                        + "; ".join(f"{p.key} at {p.where}" for p in found), "; ".join(fixes))
+
+
 class _Independent:
     needs = ()
     gate = False
@@ -58,9 +76,11 @@ class DoctorCredentials(_Independent, Credentials):
 
 class DoctorProject(_Independent, Project):
     section = "doctor"
+    needs = ("gcloud credentials",)  # without them the project read fails the same way: one fix, said once
 
 
 def doctor_steps() -> list[Step]:
+    """The machine's checks (run where --on points); the settings are checked here, by PlaceholderSettings."""
     return [
         LocalTool("gcloud", ["gcloud", "--version"],
                   why="every cloud step runs it"),

@@ -1,5 +1,11 @@
 """Error types. Every error a user sees names the problem and the fix."""
 
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEBUG_VARIABLE = "GPTOSS_DEBUG"  # 1: an unexpected error shows its traceback instead of one line
+
 
 class ToolError(Exception):
     """A failure with a problem statement and, where known, what to do about it."""
@@ -16,10 +22,50 @@ class ToolError(Exception):
         return self.problem if not self.fix else f"{self.problem}\n  fix: {self.fix}"
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One piece of bad input: where it came from, the key, what is wrong, what is allowed, the fix.
+
+    ``where`` is the origin a person can go to: ``env/dev.yaml:7``, ``environment variable GPTOSS_ZONE``,
+    ``flag --set zone``, ``flag --target``. Messages never quote a value that may be a secret.
+    """
+
+    where: str
+    key: str
+    message: str
+    allowed: str = ""
+    fix: str = ""
+
+    def render(self) -> str:
+        head = f"{self.where}: {self.key}: {self.message}" if self.key else f"{self.where}: {self.message}"
+        lines = [head]
+        if self.allowed:
+            lines.append(f"  allowed: {self.allowed}")
+        if self.fix:
+            lines.append(f"  fix: {self.fix}")
+        return "\n".join(lines)
+
+
 class ConfigError(ToolError):
-    """Bad input (settings, flags). Raised before anything touches the cloud; exit status 2."""
+    """Bad input (settings, flags). Raised before anything touches the cloud; exit status 2.
+
+    Either one problem (``ConfigError(problem, fix)``) or every problem one validation pass found
+    (``ConfigError.of(problems)``), so a person fixes them all in one go.
+    """
 
     exit_code = 2
+
+    def __init__(self, problem: str, fix: str | None = None, *, problems: list[Problem] | None = None):
+        super().__init__(problem, fix)
+        self.problems = problems or []
+
+    @classmethod
+    def of(cls, problems: list[Problem]) -> "ConfigError":
+        if len(problems) == 1:
+            return cls(problems[0].render(), problems=problems)
+        body = "\n".join("  " + p.render().replace("\n", "\n  ") for p in problems)
+        return cls(f"{len(problems)} problems in the settings and flags (nothing was run):\n{body}",
+                   problems=problems)
 
 
 class StepError(ToolError):

@@ -93,7 +93,7 @@ class Target:
 
 L4 = Target(
     name="l4",
-    title="gpt-oss-20b on one NVIDIA L4 (tutorial 000)",
+    title="gpt-oss-20b on one NVIDIA L4 with vLLM 0.12 (the L4 tutorial)",
     model_id="openai/gpt-oss-20b",
     model_revision="6cee5e81ee83917806bbde320786a8fb61efebee",
     image="docker.io/vllm/vllm-openai:v0.12.0",
@@ -131,13 +131,13 @@ L4 = Target(
     # GiB - weights come out at its measured "Available KV cache memory: 4.17 GiB".
     weight_memory_gib=13.7193,
     memory_overhead_gib=1.2237,
-    memory_overhead_source="measured: tutorial 000's startup log",
+    memory_overhead_source="measured: the L4 tutorial's startup log",
     assumed_tokens_per_s=52.0,  # the tutorial's short-prompt figure
 )
 
 IRONWOOD = Target(
     name="ironwood",
-    title="gpt-oss-120b on TPU v7 Ironwood 2x2x1 (tutorial 003)",
+    title="gpt-oss-120b on TPU v7 Ironwood 2x2x1 (the Ironwood tutorial)",
     model_id="openai/gpt-oss-120b",
     model_revision="b5c939de8f754692c1647ca79fbf85e8c1e70f8a",
     image="docker.io/vllm/vllm-tpu:nightly-ironwood-20251217-baf570b-0cd5353",

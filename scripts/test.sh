@@ -14,6 +14,7 @@ need=()
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v docker-registry >/dev/null || need+=(docker-registry)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v strace >/dev/null || need+=(strace)  # proves gcloud talks to loopback only
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing ${need[*]} (apt-get)"

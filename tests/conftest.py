@@ -19,7 +19,11 @@ def require_tool(name: str, install: str) -> str:
     path = shutil.which(name)
     if path:
         return path
-    message = f"{name} is not installed: {install}"
+    missing(f"{name} is not installed: {install}")
+
+
+def missing(message: str):
+    """Something a test needs is not on this machine: a failure under CI=true, a loud skip elsewhere."""
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(f"SKIPPED LOUDLY: {message}")

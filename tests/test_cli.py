@@ -138,3 +138,116 @@ def test_auth_without_a_terminal_explains_the_alternative(offline_env):
     proc = run_inv(["auth"], offline_env)
     assert proc.returncode == 2
     assert "needs a terminal" in proc.stderr and "gcloud auth activate-service-account" in proc.stderr
+
+
+def _task_flags() -> dict[str, set[str]]:
+    from gptoss_gke.playbooks import build_collection
+
+    ns = build_collection()
+    return {name: {"--" + n for arg in ns[name].get_arguments() for n in arg.names} for name in ns.task_names}
+
+
+def test_readme_flags_exist_on_every_task_it_lists():
+    import re
+
+    flags = _task_flags()
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("| task | what it does |"):text.index("## Per-target guides")]
+    for row in table.splitlines()[2:]:
+        if not row.startswith("|"):
+            continue
+        for usage in re.findall(r"`([a-z-]+(?: [^`]*)?)`", re.split(r"(?<!\\)\|", row)[1]):
+            task, *rest = usage.split(" ", 1)
+            assert task in flags, f"README lists {task}, which is not a task"
+            for flag in re.findall(r"--[a-z-]+", " ".join(rest)):
+                assert flag in flags[task], f"README: {task} {flag} does not exist"
+    # The common-flags table says exactly which tasks take each common flag.
+    common = text[text.index("| common flag | taken by |"):text.index("Every flag and setting is checked")]
+    for row in common.splitlines()[2:]:
+        if not row.startswith("|"):
+            continue
+        _, names, takers, _ = row.split("|")
+        said = re.findall(r"`([a-z-]+)`", takers.split("(")[0])
+        expected = set(flags) - set(said) if takers.strip().startswith("every task except") else set(said)
+        for flag in re.findall(r"`(--[a-z-]+)`", names):
+            assert {t for t in flags if flag in flags[t]} == expected, f"README's row for {flag}"
+
+
+def test_dash_h_is_help_on_every_task(offline_env):
+    proc = run_inv(["plan", "-h"], offline_env)
+    assert proc.returncode == 0 and "--throughput" in proc.stdout and "Usage:" in proc.stdout
+    for name, names in _task_flags().items():
+        assert not any(len(n) == 3 for n in names), f"{name} has a short flag"  # "--x" from a one-letter alias
+
+
+def test_unexpected_errors_are_one_line_with_the_debug_hint(monkeypatch, capsys):
+    import pytest
+    from invoke.exceptions import Exit
+
+    from gptoss_gke.playbooks import guarded
+
+    def bug():
+        return {}["hf_" + "x" * 20]  # an unexpected KeyError whose text looks like a token
+
+    monkeypatch.delenv("GPTOSS_DEBUG", raising=False)
+    with pytest.raises(Exit) as exited:
+        guarded(bug)
+    err = capsys.readouterr().err
+    assert exited.value.code == 1 and err.count("\n") == 2
+    assert err.startswith("error: unexpected KeyError") and "GPTOSS_DEBUG=1" in err
+    assert "Traceback" not in err and "hf_xxxx" not in err  # redacted like everything else
+    monkeypatch.setenv("GPTOSS_DEBUG", "1")
+    with pytest.raises(KeyError):
+        guarded(bug)
+
+
+def test_output_into_a_closed_pipe_ends_quietly(offline_env):
+    # Like `inv plan | head -1` once head has exited: the reading end is already closed.
+    import os
+
+    for args in (["plan", "--target=l4"], ["--list"]):  # our printer, and invoke's own output
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            proc = subprocess.run([INV, *args], cwd=REPO, env=offline_env, stdout=write_end,
+                                  stderr=subprocess.PIPE, text=True, timeout=120)
+        finally:
+            os.close(write_end)
+        assert proc.stderr == "", args
+    assert proc.returncode in (0, 1)
+
+
+def _line_of(text: str) -> int:
+    lines = (REPO / "env" / "dev.yaml").read_text().splitlines()
+    return next(i for i, ln in enumerate(lines, 1) if ln.startswith(text))
+
+
+def test_setting_only_the_project_leaves_the_example_bucket_refused(offline_env):
+    env = {**offline_env, "GPTOSS_PROJECT": "my-real-project"}
+    proc = run_inv(["setup-cluster", "--target=l4"], env)
+    assert proc.returncode == 2 and "TASK [" not in proc.stdout
+    assert (f"env/dev.yaml:{_line_of('  bucket:')}: models.bucket: is still the example bucket "
+            f"'example-project-gptoss-models'") in proc.stderr
+    assert "fix: set models.bucket:" in proc.stderr
+    assert run_inv(["setup-cluster", "--target=l4", "--dry-run"], env).returncode == 0  # fine for a plan
+
+
+def test_doctor_flags_placeholders_and_prints_each_fix_once(offline_env):
+    proc = run_inv(["doctor"], offline_env)
+    out = proc.stdout
+    assert proc.returncode == 1
+    assert (f"failed: placeholder settings (accepted only with --dry-run): project at env/dev.yaml:"
+            f"{_line_of('project:')}; models.bucket at env/dev.yaml:{_line_of('  bucket:')}") in out
+    assert out.count("GPTOSS_PROJECT=<your project>") == 1 and out.count("fix: run `inv auth`") == 1
+
+
+def test_tutorials_are_named_in_words_a_user_knows():
+    import re
+
+    internal = re.compile(r"\bseed 0\d\d\b|\btutorial 00\d\b|shared/design|\.\./shared")
+    for path in [REPO / "README.md", *REPO.glob("docs/*.md"), *REPO.glob("env/*"), *REPO.rglob("gptoss_gke/**/*.py"),
+                 *REPO.glob("manifests/**/*.yaml"), *REPO.glob("tests/*.py")]:
+        text = path.read_text()
+        if path.name == "test_cli.py":
+            text = text.replace(internal.pattern, "")
+        assert not internal.search(text), f"{path.relative_to(REPO)}: {internal.search(text).group(0)}"

@@ -191,4 +191,5 @@ def test_inv_render_prints_what_deploy_applies_offline_and_writes_files(offline_
     assert [yaml.safe_load(p.read_text()) for p in written] == docs
 
     bad = run_inv(["render", "--target=ironwood", "--set", "targets.ironwood.expose=ingress"], offline_env)
-    assert bad.returncode == 2 and "ingress_host is empty" in bad.stderr and bad.stdout == ""
+    assert bad.returncode == 2 and "targets.ironwood.ingress_host: is required when expose is ingress" in bad.stderr
+    assert bad.stdout == ""

@@ -76,7 +76,7 @@ def test_a_kv_cache_that_cannot_sit_beside_the_weights_does_not_fit(offline_env,
     # 13.72 GiB weights + 1.22 GiB overhead + 8 GiB = 22.94 GiB: more than the card's 0.85 x 22.49 GiB.
     proc, doc = plan(offline_env, tmp_path, "--target=l4", "--kv-cache-memory=8589934592")
     assert proc.returncode == 1
-    assert ("failed: does not fit: weights 13.72 GiB + activations/overhead 1.22 GiB (measured: tutorial 000's "
+    assert ("failed: does not fit: weights 13.72 GiB + activations/overhead 1.22 GiB (measured: the L4 tutorial's "
             "startup log) + KV cache 8.00 GiB = 22.94 GiB, more than the 19.12 GiB vLLM may use") in proc.stdout
     assert "fix: lower --kv-cache-memory to at most 4,481,261,501 bytes" in proc.stdout
 
@@ -108,5 +108,12 @@ def test_warns_when_max_model_len_exceeds_the_model(offline_env, tmp_path):
 
 
 def test_unknown_model_is_a_usage_error(offline_env, tmp_path):
-    proc, _ = plan(offline_env, tmp_path, "--target=l4", "--model=nope/nothing")
-    assert proc.returncode == 1 and "neither a catalogue model" in proc.stdout
+    proc, doc = plan(offline_env, tmp_path, "--target=l4", "--model=nope/nothing")
+    assert proc.returncode == 2 and "neither a catalogue model" in proc.stderr
+    assert "TASK [" not in proc.stdout and doc is None  # refused before any step
+
+
+def test_kv_cache_memory_in_the_units_people_write(offline_env, tmp_path):
+    proc, doc = plan(offline_env, tmp_path, "--target=l4", "--kv-cache-memory=4GiB", "--max-model-len=64k")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert doc["plans"][0]["kv_cache_memory_bytes"] == 4 * 2**30 and doc["plans"][0]["max_model_len"] == 64_000

@@ -130,7 +130,7 @@ def test_shipped_example_environments_are_valid():
 @pytest.mark.parametrize("args, expect", [
     (["setup-cluster", "--dry-run", "--target=l5"], "unknown target 'l5' (did you mean 'l4'?)"),
     (["setup-cluster", "--dry-run", "--env=nope"], "environment 'nope' not found"),
-    (["bench", "--dry-run", "--target=l4,ironwood"], "bench measures one target at a time"),
+    (["bench", "--dry-run", "--target=l4,ironwood"], "bench works on one target at a time"),
     (["setup-cluster", "--dry-run", "--set", "cluster.nmae=x"], "flag --set cluster.nmae: cluster.nmae: unknown key"),
     (["setup-cluster", "--dry-run", "--set", "region=us-central1", "--set", "zone=europe-west4-a"],
      "zone europe-west4-a is not in region us-central1"),
@@ -140,3 +140,32 @@ def test_bad_input_exits_2_before_any_step(offline_env, args, expect):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert expect in proc.stderr
     assert "TASK [" not in proc.stdout  # nothing ran
+
+
+def _leaf_keys(model, prefix=""):
+    from typing import get_origin
+
+    from gptoss_gke.config import _model_in
+
+    for name, info in model.model_fields.items():
+        if info.exclude:
+            continue
+        inner = _model_in(info.annotation)
+        if inner is None:
+            yield prefix + name
+        elif get_origin(info.annotation) is dict:
+            yield from _leaf_keys(inner, f"{prefix}{name}.<{'t' if name == 'targets' else 'machine type'}>.")
+        else:
+            yield from _leaf_keys(inner, f"{prefix}{name}.")
+
+
+def test_env_readme_documents_every_key():
+    from gptoss_gke.config import Settings
+
+    text = (REPO / "env" / "README.md").read_text()
+    rows = [ln for ln in text.splitlines() if ln.startswith("| `")]
+    for key in _leaf_keys(Settings):
+        parent, _, leaf = key.rpartition(".")
+        # Either the key itself, or its name in the row that groups its parent (`remote.*`, `retry.attempts` / ...).
+        assert f"`{key}`" in text or any(f"`{leaf}`" in row and (f"`{parent}." in row or f"`{parent}`" in row)
+                                         for row in rows) or any(f"{parent}.{leaf}" in row for row in rows), key

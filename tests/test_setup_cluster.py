@@ -44,7 +44,7 @@ def test_first_run_creates_what_is_missing_second_run_changes_nothing(gcloud_wor
     assert cluster["workloadIdentityConfig"]["workloadPool"] == "test-project.svc.id.goog"
     addons = cluster["addonsConfig"]
     assert addons["gcsFuseCsiDriverConfig"]["enabled"] is True
-    assert not addons.get("horizontalPodAutoscaling", {}).get("disabled")  # the seed's --addons disabled HPA
+    assert not addons.get("horizontalPodAutoscaling", {}).get("disabled")  # the Ironwood tutorial's --addons disabled HPA
     assert not addons.get("httpLoadBalancing", {}).get("disabled")
     assert cluster["networkConfig"]["gatewayApiConfig"]["channel"] == "CHANNEL_STANDARD"
 
@@ -329,3 +329,16 @@ def test_dns_control_plane_endpoint_on_create_and_on_an_existing_cluster(gcloud_
         "allowExternalTraffic": True}}}
     assert "get-credentials private --location=us-central1 --dns-endpoint" in proc.stdout
     assert kube_server("private")["server"].endswith(".us-central1.gke.goog")
+
+
+def test_shared_reservation_given_as_a_path_converges(gcloud_world):
+    emu, env = gcloud_world
+    shared = "projects/tpu-owner-project/reservations/shared-tpu-res"
+    env = {**env, "GPTOSS_TARGETS__IRONWOOD__NODE_POOL__RESERVATION": shared}
+    converge(emu, env, "--target=ironwood")
+    [body] = bodies(emu, "POST", r"/nodePools$")
+    assert body["nodePool"]["config"]["reservationAffinity"]["values"] == [shared]
+    emu.clear_log()
+    proc = converge(emu, env, "--target=ironwood")  # the second run compares the whole path: nothing to do
+    assert "ok: node pool ironwood-gptoss is tpu7x-standard-4t" in proc.stdout
+    assert not emu.find_requests("POST", r"/nodePools") and not emu.find_requests("PUT", r"/nodePools")

@@ -27,6 +27,17 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def silence_stdout() -> None:
+    """The reader of our stdout went away (`| head`): point the descriptor at /dev/null, so neither the
+    rest of the run nor Python's flush at exit meets a broken pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
 class Printer:
     """Everything a person reads goes through here, and through the redactor."""
 
@@ -47,8 +58,18 @@ class Printer:
     def line(self, text: str = "", style: str | None = None) -> None:
         text = self.redact(text)
         with self._lock:
-            self.stream.write((self._paint(text, style) if style else text) + "\n")
-            self.stream.flush()
+            try:
+                self.stream.write((self._paint(text, style) if style else text) + "\n")
+                self.stream.flush()
+            except BrokenPipeError:
+                # The reader left (`inv ... | head`): the run goes on to a consistent end, silently,
+                # rather than stopping half-way through a write.
+                self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        if self.stream is sys.stdout:
+            silence_stdout()
+        self.stream = open(os.devnull, "w")
 
     def task(self, section: str, name: str) -> None:
         title = f"TASK [{section} : {name}] "

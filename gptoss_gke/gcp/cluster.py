@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 
+from gptoss_gke.config import reservation_key
 from gptoss_gke.core.step import Change, Plan, Step, noop
 from gptoss_gke.errors import StepError
 from gptoss_gke.gcp import gcloud
@@ -319,9 +320,14 @@ class NodePool(_ClusterScoped):
             drift.append(f"spot is {bool(cfg.get('spot'))}, want {self.options.spot}")
         ra = cfg.get("reservationAffinity") or {}
         want_res = self.options.reservation
-        have_res = (ra.get("values") or [""])[0].rsplit("/", 1)[-1] \
-            if ra.get("consumeReservationType") == "SPECIFIC_RESERVATION" else None
-        if want_res and have_res != want_res:
+        # A local reservation may be written as its name or its path, a shared one only as its path
+        # (projects/P/reservations/R): compare the paths, so both spellings converge.
+        project = ctx.settings.project
+        have_res = (ra.get("values") or [""])[0] if ra.get("consumeReservationType") == "SPECIFIC_RESERVATION" \
+            else None
+        if have_res:
+            have_res = have_res.removeprefix(f"projects/{project}/reservations/")  # ours: shown by name
+        if want_res and (not have_res or reservation_key(have_res, project) != reservation_key(want_res, project)):
             drift.append(f"reservation is {have_res or 'none (' + ra.get('consumeReservationType', 'unset') + ')'}, "
                          f"want {want_res}")
         elif not want_res and have_res:
@@ -486,12 +492,12 @@ class KubeCredentials(GcloudStep):
         current = current or {"endpoint": None, "server": None}
         want = f"https://{current['endpoint']}" if current["endpoint"] else None
         if current["server"] and (want is None or current["server"] == want):
-            return noop(f"context {s.kube_context} in {s.kube.kubeconfig} points at {current['server']}")
+            return noop(f"context {s.kube_context} in {s.kubeconfig_shown} points at {current['server']}")
         # The DNS endpoint is a name with a publicly trusted certificate, checked by IAM: no bastion.
         dns = ["--dns-endpoint"] if s.cluster.control_plane == "dns" else []
         argv = gcloud.argv(ctx, "container", "clusters", "get-credentials", s.cluster.name, *_location_flags(ctx),
                            *dns)
-        return Plan([Change(f"write context {s.kube_context} into {s.kube.kubeconfig}", "update", argv=argv,
+        return Plan([Change(f"write context {s.kube_context} into {s.kubeconfig_shown}", "update", argv=argv,
                             env={"KUBECONFIG": s.kubeconfig_path})])
 
 

@@ -141,7 +141,7 @@ def immutable_fix(settings, live: dict, want: dict, drift: list[str]) -> str:
     """The exact commands that resolve an immutable difference, in order (or: set the setting back)."""
     kind, meta = want["kind"], want["metadata"]
     name, ns = meta["name"], meta.get("namespace")
-    kubectl = f"kubectl --kubeconfig={settings.kube.kubeconfig} --context={settings.kube_context}" + \
+    kubectl = f"kubectl --kubeconfig={settings.kubeconfig_path} --context={settings.kube_context}" + \
         (f" -n {ns}" if ns else "")
     target = object_target(want)
     commands: list[str] = []

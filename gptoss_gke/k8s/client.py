@@ -119,7 +119,7 @@ def kube(ctx) -> Kube:
         s = ctx.settings
         path = s.kubeconfig_path
         if not os.path.exists(path):
-            return CannotObserve(f"no kubeconfig at {s.kube.kubeconfig}", CONTEXT_FIX)
+            return CannotObserve(f"no kubeconfig at {s.kubeconfig_shown}", CONTEXT_FIX)
         configuration = type.__call__(client.Configuration)  # a fresh one, not a copy of the default
         # One retry policy: urllib3's own (3 silent retries, Retry-After honoured on its own) is off.
         configuration.retries = False
@@ -127,7 +127,7 @@ def kube(ctx) -> Kube:
             api_client = config.new_client_from_config(config_file=path, context=s.kube_context,
                                                        client_configuration=configuration)
         except ConfigException as exc:
-            return CannotObserve(f"kubeconfig {s.kube.kubeconfig} has no usable context {s.kube_context}: {exc}",
+            return CannotObserve(f"kubeconfig {s.kubeconfig_shown} has no usable context {s.kube_context}: {exc}",
                                  CONTEXT_FIX)
         _retry_every_request(ctx, api_client)
         try:
@@ -190,7 +190,7 @@ def kube_for_cluster(ctx, cluster: dict) -> Kube:
     s = ctx.settings
     server, entry = context_server(s)
     if server is None:
-        raise CannotObserve(f"kubeconfig {s.kube.kubeconfig} has no context {s.kube_context}", CONTEXT_FIX)
+        raise CannotObserve(f"kubeconfig {s.kubeconfig_shown} has no context {s.kube_context}", CONTEXT_FIX)
     endpoints = cluster_endpoints(cluster)
     if endpoints and _host_port(server) not in endpoints:
         raise CannotObserve(

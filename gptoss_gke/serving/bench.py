@@ -33,7 +33,7 @@ class BenchTest:
     prompt: str
     max_tokens: int
     parallel: int = 1
-    # What the L4 tutorial (seed 000) published for this test.
+    # What the L4 tutorial (gpt-oss-20b on one L4 with vLLM 0.12) published for this test.
     tutorial: dict[str, Any] = field(default_factory=dict)
 
 
@@ -50,7 +50,7 @@ TUTORIAL_TESTS = (
               tutorial={"tokens_per_s": 32.0, "ttft_s": 0.410, "prompt_tokens": 77}),
 )
 
-TUTORIAL_NOTE = ("tutorial figures: one L4, vLLM 0.12, published in seed 000; its tok/s is output tokens / "
+TUTORIAL_NOTE = ("tutorial figures: the L4 tutorial (gpt-oss-20b on one L4 with vLLM 0.12); its tok/s is output tokens / "
                  "wall time of the request (`time curl`), which is our tok/s column")
 
 

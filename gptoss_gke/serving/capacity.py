@@ -52,7 +52,9 @@ from typing import Any
 from gptoss_gke.errors import ConfigError
 
 __all__ = [
+    "BLOCK_SIZES",
     "DEFAULT_BLOCK_SIZE",
+    "KV_CACHE_DTYPES",
     "FULL",
     "SLIDING",
     "KvCacheGroup",
@@ -85,6 +87,10 @@ _VALID_BLOCK_SIZES = (1, 8, 16, 32, 64, 128, 256)
 # vllm/utils/torch_utils.py STR_DTYPE_TO_TORCH_DTYPE ("fp8*" are stored as uint8). "auto" means the
 # model dtype (kv_cache_dtype_str_to_dtype). "fp8_ds_mla" is MLA-only and rejected here.
 _KV_DTYPE_BYTES = {"bfloat16": 2, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1, "fp8_inc": 1}
+
+# What `inv plan` accepts on its command line (checked before any step).
+KV_CACHE_DTYPES = ("auto", *_KV_DTYPE_BYTES)
+BLOCK_SIZES = tuple(str(n) for n in _VALID_BLOCK_SIZES)
 
 # The factor in _get_kv_cache_groups_uniform_page_size (vLLM 0.12.0: 1.25; later releases use 1.5).
 _GROUP_SIZE_SLACK = 1.25

@@ -16,7 +16,7 @@ from gptoss_gke.k8s.client import KubeStep
 
 CHAT_PROMPT = "In one sentence: what does a Kubernetes Service do?"
 CHAT_MAX_TOKENS = 64
-# The tutorial's completion check (seed 003).
+# The Ironwood tutorial's completion check (gpt-oss-120b on TPU v7 with vLLM's TPU image).
 COMPLETION_PROMPT = "San Francisco is a"
 COMPLETION_MAX_TOKENS = 7
 NO_ANSWER = "(no final answer yet: the model spent its tokens reasoning; raise max_tokens)"

@@ -29,7 +29,14 @@ L = "us-central1"
 ZONE = "us-central1-a"
 GCLOUD = shutil.which("gcloud") or "/usr/bin/gcloud"
 
-needs_gcloud = pytest.mark.skipif(not os.path.exists(GCLOUD), reason="gcloud CLI not installed")
+needs_gcloud = pytest.mark.usefixtures("gcloud_installed")
+
+
+@pytest.fixture
+def gcloud_installed():
+    from tests.conftest import require_tool
+
+    require_tool("gcloud", "install the Google Cloud CLI (Debian: apt-get install google-cloud-cli)")
 
 LATENCIES: list[tuple[str, float]] = []
 
@@ -472,8 +479,10 @@ def test_running_operation_is_polled_until_done(gcloud, gcp_emulator):
 
 
 @needs_gcloud
-@pytest.mark.skipif(not shutil.which("strace"), reason="strace not installed")
 def test_gcloud_connects_only_to_loopback(gcloud, gcp_emulator, tmp_path):
+    from tests.conftest import require_tool
+
+    require_tool("strace", "apt-get install -y strace")
     gcp_emulator.add_cluster(P, L, "c1")
     trace = tmp_path / "connect.trace"
     proc = subprocess.run(
