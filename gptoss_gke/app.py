@@ -45,8 +45,11 @@ class Playbook:
         self.remote = None  # a gptoss_gke.remote.RemoteSession when the task runs with --on
         self.not_started: list[str] = []  # steps an interrupt kept from starting
 
-    def run(self, steps: list[Step]) -> list[StepResult]:
-        """Run the steps; after an interrupt, raise :class:`Interrupted` so the task does nothing more."""
+    def run(self, steps: list[Step], *, quiet: bool = False,
+            approved: dict[str, list[str]] | None = None) -> list[StepResult]:
+        """Run the steps; after an interrupt, raise :class:`Interrupted` so the task does nothing more.
+        ``quiet``/``approved``: the pass after a preview (see Runner)."""
+        self.runner.quiet, self.runner.approved = quiet, approved
         results = self.runner.run(steps)
         self._stop_if_interrupted(self.runner)
         return results
@@ -58,12 +61,14 @@ class Playbook:
     def preview(self, steps: list[Step]) -> list[StepResult]:
         """Run the steps read-only (whatever --dry-run says) and return what they would do.
 
-        For destructive playbooks: list everything, ask, then run for real. The preview's results
-        are not part of the recap unless nothing follows it.
+        For destructive playbooks: list everything, ask, then run for real. Unlike a dry-run, what
+        could not be observed fails the step: a preview that decides what to delete must not read
+        "could not look" as "nothing there". The preview's results are not part of the recap unless
+        nothing follows it.
         """
         ctx = self.ctx
         dry = Context(ctx.settings, ctx.shell.dry_twin(), ctx.printer, ctx.redact, dry_run=True, assume_yes=ctx.assume_yes,
-                      interactive=ctx.interactive)
+                      interactive=ctx.interactive, unknown_fails=not ctx.dry_run)
         dry.targets = ctx.targets
         runner = Runner(dry)
         results = runner.run(steps)

@@ -636,17 +636,25 @@ class Settings(_Strict):
 
     @property
     def ownership_labels(self) -> dict[str, str]:
-        """Labels on everything we create; teardown deletes only what carries them."""
+        """Who created an object: this tool, for this environment. Teardown selects on exactly these;
+        user ``labels`` are added beside them (object_labels) but never decide ownership."""
         from gptoss_gke import TOOL_NAME
+        from gptoss_gke.ownership import ENV, MANAGED_BY
 
-        return {**self.labels, "app.kubernetes.io/managed-by": TOOL_NAME, "gptoss-gke/env": self.env_name}
+        return {MANAGED_BY: TOOL_NAME, ENV: self.env_name}
+
+    @property
+    def object_labels(self) -> dict[str, str]:
+        """What every Kubernetes object we create carries: the user's labels, then ours (ours win)."""
+        return {**self.labels, **self.ownership_labels}
 
     @property
     def gcp_labels(self) -> dict[str, str]:
         """The same ownership, spelled the way GCP labels allow (no '/' or '.')."""
         from gptoss_gke import TOOL_NAME
+        from gptoss_gke.ownership import GCP_ENV, GCP_MANAGED_BY
 
-        return {"managed-by": TOOL_NAME, "gptoss-gke-env": self.env_name}
+        return {GCP_MANAGED_BY: TOOL_NAME, GCP_ENV: self.env_name}
 
     def origin(self, loc: tuple) -> str:
         """Where a key's value came from: "env/dev.yaml:12", "environment variable GPTOSS_ZONE", "defaults"."""
@@ -1173,6 +1181,24 @@ def load_settings(env: str | None = None, *, root: Path | None = None, environ: 
     if problems:
         raise ConfigError.of(problems)
     return settings
+
+
+def other_environments(settings: Settings, *, root: Path | None = None,
+                       environ: dict[str, str] | None = None) -> dict[str, "Settings | ConfigError"]:
+    """Every other environment beside this run's (env/<name>.yaml), loaded as a run in this shell would
+    load it, or the error that stopped it. Teardown asks them before deleting what environments can
+    share (a bucket grant, a mirrored tag, staged weights, a repository)."""
+    environ = dict(os.environ if environ is None else environ)
+    folder = env_dir(root, environ)
+    found: dict[str, Settings | ConfigError] = {}
+    for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+        if path.stem == settings.env_name:
+            continue
+        try:
+            found[path.stem] = load_settings(path.stem, root=root, environ=environ)
+        except ConfigError as exc:
+            found[path.stem] = exc
+    return found
 
 
 def _display_path(path: Path) -> str:

@@ -37,6 +37,8 @@ from gptoss_gke.errors import CannotObserve, CommandFailed, StepError
 from gptoss_gke.gcp import gcloud
 from gptoss_gke.gcp.project import GcloudStep, access_token
 from gptoss_gke.gcp.registry import REPO_FACT, describe_repository
+from gptoss_gke.ownership import gcp_owner_problem, kept_for
+from gptoss_gke.targets import CATALOGUE
 
 SKOPEO = "skopeo"
 COPY_TIMEOUT_S = 2 * 3600  # a vLLM image is ~10 GB; generous, and the failure says what it waited for
@@ -485,21 +487,56 @@ class MirrorImage(Step):
                 raise _dest_error(ctx.settings, dest, exc, writing=True) from None
 
 
+def _tags_sharing(ctx, dest: ImageRef, digest: str) -> list[str]:
+    """The other tags of the destination image that point at ``digest``."""
+    s = ctx.settings
+    with dest_auth_file(ctx) as auth_file:
+        try:
+            listed = json.loads(_skopeo_read(ctx, ["list-tags", *_tls(s), f"docker://{dest.repo}"], auth_file) or "{}")
+        except CommandFailed as exc:
+            raise _dest_error(s, dest, exc, writing=False) from None
+        except json.JSONDecodeError:
+            raise StepError(f"skopeo list-tags of {dest.repo} printed something other than JSON",
+                            "upgrade skopeo") from None
+    shared = []
+    for tag in sorted(listed.get("Tags") or []):
+        if tag == dest.tag:
+            continue
+        found = _inspect(ctx, ImageRef(dest.registry, dest.path, tag), anonymous=False)
+        if found and found[0] == digest:
+            shared.append(tag)
+    return shared
+
+
+def _mirrors(other, ref: ImageRef) -> bool:
+    """Does another environment's settings mirror into the same tag?"""
+    try:
+        return any(destination(other, t) == ref for t in CATALOGUE)
+    except StepError:
+        return False
+
+
 class PurgeImage(Step):
-    """teardown --purge-images: our mirrored tag, when the repository itself is not ours to delete."""
+    """teardown --purge-images: the tag we pushed, when the repository itself is not ours to delete.
+
+    Only the tag: an image that other tags also point at keeps them (Artifact Registry deletes the one
+    tag; a plain registry cannot delete a tag alone, so the image stays, said so)."""
 
     section = "images"
-    needs = ()
+    needs = ("gcloud credentials",)
 
-    def __init__(self, settings, target_name: str):
+    def __init__(self, settings, target_name: str, others: dict | None = None):
         self.target_name = target_name
+        self.others = others or {}
         self.name = f"mirrored image {target_name}"
 
     def observe(self, ctx):
         repo = describe_repository(ctx)
         if repo is None and ctx.settings.registry.host is None:
-            return {"repo": None, "digest": None}
-        return {"repo": repo, "digest": observe_destination(ctx, self.target_name)}
+            return {"repo": None, "digest": None, "also_tagged": []}
+        digest = observe_destination(ctx, self.target_name)
+        dest = destination(ctx.settings, self.target_name)
+        return {"repo": repo, "digest": digest, "also_tagged": _tags_sharing(ctx, dest, digest) if digest else []}
 
     def plan(self, ctx, current) -> Plan:
         s = ctx.settings
@@ -508,17 +545,28 @@ class PurgeImage(Step):
             return noop("remote repository: nothing was copied (its cache goes with the repository)")
         if current is None:
             return Plan([Change(f"delete {dest} (not observed)", "delete", argv=self._delete_argv(ctx, dest))])
-        if current["repo"] is not None and _ours(s, current["repo"]):
+        if current["repo"] is not None and _ours(s, current["repo"]) and not _repository_kept_for(s, self.others):
             return noop(f"{dest} goes with repository {s.registry.repository}")
         if current["digest"] is None:
             return noop(f"{dest} does not exist")
+        shared = kept_for(self.others, lambda other: _mirrors(other, dest))
+        if shared:
+            return noop(f"{dest} kept: {shared}")
+        others = current["also_tagged"]
+        if others and s.registry.host is not None:
+            return noop(f"{dest} kept: its image is also tagged {', '.join(others)} (deleting it would take those "
+                        f"tags too, and this registry cannot delete a tag alone)")
+        if others:
+            return Plan([Change(f"delete tag {dest} (its image stays: also tagged {', '.join(others)})", "delete",
+                                argv=gcloud.argv(ctx, "artifacts", "docker", "tags", "delete", str(dest),
+                                                 "--quiet"))])
         return Plan([Change(f"delete {dest} ({short(current['digest'])})", "delete",
                             argv=self._delete_argv(ctx, dest.at(current["digest"])))])
 
     @staticmethod
     def _delete_argv(ctx, ref: ImageRef) -> list[str]:
         s = ctx.settings
-        if s.registry.host is None:  # Artifact Registry: its own delete also removes the tags
+        if s.registry.host is None:  # Artifact Registry: its own delete also removes the (only, ours) tag
             return gcloud.argv(ctx, "artifacts", "docker", "images", "delete", str(ref), "--delete-tags", "--quiet")
         return [SKOPEO, "delete", *_tls(s), ref.docker()]
 
@@ -534,13 +582,22 @@ class PurgeImage(Step):
                 raise _dest_error(ctx.settings, dest, exc, writing=True) from None
 
 
+def _repository_kept_for(settings, others: dict) -> str | None:
+    """Why our repository stays although we created it: another environment mirrors into it."""
+    here = (settings.project, settings.registry_location, settings.registry.repository, registry_host(settings))
+    return kept_for(others, lambda o: (o.project, o.registry_location, o.registry.repository,
+                                       registry_host(o)) == here)
+
+
 class PurgeRepository(GcloudStep):
-    """teardown --purge-images: the repository, only if this tool created it (our labels)."""
+    """teardown --purge-images: the repository, only if this environment created it (our labels) and
+    no other environment mirrors into it."""
 
     section = "images"
-    needs = ()
+    needs = ("gcloud credentials",)
 
-    def __init__(self, settings):
+    def __init__(self, settings, others: dict | None = None):
+        self.others = others or {}
         self.name = f"repository {settings.registry.repository} ({settings.registry_location})"
 
     def observe(self, ctx):
@@ -551,8 +608,12 @@ class PurgeRepository(GcloudStep):
         name, loc = s.registry.repository, s.registry_location
         if current is None:
             return noop(f"repository {name} does not exist in {loc}")
-        if not _ours(s, current):
-            return noop(f"repository {name} was not created by this tool: kept (only our images were removed)")
+        why = gcp_owner_problem(current.get("labels"), s)
+        if why is not None:
+            return noop(f"repository {name} is {why}: kept (only our images were removed)")
+        shared = _repository_kept_for(s, self.others)
+        if shared:
+            return noop(f"repository {name} kept: {shared} (only our images were removed)")
         return Plan([Change(f"delete repository {name} in {loc} and every image in it", "delete",
                             argv=gcloud.argv(ctx, "artifacts", "repositories", "delete", name, f"--location={loc}",
                                              "--quiet"))])
@@ -565,7 +626,7 @@ class PurgeRepository(GcloudStep):
 
 
 def _ours(settings, repo: dict) -> bool:
-    return all((repo.get("labels") or {}).get(k) == v for k, v in settings.gcp_labels.items())
+    return gcp_owner_problem(repo.get("labels"), settings) is None
 
 
 def mirror_image_steps(settings, targets: list[str]) -> list[Step]:
@@ -575,5 +636,6 @@ def mirror_image_steps(settings, targets: list[str]) -> list[Step]:
     return [ArtifactRepository(settings), *[MirrorImage(settings, t) for t in targets]]
 
 
-def purge_image_steps(settings, targets: list[str]) -> list[Step]:
-    return [*[PurgeImage(settings, t) for t in targets], PurgeRepository(settings)]
+def purge_image_steps(settings, targets: list[str], others: dict | None = None) -> list[Step]:
+    """``others``: the other environments (name → Settings or load error): what they share is kept."""
+    return [*[PurgeImage(settings, t, others) for t in targets], PurgeRepository(settings, others)]

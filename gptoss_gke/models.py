@@ -96,9 +96,11 @@ from gptoss_gke.core import interrupt
 from gptoss_gke.core.private_files import process_alive
 from gptoss_gke.core.report import format_duration
 from gptoss_gke.core.retry import is_transient_exception
-from gptoss_gke.gcp.project import project_number
+from gptoss_gke.gcp.project import Credentials, project_number
 from gptoss_gke.core.step import Change, Plan, Step, noop, skip
 from gptoss_gke.errors import CannotObserve, StepError, ToolError
+from gptoss_gke.ownership import kept_for
+from gptoss_gke.targets import CATALOGUE
 
 VIEWER_ROLE = "roles/storage.objectViewer"
 MANIFEST_NAME = ".gptoss-gke-manifest.json"
@@ -571,12 +573,15 @@ class BucketIamBinding(Step):
 
 
 class RevokeBucketIamBinding(BucketIamBinding):
-    """Teardown: remove our member from objectViewer on the bucket (same etag-guarded read-modify-write)."""
+    """Teardown: remove our member from objectViewer on the bucket (same etag-guarded read-modify-write),
+    unless another environment's pods read the bucket as the same principal (same project, namespace
+    and service account: Workload Identity names no cluster)."""
 
-    def __init__(self, settings):
+    def __init__(self, settings, others: dict | None = None):
         super().__init__(settings)
+        self.others = others or {}
         self.name = f"bucket IAM: revoke objectViewer of {settings.kube.namespace}/{settings.kube.service_account}"
-        self.needs = ()
+        self.needs = (Credentials.name,)  # teardown: what is already gone must not stop the rest
 
     def plan(self, ctx, current) -> Plan:
         if current is None:
@@ -584,6 +589,12 @@ class RevokeBucketIamBinding(BucketIamBinding):
                                 "delete", apply=self._revoke)])
         if not current["present"]:
             return noop(f"{current['member']} holds no {VIEWER_ROLE} on gs://{self.bucket}")
+        s = ctx.settings
+        principal = (s.workload_pool, s.kube.namespace, s.kube.service_account, self.bucket)
+        shared = kept_for(self.others, lambda o: (o.workload_pool, o.kube.namespace, o.kube.service_account,
+                                                  o.models.bucket) == principal)
+        if shared:
+            return noop(f"{current['member']} keeps {VIEWER_ROLE} on gs://{self.bucket}: {shared}")
         return Plan([Change(f"revoke {VIEWER_ROLE} on gs://{self.bucket} from {current['member']}", "delete",
                             apply=self._revoke)], diff={"bindings": {VIEWER_ROLE: {"remove": [current["member"]]}}})
 
@@ -1159,7 +1170,8 @@ class StageModel(Step):
             obj = obs.objects[f.path]
             files.append({"path": f.path, "size": f.size, "sha256": obj.sha256, "crc32c": obj.crc32c,
                           "lfs": f.lfs, **({"git_oid": f.git_oid} if not f.lfs else {})})
-        doc = {"tool": "gptoss-gke", "repo": self.target.model_id, "revision": obs.revision,
+        doc = {"tool": "gptoss-gke", "environment": ctx.settings.env_name, "repo": self.target.model_id,
+               "revision": obs.revision,
                "requested_revision": obs.requested, "endpoint": ctx.settings.models.hf_endpoint or _HF_DEFAULT,
                "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                "total_bytes": sum(f.size for f in obs.files), "files": files}
@@ -1176,24 +1188,43 @@ class StageModel(Step):
 # Teardown
 
 
-def purge_model_steps(settings, targets: list[str]) -> list[Step]:
-    """``teardown --purge-model``: the staged weights we wrote (every revision) and our IAM grant."""
+def purge_model_steps(settings, targets: list[str], others: dict | None = None) -> list[Step]:
+    """``teardown --purge-model``: the staged weights this environment wrote (every revision) and its IAM
+    grant, except what another environment (``others``: name → Settings or load error) still uses."""
     targets = [t for t in targets if settings.target(t).weights == "bucket"]
     if not targets or not settings.models.bucket:
         return []
-    return [*[PurgeStagedModel(settings, t) for t in targets], RevokeBucketIamBinding(settings)]
+    return [*[PurgeStagedModel(settings, t, others) for t in targets], RevokeBucketIamBinding(settings, others)]
+
+
+def _stages(other, bucket: str, folder: str) -> bool:
+    """Does another environment's settings stage (and serve) ``folder`` of ``bucket``? A revision that
+    names a branch may resolve to any commit of that model: counted as using it."""
+    if other.models.bucket != bucket:
+        return False
+    for name in CATALOGUE:
+        target = other.target(name)
+        if target.weights != "bucket":
+            continue
+        if model_folder(other, target) == folder:
+            return True
+        if not _HEX40.match(target.model_revision) and folder.startswith(model_folder(other, target).rsplit("/", 2)[0]):
+            return True
+    return False
 
 
 class PurgeStagedModel(Step):
-    """Delete what StageModel wrote under ``<prefix>/<model id>/``: folders of ours, nothing else."""
+    """Delete what StageModel wrote under ``<prefix>/<model id>/``: folders whose manifest (or, while
+    staging, whose in-progress marker) names this environment, and that no other environment uses."""
 
     section = "models"
-    needs = ()
+    needs = (Credentials.name,)
     sdk_modules = GCS_SDK
 
-    def __init__(self, settings, target_name: str):
+    def __init__(self, settings, target_name: str, others: dict | None = None):
         self.target = settings.target(target_name)
         self.bucket = settings.models.bucket
+        self.others = others or {}
         prefix = settings.models.prefix.strip("/")
         self.root = f"{prefix}/{self.target.model_id}/" if prefix else f"{self.target.model_id}/"
         self.name = f"staged weights of {self.target.model_id} ({target_name})"
@@ -1205,43 +1236,79 @@ class PurgeStagedModel(Step):
         client = gcs_client(ctx)
         try:
             blobs = ctx.retrying(lambda: list(client.list_blobs(self.bucket, prefix=self.root, retry=None)),
-                           "listing the bucket")
+                                 "listing the bucket")
         except gexc.NotFound:
-            return {"objects": [], "uploads": []}
+            return []
         except Exception as exc:  # noqa: BLE001
             raise _gcs_error(exc, bucket=self.bucket, doing="listing") from None
-        ours = []
+        folders: dict[str, dict] = {}  # "<root><revision>/" → what is in it (and in its .partial/)
         for b in blobs:
             rel = b.name[len(self.root):]
             top = rel.split("/", 1)[0]
-            written_by_us = (top.endswith(PARTIAL_SUFFIX) or rel.endswith("/" + MANIFEST_NAME)
-                             or "hf-revision" in (b.metadata or {}))
-            if _HEX40.match(top.removesuffix(PARTIAL_SUFFIX)) and written_by_us:
-                ours.append((b.name, int(b.size or 0)))
+            revision = top.removesuffix(PARTIAL_SUFFIX)
+            written_by_staging = (top.endswith(PARTIAL_SUFFIX) or rel.endswith("/" + MANIFEST_NAME)
+                                  or "hf-revision" in (b.metadata or {}))
+            if not _HEX40.match(revision) or "/" not in rel or not written_by_staging:
+                continue  # not something staging writes: never ours to delete
+            f = self._folder(folders, revision)
+            f["objects"].append(b.name)
+            f["bytes"] += int(b.size or 0)
+            if b.name.endswith("/" + MANIFEST_NAME) or b.name.endswith(PARTIAL_SUFFIX + "/" + MARKER_NAME):
+                f["environment"] = f["environment"] or self._environment(ctx, b)
         # Uploads a killed staging run left open: their parts are billed until aborted.
         try:
             uploads = ctx.retrying(lambda: MultipartUploads(client.bucket(self.bucket)).unfinished(self.root),
                                    "listing unfinished uploads")
         except Exception as exc:  # noqa: BLE001
             raise _gcs_error(exc, bucket=self.bucket, doing="listing uploads in") from None
-        uploads = [(n, u) for n, u in uploads if _HEX40.match(n[len(self.root):].split("/", 1)[0])]
-        return {"objects": ours, "uploads": uploads}
+        for name, upload in uploads:
+            revision = name[len(self.root):].split("/", 1)[0]
+            if _HEX40.match(revision):
+                self._folder(folders, revision)["uploads"].append((name, upload))
+        return [{"folder": k, **v} for k, v in sorted(folders.items())]
+
+    def _folder(self, folders: dict, revision: str) -> dict:
+        return folders.setdefault(f"{self.root}{revision}/",
+                                  {"objects": [], "bytes": 0, "uploads": [], "environment": None})
+
+    @staticmethod
+    def _environment(ctx, blob) -> str | None:
+        """The environment a manifest or in-progress marker names (None: not recorded, or unreadable)."""
+        try:
+            doc = json.loads(ctx.retrying(lambda: blob.download_as_bytes(retry=None), "reading the manifest"))
+        except Exception:  # noqa: BLE001 - unreadable: nobody is named, so nothing is deleted
+            return None
+        return doc.get("environment") if isinstance(doc, dict) else None
 
     def plan(self, ctx, current) -> Plan:
+        s = ctx.settings
         where = f"gs://{self.bucket}/{self.root}"
-        if current is None:
+        if current is None:  # a dry-run that could not look
             return Plan([Change(f"delete the weights we staged under {where}", "delete", apply=lambda ctx: None)])
-        objects, uploads = current["objects"], current["uploads"]
-        if not objects and not uploads:
-            return noop(f"nothing of ours under {where}")
-        total = sum(size for _, size in objects)
-        names = [n for n, _ in objects]
+        doomed, kept = [], []
+        for f in current:
+            folder = f"gs://{self.bucket}/{f['folder']}"
+            if f["environment"] != s.env_name:
+                whose = f"environment {f['environment']}" if f["environment"] else "no recorded environment"
+                kept.append(f"{folder} (staged by {whose})")
+                continue
+            shared = kept_for(self.others, lambda other: _stages(other, self.bucket, f["folder"]))
+            if shared:
+                kept.append(f"{folder} ({shared})")
+                continue
+            doomed.append(f)
+        note = f"; kept {'; '.join(kept)}" if kept else ""
+        names = [n for f in doomed for n in f["objects"]]
+        uploads = [u for f in doomed for u in f["uploads"]]
+        if not names and not uploads:
+            return noop(f"nothing of ours to delete under {where}{note}")
+        total = sum(f["bytes"] for f in doomed)
         changes = [Change(f"delete {len(names)} objects ({_size(total)}) we staged under {where}", "delete",
                           apply=lambda ctx: self._delete(ctx, names))] if names else []
         if uploads:
             changes.append(Change(f"abort {len(uploads)} unfinished upload(s) under {where}", "delete",
                                   apply=lambda ctx: abort_uploads(ctx, self.bucket, uploads)))
-        return Plan(changes, diff={"delete": names, "abort": [n for n, _ in uploads]})
+        return Plan(changes, diff={"delete": names, "abort": [n for n, _ in uploads]}, note=note)
 
     def _delete(self, ctx, names: list[str]) -> None:
         from google.api_core import exceptions as gexc
@@ -1560,7 +1627,8 @@ class _FolderClaim:
         self.where = f"gs://{bucket.name}/{folder}"
         self.blob = bucket.blob(_marker_name(folder))
         self.generation = stale.generation if stale else 0  # 0: create only if absent
-        self.doc = {"tool": "gptoss-gke stage-model", "revision": revision, "host": socket.gethostname(),
+        self.doc = {"tool": "gptoss-gke stage-model", "environment": ctx.settings.env_name, "revision": revision,
+                    "host": socket.gethostname(),
                     "pid": os.getpid(), "claim": os.urandom(8).hex(), "started": _utc_now().isoformat()}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

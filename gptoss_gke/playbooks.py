@@ -243,39 +243,61 @@ def deploy(c, f):
     purge_model=Switch("also delete the staged weights under our bucket folder, our IAM binding, and the l4 "
                        "model cache"),
     purge_images=Switch("also delete the mirrored images (and the repository, if we created it)"),
-    delete_cluster=Switch("delete the cluster itself (only if this tool created it)"),
+    delete_cluster=Switch("delete the cluster itself (only if this environment created it); its load balancers "
+                          "and disks are deleted first"),
     scale_to_zero=Switch("keep the node pools but scale them to zero, for a quick return"),
+    force=Switch("delete the node pools/cluster even when the Kubernetes objects in the cluster cannot be seen "
+                 "(their load balancers and disks may be left behind, and are named)"),
     conflicts=(("delete_cluster", "scale_to_zero",
                 "deleting the cluster deletes its node pools; there is nothing left to scale to zero"),),
 )
 def teardown(c, f):
-    """Delete what we created (ownership labels only), after listing it and asking."""
-    from gptoss_gke.app import playbook
+    """Delete what this environment created (ownership labels only), after listing it and asking."""
+    from gptoss_gke.app import PROJECT_ROOT, playbook
+    from gptoss_gke.config import other_environments
     from gptoss_gke.errors import ToolError
     from gptoss_gke.flags import ALL
-    from gptoss_gke.teardown import teardown_steps
+    from gptoss_gke.teardown import not_deleted, teardown_steps
 
     with playbook(c, "teardown", f) as pb:
+        # What environments share (a bucket grant, a mirrored tag, staged weights) is kept while another uses it.
+        others = other_environments(pb.settings, root=PROJECT_ROOT) if f.purge_model or f.purge_images else {}
+
         def steps():
             # "all" means every catalogue target, enabled or not: one may have been enabled earlier.
             return teardown_steps(pb.settings, pb.ctx.targets, all_targets=f.target == ALL,
                                   purge_model=f.purge_model, purge_images=f.purge_images,
-                                  delete_cluster=f.delete_cluster, scale_to_zero=f.scale_to_zero)
+                                  delete_cluster=f.delete_cluster, scale_to_zero=f.scale_to_zero, force=f.force,
+                                  others=others)
 
+        pb.extra["deleted"] = []
         if f.dry_run:
             pb.run(steps())
             return
         preview = pb.preview(steps())
         doomed = [r for r in preview if r.changed]
-        if any(r.status == "failed" for r in preview) or not doomed:
-            pb.results.extend(preview)  # nothing to delete (or cannot tell): the preview is the answer
+        if any(r.status == "failed" for r in preview):
+            # Something could not be seen (or checked): deleting the rest could orphan what it holds.
+            pb.results.extend(not_deleted(preview))
+            raise ToolError("nothing deleted: teardown stops when anything it would delete, or anything that "
+                            "depends on it, could not be seen or checked (failed above)",
+                            "fix what the failures above say, then re-run"
+                            + ("" if f.force else "; --force deletes the node pools/cluster even when the Kubernetes "
+                               "objects in them cannot be seen"))
+        if not doomed:
+            pb.results.extend(preview)  # nothing to delete: the preview is the answer
             return
         pb.ctx.printer.line("")
         pb.ctx.printer.line(f"About to change {len(doomed)} item(s) listed above as 'changed (dry-run)'.", "bold")
         if not pb.ctx.confirm("Delete them?"):
             raise ToolError("nothing deleted: teardown needs confirmation",
                             "answer y at the prompt, or pass --yes (required without a terminal)")
-        pb.run(steps())
+        pb.ctx.printer.line("")
+        pb.ctx.printer.line("Deleting (only what is listed above):", "bold")
+        try:
+            pb.run(steps(), quiet=True, approved={r.name: r.planned for r in doomed})
+        finally:  # an interrupted run still reports what it did delete
+            pb.extra["deleted"] = [p for r in pb.results if r.changed for p in r.planned]
 
 
 @playbook_task(

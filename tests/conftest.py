@@ -73,6 +73,37 @@ def write_env_file(folder: Path, name: str = "dev", text: str = "") -> Path:
     return folder
 
 
+def kube_env(tmp_path: Path, kube_emulator, extra: str = "") -> Path:
+    """env/dev.yaml for steps run in-process against the Kubernetes API emulator (context ``test``);
+    ``extra``: more top-level YAML. Returns the folder to put in GPTOSS_ENV_DIR."""
+    return write_env_file(tmp_path / "env", "dev", f"""\
+project: test-project
+models: {{bucket: test-project-models}}
+kube:
+  kubeconfig: {kube_emulator.kubeconfig_path}
+  context: test
+  poll_interval_s: 0.02
+""" + extra)
+
+
+def in_process(settings, retry=None):
+    """A Context for running steps in-process (real Shell, redactor and printer); returns (ctx, output)."""
+    import io
+
+    import invoke
+
+    from gptoss_gke.core import Context, Redactor
+    from gptoss_gke.core.report import Printer
+    from gptoss_gke.core.retry import RetryPolicy
+    from gptoss_gke.core.shell import Shell
+
+    redactor = Redactor()
+    out = io.StringIO()
+    printer = Printer(redactor, stream=out, color=False)
+    shell = Shell(invoke.Context(), redactor, dry_run=False, retry=retry or RetryPolicy(1, 0, 0), emit=printer.line)
+    return Context(settings, shell, printer, redactor, interactive=False), out
+
+
 @pytest.fixture
 def gcloud_world(tmp_path, gcp_emulator):
     """The real gcloud pointed at the loopback control plane, plus an environment file for our tool."""

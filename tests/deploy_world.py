@@ -63,9 +63,13 @@ class World:
                       if (o["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") == "gptoss-gke")
 
 
-def seed_cluster(gcp) -> None:
+def seed_cluster(gcp, kube) -> None:
+    """Our cluster, as setup-cluster leaves it: its endpoint is the Kubernetes API emulator's address
+    (what the kubeconfig context reaches)."""
     ours = {"resourceLabels": {"managed-by": "gptoss-gke", "gptoss-gke-env": "dev"}}
     gcp.add_cluster(P, L, C, resourceLabels={"managed-by": "gptoss-gke", "gptoss-gke-env": "dev"},
+                    endpoint=f"127.0.0.1:{kube.port}",
+                    controlPlaneEndpointsConfig={"ipEndpointsConfig": {"publicEndpoint": f"127.0.0.1:{kube.port}"}},
                     workloadIdentityConfig={"workloadPool": f"{P}.svc.id.goog"},
                     node_pools=[{"name": "default-pool", "initialNodeCount": 1},
                                 {"name": "l4-gptoss", "config": {"machineType": "g2-standard-4", **ours}},
@@ -79,7 +83,7 @@ def deploy_world(tmp_path, gcp_emulator, kube_emulator, registries, gcs_front):
     (tmp_path / "gcloud-token").write_text(token + "\n")
     env = gcloud_env(gcp_emulator, tmp_path, P)
     env = {k: v for k, v in env.items() if not k.startswith(("GPTOSS_", "HF_"))}
-    seed_cluster(gcp_emulator)
+    seed_cluster(gcp_emulator, kube_emulator)
     src = registries("source")
     dst = registries("dest", credentials=("oauth2accesstoken", token))
     publish(src, SOURCE, "v0.12.0", tmp_path)

@@ -68,9 +68,14 @@ def test_offline_setup_cluster_plan_is_complete_and_exits_0(offline_env, tmp_pat
         "would run: gcloud container node-pools create ironwood-gptoss",
         "--machine-type=tpu7x-standard-4t",
         "would run: gcloud container clusters get-credentials gptoss",
-        "[not observed: planned as if absent]",
+        # the cause, once, first, with its fix; every step after it is marked, not re-explained
+        "ok: nothing below is read: the plan shows what would be done if nothing existed  "
+        "[not observed: gcloud has no usable credentials (the project)]\n  fix: run `inv auth`",
+        "  [not observed]\n",
     ):
         assert expected in out, expected
+    assert out.count("no usable credentials") == 1 and out.count("fix:") == 1
+    assert out.count("  $ gcloud") == 1  # the reads that cannot succeed are not made
     assert "--reservation" not in out  # no reservation configured → no affinity flags (errata)
     doc = json.loads(report.read_text())
     assert doc["dry_run"] is True and doc["recap"]["failed"] == 0
@@ -83,6 +88,28 @@ def test_offline_plan_without_gcloud_at_all(offline_env, tmp_path):
     proc = run_inv(["setup-cluster", "--dry-run"], {**offline_env, "PATH": str(empty)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "would run: gcloud container clusters create" in proc.stdout
+    # The real cause, said once, first: not "no usable credentials".
+    out = proc.stdout
+    first_task = out.index("TASK [")
+    assert out.index("[not observed: gcloud is not installed (or not on PATH)]") < out.index("TASK [", first_task + 1)
+    assert "fix: install the Google Cloud CLI" in out
+    assert out.count("gcloud is not installed") == 1 and "no usable credentials" not in out
+
+
+def test_without_gcloud_or_credentials_a_real_run_says_so_once_and_reads_nothing_else(offline_env, tmp_path):
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    env = {**offline_env, "GPTOSS_PROJECT": "my-project-123", "GPTOSS_MODELS__BUCKET": "my-project-123-models"}
+    for env, cause in (({**env, "PATH": str(empty)}, "gcloud is not installed (or not on PATH)"),
+                       (env, "gcloud has no usable credentials (the project)")):
+        proc = run_inv(["setup-cluster"], env)
+        assert proc.returncode == 1, proc.stdout
+        out = proc.stdout
+        assert f"failed: {cause}" in out and out.count("fix:") == 1, out
+        assert out.count("  $ ") == 1, out  # one read; no stray command lines after the last task
+        skipped = out.count("skipped: not run: credentials and project failed")
+        assert skipped >= 3 and skipped == out.count("TASK [") - 1  # every step after it, none run
+        assert out.rstrip().splitlines()[-1].startswith(f"RECAP ok=0 changed=0 skipped={skipped} failed=1")
 
 
 def test_readme_offline_plan_for_ironwood_exits_0_and_is_complete(offline_env, tmp_path):

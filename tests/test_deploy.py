@@ -107,5 +107,83 @@ def test_an_unlabelled_object_is_not_taken_over(deploy_world):
                  "spec": {"ports": [{"port": 80}]}})
     proc = w.inv("deploy", "--target=l4", "--skip-smoke")
     assert proc.returncode == 1
-    assert "Service gptoss/gptoss-l4 exists but does not carry our labels" in proc.stdout
+    assert ("Service gptoss/gptoss-l4 exists and is not ours (no app.kubernetes.io/managed-by=gptoss-gke label): "
+            "refusing to take it over") in proc.stdout
     assert w.kube.get("Service", NS, "gptoss-l4")["metadata"].get("labels") in (None, {})
+
+
+# ---- Kubernetes API faults, immutable fields, ownership and diffs ---------------------------------------------
+
+def test_api_blips_are_waited_out_and_api_errors_are_said_as_problem_and_fix(deploy_world):
+    w = deploy_world
+    w.kube.script_pods("gptoss-l4", "ready", ticks=12)  # several polls before Ready
+    # A control plane that restarts under us: one 503 on the apply, a dropped connection on a read,
+    # and a 429 that asks for a second while the rollout is polled.
+    w.kube.inject("PATCH", r"/statefulsets/gptoss-l4$", 503, dry_run=False)
+    w.kube.inject("GET", r"/namespaces/gptoss/secrets/vllm-api-key$", 0, reset=True)
+    w.kube.inject("GET", r"/api/v1/namespaces/gptoss/pods$", 429, retry_after=1)
+    # ... and then an outage longer than all the retries of one poll: shown, and waited out.
+    w.kube.inject("GET", r"/api/v1/namespaces/gptoss/pods$", 503, times=5)
+    proc = w.inv("deploy", "--target=l4", "--skip-smoke")
+    out = proc.stdout
+    assert proc.returncode == 0, out
+    assert w.kube.faults_left() == 0
+    assert "retrying PATCH /apis/apps/v1/namespaces/gptoss/statefulsets/gptoss-l4" in out
+    assert "retrying GET /api/v1/namespaces/gptoss/secrets/vllm-api-key" in out
+    assert "retrying GET /api/v1/namespaces/gptoss/pods in 1.0s" in out  # Retry-After honoured
+    assert "(the Kubernetes API is not answering (503 Service Unavailable: the server is currently unable" in out
+    assert w.kube.get("StatefulSet", NS, "gptoss-l4")["status"]["readyReplicas"] == 1
+
+    # A field that cannot change in place: what differs, why, the exact commands; nothing is sent
+    # (more cases, and other API errors, in test_kube_errors.py).
+    w.kube.clear_log()
+    proc = w.inv("deploy", "--target=l4", "--skip-smoke", "--set", "targets.l4.pvc_size_gi=100")
+    out = proc.stdout
+    assert proc.returncode == 1, out
+    assert ("failed: StatefulSet gptoss/gptoss-l4 differs in what the API server cannot change in place: "
+            "spec.volumeClaimTemplates.0.spec.resources.requests.storage: 60Gi → 100Gi") in out
+    kubectl = f"kubectl --kubeconfig={w.kube.kubeconfig_path} --context=test -n gptoss"
+    assert (f"{kubectl} patch pvc model-cache-gptoss-l4-0 -p "
+            "'{\"spec\": {\"resources\": {\"requests\": {\"storage\": \"100Gi\"}}}}'") in out
+    assert f"{kubectl} delete statefulset gptoss-l4 --cascade=orphan" in out and "inv deploy --target=l4" in out
+    assert w.kube.writes() == [] and w.kube.get("StatefulSet", NS, "gptoss-l4") is not None
+    for raw in ("HTTP response headers", "ApiException", "Traceback", "HTTPHeaderDict"):
+        assert raw not in out + proc.stderr
+
+
+def test_user_labels_never_decide_ownership_and_removed_fields_are_changes(deploy_world):
+    w = deploy_world
+    assert w.inv("deploy", "--target=l4", "--skip-smoke").returncode == 0
+    # Labels added after the first deploy: applied everywhere, nothing disowned (not the account,
+    # not the workload), and not stamped into the immutable volumeClaimTemplates.
+    extra = ["--set", "labels.team=search", "--set", "targets.l4.vllm_extra_args=[--enable-prefix-caching]"]
+    proc = w.inv("deploy", "--target=l4", "--skip-smoke", *extra)
+    assert proc.returncode == 0, proc.stdout
+    for kind, name in (("Namespace", None), ("ServiceAccount", "vllm"), ("Secret", "vllm-api-key"),
+                       ("Service", "gptoss-l4"), ("StatefulSet", "gptoss-l4")):
+        obj = w.kube.get(kind, None if name is None else NS, name or NS)
+        assert obj["metadata"]["labels"]["team"] == "search", kind
+    sts = w.kube.get("StatefulSet", NS, "gptoss-l4")
+    assert sts["spec"]["template"]["metadata"]["labels"]["team"] == "search"
+    assert "team" not in sts["spec"]["volumeClaimTemplates"][0]["metadata"]["labels"]
+    assert "--enable-prefix-caching" in sts["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    # Removed from the settings → removed from the objects: a difference, not "matches".
+    proc = w.inv("deploy", "--target=l4", "--skip-smoke")
+    out = proc.stdout
+    assert proc.returncode == 0, out
+    assert "changed: update ServiceAccount gptoss/vllm (1 field)" in out
+    assert "~ metadata.labels.team: search → (absent)" in out
+    assert "changed: update StatefulSet gptoss/gptoss-l4" in out
+    assert "~ spec.template.spec.containers.0.args: removed --enable-prefix-caching" in out
+    sts = w.kube.get("StatefulSet", NS, "gptoss-l4")
+    assert "team" not in sts["metadata"]["labels"] and "team" not in sts["spec"]["template"]["metadata"]["labels"]
+    assert "--enable-prefix-caching" not in sts["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "team" not in w.kube.get("ServiceAccount", NS, "vllm")["metadata"]["labels"]
+
+    # Teardown with other user labels still finds everything of this environment.
+    proc = w.inv("teardown", "--dry-run", "--set", "labels.team=other")
+    assert proc.returncode == 0, proc.stdout
+    for name in ("ServiceAccount gptoss/vllm", "Secret gptoss/vllm-api-key", "Service gptoss/gptoss-l4",
+                 "StatefulSet gptoss/gptoss-l4"):
+        assert f"would delete {name}" in proc.stdout, name

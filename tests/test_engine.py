@@ -204,3 +204,80 @@ def test_writes_after_a_fresh_observation_are_still_shown_and_recorded(tmp_path)
     results = Runner(ctx).run([FileContent(tmp_path / "a", "1"), FileContent(tmp_path / "b", "2")])
     assert [len([c for c in r.commands if c.write]) for r in results] == [1, 1]
     assert out.getvalue().count("$ sh -c") == 2
+
+
+class Blind(Step):
+    """A read that cannot be made at all (no network, say)."""
+
+    section = "files"
+
+    def __init__(self, name, *, if_unobservable=None):
+        self.name = name
+        self.if_unobservable = if_unobservable
+
+    def observe(self, ctx):
+        from gptoss_gke.errors import CannotObserve
+
+        raise CannotObserve("cannot reach the thing", "plug the cable in")
+
+    def plan(self, ctx, current):
+        return Plan([Change(f"delete {self.name}", "delete", apply=lambda ctx: None)]) if current else \
+            noop(f"no {self.name} left")
+
+
+def test_could_not_observe_is_never_absent_outside_a_dry_run():
+    # A dry-run plans on top of it, marked, with the cause and its fix said once.
+    ctx, out = make_ctx(dry_run=True)
+    results = Runner(ctx).run([Blind("a"), Blind("b")])
+    assert [(r.status, r.observation) for r in results] == [("ok", "unknown"), ("ok", "unknown")]
+    text = out.getvalue()
+    assert "ok: no a left  [not observed: cannot reach the thing]\n  fix: plug the cable in\n" in text
+    assert "ok: no b left  [not observed]\n" in text and text.count("fix:") == 1
+    # A real run, and a read-only preview that decides what to delete, fail instead.
+    for real in (make_ctx()[0], Context(None, ctx.shell, ctx.printer, ctx.redact, dry_run=True, unknown_fails=True,
+                                        interactive=False)):
+        [r] = Runner(real).run([Blind("a")])
+        assert r.status == "failed" and r.error == "cannot reach the thing" and r.fix == "plug the cable in"
+    # A step may declare what going on blind means: skipped, said why; what needs it does not run.
+    ctx, out = make_ctx()
+    results = Runner(ctx).run([Blind("a", if_unobservable="--force: going on without it"),
+                               FileContent(Path("/nonexistent/x"), "1", needs=("a",))])
+    assert [r.status for r in results] == ["skipped", "skipped"]
+    assert results[0].reason == "not observed (cannot reach the thing): --force: going on without it"
+    assert results[1].reason == "not run: a could not be observed"
+
+
+def test_a_second_pass_prints_only_what_acts_and_does_only_what_was_approved(tmp_path):
+    (tmp_path / "same").write_text("1")
+    steps = lambda: [FileContent(tmp_path / "same", "1"), FileContent(tmp_path / "a", "1"),  # noqa: E731
+                     FileContent(tmp_path / "b", "2")]
+    ctx, out = make_ctx()
+    results = Runner(ctx, quiet=True, approved={"a": ["write a"]}).run(steps())
+    assert [r.status for r in results] == ["ok", "changed", "ok"]
+    assert (tmp_path / "a").read_text() == "1" and not (tmp_path / "b").exists()  # b was never listed
+    assert results[2].reason == "not done (not in the list you confirmed; re-run to see it): write b"
+    text = out.getvalue()
+    assert "TASK [files : same]" not in text and "TASK [files : b]" not in text and "TASK [files : a]" in text
+
+
+def test_no_read_starts_behind_a_failed_gate(tmp_path):
+    class Gate(Boom):
+        gate = True
+
+    class Reader(Step):
+        section = "files"
+
+        def __init__(self, name):
+            self.name = name
+
+        def observe(self, ctx):
+            ctx.shell.read(["sh", "-c", f"echo read >> {tmp_path / 'reads'}"])
+
+        def plan(self, ctx, current):
+            return noop("read")
+
+    ctx, out = make_ctx()
+    results = Runner(ctx).run([Gate(), Reader("a"), Reader("b")])
+    assert [r.status for r in results] == ["failed", "skipped", "skipped"]
+    assert not (tmp_path / "reads").exists()  # nothing was read behind the failed gate
+    assert "$ sh" not in out.getvalue()

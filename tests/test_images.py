@@ -403,7 +403,37 @@ def test_purge_deletes_our_repository_or_only_our_image(world):
     assert world.dst.manifest_digest(world.dest_name, "v1") is not None
     results, out, _ = run(world, settings, purge_image_steps(settings, ["l4"]))
     assert [r.status for r in results] == ["changed", "ok"], out
-    assert "not created by this tool: kept" in results[1].reason
+    assert "is not ours (no managed-by=gptoss-gke label): kept" in results[1].reason
     assert world.dst.manifest_digest(world.dest_name, "v1") is None
     assert world.emu.get_repository(PROJECT, "us-central1", "gptoss") is not None
     assert_no_secret_anywhere(world, out)
+
+
+def test_purge_deletes_only_the_tag_we_pushed_never_tags_others_share(world):
+    import subprocess
+
+    settings = world.settings()
+    world.emu.add_repository(PROJECT, "us-central1", "gptoss")  # someone else's repository
+    publish(world.src, NAME, "v1", world.tmp)
+    results, out, _ = run(world, settings)
+    assert results[-1].status == "changed", out
+    digest = world.dst.manifest_digest(world.dest_name, "v1")
+    # Someone pins the very image we mirrored under a tag of their own.
+    auth = world.tmp / "empty-auth.json"
+    auth.write_text("{}")
+    creds = ":".join(world.dst.credentials)
+    subprocess.run(["skopeo", "copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false",
+                    f"--src-creds={creds}", f"--dest-creds={creds}",
+                    f"docker://{world.dst.host}/{world.dest_name}:v1", f"docker://{world.dst.host}/{world.dest_name}:prod"],
+                   check=True, env={**world.env, "REGISTRY_AUTH_FILE": str(auth)}, capture_output=True, timeout=60)
+    assert world.dst.manifest_digest(world.dest_name, "prod") == digest
+
+    results, out, _ = run(world, settings, purge_image_steps(settings, ["l4"]))
+    assert [r.status for r in results] == ["ok", "ok"], out
+    assert "kept: its image is also tagged prod" in results[0].reason
+    assert world.dst.manifest_digest(world.dest_name, "prod") == digest  # their tag still resolves
+
+    # Another environment mirrors into the same tag: it stays while that environment exists.
+    results, out, _ = run(world, settings, purge_image_steps(settings, ["l4"], {"staging": world.settings()}))
+    assert "kept: environment staging uses it too" in results[0].reason
+    assert world.dst.manifest_digest(world.dest_name, "v1") == digest

@@ -3,44 +3,25 @@ Kubernetes API emulator drives through real failure scenarios."""
 
 from __future__ import annotations
 
-import io
-
-import invoke
 import pytest
 
 from gptoss_gke.config import load_settings, parse_set
-from gptoss_gke.core import Context, Redactor, Runner
-from gptoss_gke.core.report import Printer
-from gptoss_gke.core.retry import RetryPolicy
-from gptoss_gke.core.shell import Shell
+from gptoss_gke.core import Runner
 from gptoss_gke.k8s.apply import KubeObject
 from gptoss_gke.k8s.manifests import render
 from gptoss_gke.k8s.secret import ApiKeySecret
 from gptoss_gke.k8s.wait import Rollout
-from tests.conftest import write_env_file
+from tests.conftest import in_process, kube_env
 from tests.emulators.kube import kube_emulator  # noqa: F401  (fixture)
 
 
 @pytest.fixture
 def rollout(tmp_path, kube_emulator):  # noqa: F811
-    folder = write_env_file(tmp_path / "env", "dev", f"""\
-project: test-project
-models: {{bucket: test-project-models}}
-kube:
-  kubeconfig: {kube_emulator.kubeconfig_path}
-  context: test
-  poll_interval_s: 0.02
-targets:
-  l4: {{load_timeout_s: 2}}
-""")
+    folder = kube_env(tmp_path, kube_emulator, "targets:\n  l4: {load_timeout_s: 2}\n")
 
     def run(scenario: str | None = None, **params):
         settings = load_settings("dev", environ={"GPTOSS_ENV_DIR": str(folder)}, overrides=parse_set([]))
-        redactor = Redactor()
-        out = io.StringIO()
-        printer = Printer(redactor, stream=out, color=False)
-        ctx = Context(settings, Shell(invoke.Context(), redactor, dry_run=False, retry=RetryPolicy(1, 0, 0),
-                                      emit=printer.line), printer, redactor, interactive=False)
+        ctx, out = in_process(settings)
         if scenario:
             kube_emulator.script_pods("gptoss-l4", scenario, **params)
         image = "127.0.0.1:5000/test-project/gptoss/vllm/vllm-openai@sha256:" + "a" * 64

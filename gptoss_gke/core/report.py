@@ -50,6 +50,7 @@ class Printer:
             color = hasattr(self.stream, "isatty") and self.stream.isatty() and "NO_COLOR" not in os.environ
         self.color = color
         self._lock = threading.Lock()
+        self._causes_shown: set[str] = set()
 
     def _paint(self, text: str, style: str) -> str:
         return f"\033[{_COLORS[style]}m{text}\033[0m" if self.color else text
@@ -98,9 +99,20 @@ class Printer:
                 self.line(f"  fix: {r.fix}", status)
             return
         message = r.reason or r.action
-        if not r.observed:
-            message += "  [not observed: planned as if absent]"
+        cause = r.facts.get("not_observed") if not r.observed else None
+        if cause and cause in message:  # the reason already says it (a step skipped blind)
+            cause = None
+        fix = None
+        if cause:
+            # The cause (and its fix) once per run: every read after the first fails the same way.
+            with self._lock:
+                first = cause not in self._causes_shown
+                self._causes_shown.add(cause)
+            message += f"  [not observed: {cause}]" if first else "  [not observed]"
+            fix = r.fix if first else None
         self.line(f"{prefix} {message}", status)
+        if fix:
+            self.line(f"  fix: {fix}", status)
 
     def recap(self, results: Iterable[StepResult], elapsed: float, *, interrupted: str | None = None,
               not_started: list[str] | None = None) -> None:

@@ -8,6 +8,11 @@ from typing import Any
 ACTIONS = ("create", "update", "delete", "noop", "skip")
 STATUSES = ("ok", "changed", "skipped", "failed")
 
+# What a step's read found. The runner decides it, in one place (Runner._observe_or_unknown):
+# "absent" is a read that answered "not there"; "unknown" is a read that could not be made at all
+# (no credentials, no network, tool missing). Only a dry-run may plan on top of "unknown".
+OBSERVED, ABSENT, UNKNOWN = "observed", "absent", "unknown"
+
 
 @dataclass
 class CommandRecord:
@@ -27,11 +32,12 @@ class StepResult:
     changed: bool = False
     reason: str = ""
     diff: Any = None
+    planned: list[str] = field(default_factory=list)  # what the plan changes (or, in a dry-run, would)
     commands: list[CommandRecord] = field(default_factory=list)
     elapsed: float = 0.0
     error: str | None = None
     fix: str | None = None
-    observed: bool = True
+    observation: str = OBSERVED
     dry_run: bool = False
     interrupted: bool = False  # stopped by Ctrl-C/SIGTERM; its status is "failed" (it did not converge)
     facts: dict[str, Any] = field(default_factory=dict)
@@ -44,7 +50,13 @@ class StepResult:
             return "skipped"
         return "changed" if self.changed else "ok"
 
+    @property
+    def observed(self) -> bool:
+        """False when the step could not look (its plan, in a dry-run, assumed nothing was there)."""
+        return self.observation != UNKNOWN
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["status"] = self.status
+        data["observed"] = self.observed
         return data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import sys
@@ -21,6 +22,24 @@ _TRANSIENT_TEXT = re.compile(
     r"connection refused by peer|EOF occurred",
     re.IGNORECASE,
 )
+
+
+def short_reason(exc: BaseException) -> str:
+    """One line for a person: the innermost reason of a wrapped connection error
+    ("[Errno 111] Connection refused"), not urllib3's pool and URL preamble."""
+    while isinstance(getattr(exc, "reason", None), BaseException):
+        exc = exc.reason
+    status = getattr(exc, "status", None)
+    if isinstance(status, int) and status and hasattr(exc, "body"):  # an HTTP answer (kubernetes client)
+        reason = exc.reason if isinstance(getattr(exc, "reason", None), str) else ""
+        try:
+            message = json.loads(exc.body).get("message") or ""
+        except (TypeError, ValueError, AttributeError):
+            message = ""
+        return (f"{status} {reason}".strip() + (f": {message}" if message else ""))[:200]
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text.rsplit("): ", 1)[-1][:200]
 
 
 def is_transient_text(text: str) -> bool:
@@ -48,12 +67,25 @@ def is_transient_exception(exc: BaseException) -> bool:
         return True
     connection_level = (
         _classes("requests.exceptions", "ConnectionError", "Timeout", "ChunkedEncodingError")
-        + _classes("urllib3.exceptions", "ProtocolError")
+        + _classes("urllib3.exceptions", "ProtocolError", "MaxRetryError", "TimeoutError", "NewConnectionError")
         + _classes("httpx", "TransportError") + _classes("httpx2", "TransportError")
         + _classes("google.auth.exceptions", "TransportError")
         + _classes("google.resumable_media", "DataCorruption")
     )
     return isinstance(exc, (ConnectionError, TimeoutError, *connection_level))
+
+
+RETRY_AFTER_CAP_S = 120.0  # a server asking for longer is treated as asking for this long
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds a 429/503 answer asked us to wait (Retry-After, in seconds), if it said."""
+    headers = getattr(exc, "headers", None) or getattr(getattr(exc, "response", None), "headers", None)
+    try:
+        value = headers.get("Retry-After") if headers is not None else None
+        return min(float(value), RETRY_AFTER_CAP_S) if value is not None else None
+    except (TypeError, ValueError, AttributeError):  # an HTTP date, or no usable headers: back off as usual
+        return None
 
 
 @dataclass(frozen=True)
@@ -85,6 +117,7 @@ class RetryPolicy:
                 delay = next(delays, None)
                 if delay is None:
                     raise
+                delay = max(delay, retry_after(exc) or 0.0)  # never sooner than the server asked
                 if on_retry:
                     on_retry(exc, delay)
                 sleep(delay)

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from gptoss_gke.core import interrupt
 from gptoss_gke.core.redact import Redactor
 from gptoss_gke.core.report import Printer
-from gptoss_gke.core.result import StepResult
+from gptoss_gke.core.result import ABSENT, OBSERVED, UNKNOWN, StepResult
 from gptoss_gke.core.shell import Shell
 from gptoss_gke.core.step import Plan, Step
 from gptoss_gke.errors import CannotObserve, Conflict, Interrupted, ToolError
@@ -30,12 +30,16 @@ class Context:
     """What every step gets: settings, the shell, the printer, and a cache of shared facts."""
 
     def __init__(self, settings: Any, shell: Shell, printer: Printer, redactor: Redactor, *,
-                 dry_run: bool = False, assume_yes: bool = False, interactive: bool | None = None):
+                 dry_run: bool = False, assume_yes: bool = False, interactive: bool | None = None,
+                 unknown_fails: bool | None = None):
         self.settings = settings
         self.shell = shell
         self.printer = printer
         self.redact = redactor
         self.dry_run = dry_run
+        # May a plan be made on top of a read that could not be made? Only a dry-run's may; a
+        # preview that decides what to delete (teardown) is read-only and still must not.
+        self.unknown_fails = not dry_run if unknown_fails is None else unknown_fails
         self.assume_yes = assume_yes
         self.interactive = sys.stdin.isatty() if interactive is None else interactive
         self.targets: list[str] = []
@@ -58,12 +62,11 @@ class Context:
 
     def retrying(self, fn: Callable[[], Any], what: str) -> Any:
         """Run an SDK call under the run's one retry policy; transient failures are announced."""
-        from gptoss_gke.core.retry import is_transient_exception
+        from gptoss_gke.core.retry import is_transient_exception, short_reason
 
         def announce(exc: BaseException, delay: float) -> None:
-            text = str(exc).strip()
-            msg = text.splitlines()[0][:160] if text else type(exc).__name__
-            self.printer.line(f"    retrying {what} in {delay:.1f}s after a transient error: {msg}", "dim")
+            self.printer.line(f"    retrying {what} in {delay:.1f}s after a transient error: {short_reason(exc)}",
+                              "dim")
 
         return self.shell.retry.call(fn, transient=is_transient_exception, on_retry=announce, sleep=self.sleep)
 
@@ -101,6 +104,7 @@ class _StepOutput:
         self.printer = printer
         self.result = result
         self.live = False
+        self.announced = False
         self._pending: list = []
         self._lock = threading.Lock()
 
@@ -120,11 +124,17 @@ class _StepOutput:
 
 
 class Runner:
-    def __init__(self, ctx: Context):
+    def __init__(self, ctx: Context, *, quiet: bool = False, approved: dict[str, list[str]] | None = None):
         self.ctx = ctx
         self.results: list[StepResult] = []
         self.not_started: list[str] = []  # steps an interrupt kept from starting
         self.started = time.monotonic()
+        # quiet: print only the steps that act, fail or are skipped (a second pass after a preview
+        # that already listed everything).
+        self.quiet = quiet
+        # approved: step name → the change summaries a person confirmed (from a preview). Anything
+        # else a step now plans is left undone and said so: nothing happens that was not listed.
+        self.approved = approved
 
     def run(self, steps: list[Step]) -> list[StepResult]:
         ctx = self.ctx
@@ -144,67 +154,101 @@ class Runner:
                 out = outputs[i]
                 result = out.result
                 if i == last_gate + 1:
-                    # Everything after the gates may be read at once; acting stays in order.
+                    # Everything after the gates may be read at once; acting stays in order. A read
+                    # behind a failed gate cannot succeed (no credentials, no gcloud): not started.
                     for j in range(i, len(steps)):
-                        if steps[j].observe_early:
+                        if steps[j].observe_early and not self._blocked_by(steps[j]):
                             observed[j] = pool.submit(self._observe, steps[j], outputs[j])
-                ctx.printer.task(step.section, step.name)
-                out.go_live()
-                ctx.shell.record_into(out)
                 started = time.monotonic()
                 blocker = self._blocked_by(step)
                 if blocker:
-                    result.action, result.reason = "skip", f"not run: {blocker} failed"
+                    # Its read (if one started) is not shown: the step did not run.
+                    if i in observed:
+                        observed[i].cancel()
+                    out = _StepOutput(ctx.printer, result)
+                    result.action, result.reason = "skip", f"not run: {blocker}"
                 else:
+                    if not self.quiet:
+                        self._announce(step, out)
+                    ctx.shell.record_into(out)
                     stale = anything_changed and not ctx.dry_run
                     future = observed.get(i) if not stale else None
                     self._run_step(step, result, future, out)
                     anything_changed = anything_changed or (result.changed and not ctx.dry_run)
                 result.elapsed = round(time.monotonic() - started, 3)
                 ctx.shell.record_into(None)
-                ctx.printer.result(result)
+                if not self.quiet or result.status != "ok":
+                    self._announce(step, out)
+                    ctx.printer.result(result)
                 self.results.append(result)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return self.results
 
+    def _announce(self, step: Step, out: _StepOutput) -> None:
+        """The TASK header, then the commands the step has run so far (once)."""
+        if not out.announced:
+            out.announced = True
+            self.ctx.printer.task(step.section, step.name)
+            out.go_live()
+
     def _blocked_by(self, step: Step) -> str | None:
-        failed = [r for r in self.results if r.status == "failed"]
-        if not failed:
-            return None
-        if step.needs is None:
-            return failed[0].name
+        """Why a step cannot run: a step it needs failed, or was skipped because it could not look
+        (what depends on an unseen thing is unseen too)."""
+        failed = [r for r in self.results if r.status == "failed"
+                  or (r.status == "skipped" and r.observation == UNKNOWN)]
         for r in failed:
-            if r.name in step.needs:
-                return r.name
+            if step.needs is None or r.name in step.needs:
+                return f"{r.name} {'failed' if r.status == 'failed' else 'could not be observed'}"
         return None
 
     def _observe(self, step: Step, out: _StepOutput) -> Any:
         previous = self.ctx.shell.record_into(out)
         try:
             return step.observe(self.ctx)
+        except ToolError:
+            raise
+        except Exception as exc:  # a client library's error: in the step's words, if it has them
+            explained = step.explain(self.ctx, exc)
+            if explained is None:
+                raise
+            raise explained from None
         finally:
             self.ctx.shell.record_into(previous)
 
     def _observe_or_unknown(self, step: Step, result: StepResult, future: Future | None, out: _StepOutput):
+        """The one place that decides what a read found: observed, absent, or unknown.
+
+        Unknown is planned on (as if absent, marked) only where the context allows it (a dry-run);
+        elsewhere it fails the step with the reason and the fix, unless the step declares what
+        going on blind means (``Step.if_unobservable``): then it is skipped, saying so."""
         try:
-            return future.result() if future is not None else self._observe(step, out)
+            current = future.result() if future is not None else self._observe(step, out)
         except CannotObserve as exc:
-            if not self.ctx.dry_run:
+            result.observation = UNKNOWN
+            result.facts["not_observed"] = exc.problem
+            if self.ctx.unknown_fails and not step.if_unobservable:
                 raise
-            result.observed = False
-            result.facts["not_observed"] = str(exc)
+            if not self.ctx.unknown_fails:
+                result.fix = exc.fix  # shown with the first mention of this cause
             return None
+        result.observation = ABSENT if current is None else OBSERVED
+        return current
 
     def _run_step(self, step: Step, result: StepResult, future: Future | None, out: _StepOutput) -> None:
         ctx = self.ctx
         try:
             current = self._observe_or_unknown(step, result, future, out)
-            plan = step.plan(ctx, current)
+            if result.observation == UNKNOWN and ctx.unknown_fails:  # declared tolerable: skipped, said why
+                result.action = "skip"
+                result.reason = f"not observed ({result.facts['not_observed']}): {step.if_unobservable}"
+                return
+            plan = self._only_approved(step, step.plan(ctx, current))
             self._describe(result, plan)
             if plan.action in ("noop", "skip"):
                 return
             result.changed = True
+            self._announce(step, out)
             for change in plan.changes:
                 for line in change.detail:
                     ctx.printer.line(f"    {line}", "dim")
@@ -222,7 +266,7 @@ class Runner:
                 # Someone (or a retried request) got there first: look again before failing.
                 ctx.printer.line(f"  conflict: {exc.problem}; observing again", "dim")
             if step.verify:
-                after = step.plan(ctx, step.observe(ctx))
+                after = self._only_approved(step, step.plan(ctx, step.observe(ctx)))
                 if after.action == "noop" or after.action == "skip":
                     result.facts.update(after.facts)
                 else:
@@ -237,20 +281,43 @@ class Runner:
             result.error = exc.problem
             result.fix = exc.fix
         except ToolError as exc:
-            result.error = exc.problem
-            result.fix = exc.fix
-            result.facts.update(exc.facts)
-        except Exception as exc:  # an unexpected bug still produces a report line and a recap
-            result.error = f"{type(exc).__name__}: {exc}"
+            self._fail(result, exc)
+        except Exception as exc:  # a client's error in the step's words, else a bug: still a line and a recap
+            explained = step.explain(self.ctx, exc)
+            if isinstance(explained, ToolError):
+                self._fail(result, explained)
+            else:
+                result.error = f"{type(exc).__name__}: {exc}"
         if result.error is not None and ctx.interrupt.is_set() and not result.interrupted:
             # It failed because what it waited for was stopped (a child terminated, a worker ended).
             result.interrupted = True
             result.error = f"interrupted by {ctx.interrupt.name}: {result.error}"
             result.fix = interrupt.RERUN_FIX
 
+    def _only_approved(self, step: Step, plan: Plan) -> Plan:
+        if self.approved is None or not plan.changes:
+            return plan
+        ok = set(self.approved.get(step.name, ()))
+        unlisted = [c.summary for c in plan.changes if c.summary not in ok]
+        if unlisted:
+            plan.changes = [c for c in plan.changes if c.summary in ok]
+            left = f"not done (not in the list you confirmed; re-run to see it): {'; '.join(unlisted)}"
+            if plan.changes:
+                plan.note += f"; {left}"
+            else:
+                plan.reason = left
+        return plan
+
+    @staticmethod
+    def _fail(result: StepResult, exc: ToolError) -> None:
+        result.error = exc.problem
+        result.fix = exc.fix
+        result.facts.update(exc.facts)
+
     @staticmethod
     def _describe(result: StepResult, plan: Plan) -> None:
         result.action = plan.action
         result.reason = plan.reason or plan.action
         result.diff = plan.diff
+        result.planned = [c.summary for c in plan.changes]
         result.facts.update(plan.facts)

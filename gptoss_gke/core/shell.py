@@ -122,7 +122,7 @@ class Shell:
         self.emit = emit
         self.where = where
         self.base_env = dict(base_env or {})
-        self.offline: str | None = None  # set once we know no cloud can be reached (dry-run)
+        self.offline: str | None = None  # why no cloud read can succeed (set by the first read that said so)
         self._recorder = _Recorder()
         use_process_groups(executor)
 

@@ -72,9 +72,17 @@ class Step:
     # reads run concurrently: two threads importing one large package at once can meet it half
     # initialised ("partially initialized module ...").
     sdk_modules: tuple[str, ...] = ()
+    # Outside a dry-run, a step that cannot observe fails. A step may instead declare what skipping
+    # it blind means (teardown --force: "the cluster is deleted anyway; ... may be orphaned").
+    if_unobservable: str | None = None
 
     def observe(self, ctx: "Context") -> Any:
-        """Read the current state. Reads only. Return None when the thing is absent."""
+        """Read the current state. Reads only. Return None when the thing is absent; raise
+        CannotObserve when the read could not be made (never return None for that)."""
+        return None
+
+    def explain(self, ctx: "Context", exc: Exception) -> Exception | None:
+        """Turn a client library's exception into a ToolError (problem + fix), or None to keep it."""
         return None
 
     def plan(self, ctx: "Context", current: Any) -> Plan:

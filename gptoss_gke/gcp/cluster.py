@@ -8,10 +8,7 @@ gcloud takes exactly one update flag per call, and each is its own long-running 
 from __future__ import annotations
 
 import math
-import os
 import re
-
-import yaml
 
 from gptoss_gke.config import reservation_key
 from gptoss_gke.core.step import Change, Plan, Step, noop
@@ -483,20 +480,12 @@ class KubeCredentials(GcloudStep):
     name = "kubectl credentials"
 
     def observe(self, ctx):
-        cluster = describe_cluster(ctx)
-        path = ctx.settings.kubeconfig_path
-        config = {}
-        if os.path.exists(path):
-            with open(path) as fh:
-                config = yaml.safe_load(fh) or {}
-        contexts = {c["name"]: c.get("context", {}) for c in config.get("contexts") or []}
-        clusters = {c["name"]: c.get("cluster", {}) for c in config.get("clusters") or []}
-        entry = contexts.get(ctx.settings.kube_context)
-        server = clusters.get(entry.get("cluster"), {}).get("server") if entry else None
-        cluster = cluster or {}
+        from gptoss_gke.k8s.client import context_server
+
+        cluster = describe_cluster(ctx) or {}
         endpoint = dns_endpoint(cluster).get("endpoint") if ctx.settings.cluster.control_plane == "dns" \
             else cluster.get("endpoint")
-        return {"endpoint": endpoint, "server": server}
+        return {"endpoint": endpoint, "server": context_server(ctx.settings)[0]}
 
     def plan(self, ctx, current) -> Plan:
         s = ctx.settings

@@ -64,50 +64,54 @@ class GcloudStep(Step):
             gcloud.write(ctx, change.argv, what=change.summary, timeout=change.timeout)
 
 
+def _first_read(ctx, read):
+    """The run's first gcloud read: when it cannot be made at all (gcloud missing, no usable
+    credentials, no network), every later read would fail the same way, so none is started. The
+    cause is said once, here, with its fix; a dry-run plans the rest without reading."""
+    try:
+        return read()
+    except CannotObserve as exc:
+        ctx.shell.offline = exc.problem
+        raise
+
+
+BLIND_PLAN = "nothing below is read: the plan shows what would be done if nothing existed"
+
+
 class Credentials(GcloudStep):
     section = "auth"
     name = "gcloud credentials"
     gate = True
 
     def observe(self, ctx):
-        try:
-            access_token(ctx)
-        except CannotObserve as exc:
-            if ctx.dry_run:
-                # Everything after this would fail the same way: plan the rest without reading.
-                ctx.shell.offline = f"{exc.problem}; planned without observing"
-            raise
+        _first_read(ctx, lambda: access_token(ctx))
         return {"token": True}
 
     def plan(self, ctx, current) -> Plan:
-        if current is None:
-            return noop("no usable credentials: every read below is planned as if nothing existed")
+        if current is None:  # a dry-run without credentials (anywhere else the step failed)
+            return noop(BLIND_PLAN)
         return noop("gcloud has a usable access token; the Python clients reuse this identity")
 
 
 class Project(GcloudStep):
     """Reading the project proves the credentials too, so this one read is the early check.
 
-    Not a gate: its read runs alongside the others (each gcloud process costs ~0.6 s of CPU), and a
-    credentials failure still stops every step after it.
+    A gate: when gcloud or its credentials are missing, that is said once, first, and no other read
+    is started (each would fail the same way, and print its own command line).
     """
 
     section = "auth"
     name = "credentials and project"
+    gate = True
 
     def observe(self, ctx):
-        try:
-            return describe_project(ctx)
-        except CannotObserve as exc:
-            if ctx.dry_run:
-                ctx.shell.offline = f"{exc.problem}; planned without observing"
-            raise
+        return _first_read(ctx, lambda: describe_project(ctx))
 
     def plan(self, ctx, current) -> Plan:
         p = ctx.settings.project
         if current is None:
-            if ctx.dry_run:
-                return noop(f"project {p} assumed reachable (not observed)")
+            if ctx.shell.offline:  # a dry-run that could not read the project
+                return noop(BLIND_PLAN)
             raise StepError(f"project {p} was not found or you cannot see it",
                             f"check `project:` in {ctx.settings.env_file}, or ask for roles/viewer on {p}")
         state = current.get("lifecycleState", "ACTIVE")

@@ -16,6 +16,7 @@ from gptoss_gke.core.step import Change, Plan, noop
 from gptoss_gke.errors import StepError
 from gptoss_gke.gcp import gcloud
 from gptoss_gke.gcp.project import GcloudStep
+from gptoss_gke.ownership import gcp_owner_problem
 
 REPO_FACT = "ar.repository"
 DESCRIPTION = "gpt-oss serving images ({mode}), managed by gptoss-gke"
@@ -103,8 +104,8 @@ class ArtifactRepository(GcloudStep):
                 f"repository {name} in {loc} exists but {'; '.join(drift)} (this cannot change in place)",
                 f"set registry.repository to another name in {s.env_file}, or delete the repository "
                 f"(gcloud artifacts repositories delete {name} --location={loc}) and re-run")
-        ours = all(current.get("labels", {}).get(k) == v for k, v in s.gcp_labels.items())
-        whose = "" if ours else " (not created by this tool: teardown leaves it)"
+        why = gcp_owner_problem(current.get("labels"), s)
+        whose = f" ({why}: teardown leaves it)" if why else ""
         uri = current.get("registryUri") or f"{loc}-docker.pkg.dev/{s.project}/{name}"
         return noop(f"repository {name} already exists: Docker, {_MODE_WORDS.get(have_mode, have_mode)}, "
                     f"{uri}{whose}", registry_uri=uri)

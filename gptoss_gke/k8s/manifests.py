@@ -44,7 +44,16 @@ def selector(target) -> dict[str, str]:
 
 
 def ownership(settings, target) -> dict[str, str]:
-    return {**settings.ownership_labels, "gptoss-gke/target": target.name}
+    """Who an object belongs to (tool, environment, target); what teardown selects on."""
+    from gptoss_gke.ownership import TARGET
+
+    return {**settings.ownership_labels, TARGET: target.name}
+
+
+def object_labels(settings, target) -> dict[str, str]:
+    """Ownership plus the user's ``labels:`` (ours win). Not for volumeClaimTemplates: those are
+    immutable, so a label added later would make the StatefulSet impossible to apply."""
+    return {**settings.labels, **ownership(settings, target)}
 
 
 def vllm_args(settings, target) -> list[str]:
@@ -82,7 +91,7 @@ def render_vars(settings, target, image: str) -> dict[str, Any]:
         "port": target.port,
         "replicas": ts.replicas,
         "selector": selector(target),
-        "pod_labels": {**selector(target), **ownership(settings, target)},
+        "pod_labels": {**selector(target), **object_labels(settings, target)},
         "ownership_labels": ownership(settings, target),
         "node_selector": target.node_pool.node_selector,
         "vllm_args": vllm_args(settings, target),
@@ -126,7 +135,7 @@ def render(settings, target, image: str) -> list[dict]:
     if settings.target_settings(target.name).expose == "ingress" and not values["ingress_host"]:
         raise StepError(f"targets.{target.name}.expose is ingress but ingress_host is empty",
                         f"set targets.{target.name}.ingress_host in {settings.env_file}")
-    labels = ownership(settings, target)
+    labels = object_labels(settings, target)
     objects = []
     for folder in (MANIFESTS / "common", MANIFESTS / target.manifests):
         for path in sorted(folder.glob("*.yaml")):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import base64
 import secrets as pysecrets
 
-from gptoss_gke.core.step import Change, Plan, Step, noop
+from gptoss_gke.core.step import Change, Plan, noop
 from gptoss_gke.errors import StepError
-from gptoss_gke.k8s.apply import owned
-from gptoss_gke.k8s.client import SDK, kube
+from gptoss_gke.k8s.client import KubeStep, kube
+from gptoss_gke.ownership import kube_owner_problem
 
 KEY = "VLLM_API_KEY"
 
@@ -37,9 +37,22 @@ def read_api_key(ctx) -> str:
     return key
 
 
-class ApiKeySecret(Step):
+def _label_drift(current: dict, want: dict[str, str], manager: str) -> list[str]:
+    """Labels to set, and labels we applied before but no longer want (by our field manager's own
+    record in managedFields: labels others added are theirs and stay)."""
+    have = (current.get("metadata") or {}).get("labels") or {}
+    ours = set()
+    for entry in (current.get("metadata") or {}).get("managedFields") or []:
+        if entry.get("manager") == manager:
+            labels = ((entry.get("fieldsV1") or {}).get("f:metadata") or {}).get("f:labels") or {}
+            ours |= {k.removeprefix("f:") for k in labels}
+    drift = [f"label {k}={v}" for k, v in sorted(want.items()) if have.get(k) != v]
+    drift += [f"remove label {k}" for k in sorted(ours - set(want)) if k in have]
+    return drift
+
+
+class ApiKeySecret(KubeStep):
     section = "kubernetes"
-    sdk_modules = SDK
 
     def __init__(self, settings, rotate: bool = False):
         self.rotate = rotate
@@ -65,8 +78,9 @@ class ApiKeySecret(Step):
         hf = s.hf_token.get_secret_value() if s.hf_token else None
         if current is None:
             return Plan([Change("generate a new API key and store it in the Secret", "create", apply=self._write)])
-        if not owned(current, s):
-            raise StepError(f"{self.name} exists but is not ours", "delete it or choose kube.api_key_secret")
+        why = kube_owner_problem(current, s)
+        if why is not None:
+            raise StepError(f"{self.name} exists and is {why}", "delete it or choose kube.api_key_secret")
         reasons = []
         if self.rotate:
             reasons.append("rotate the API key (--rotate-api-key)")
@@ -74,6 +88,7 @@ class ApiKeySecret(Step):
             reasons.append(f"the Secret has no {KEY}: generate one")
         if hf and _decode(current, "HF_TOKEN") != hf:
             reasons.append("store the current HF token for the in-cluster weight download")
+        reasons += _label_drift(current, s.object_labels, s.kube.field_manager)
         if not reasons:
             return noop("API key present and kept (rotate with --rotate-api-key; see it with `inv show-api-key`)")
         return Plan([Change("; ".join(reasons), "update", apply=self._write)])
@@ -99,7 +114,7 @@ class ApiKeySecret(Step):
             "kind": "Secret",
             "type": "Opaque",
             "metadata": {"name": s.kube.api_key_secret, "namespace": s.kube.namespace,
-                         "labels": dict(s.ownership_labels)},
+                         "labels": dict(s.object_labels)},
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
         }
         kube(ctx).resource("v1", "Secret").server_side_apply(

@@ -11,9 +11,10 @@ import time
 from dataclasses import dataclass
 
 from gptoss_gke.core.report import format_duration
-from gptoss_gke.core.step import Change, Plan, Step, noop
+from gptoss_gke.core.retry import is_transient_exception, short_reason
+from gptoss_gke.core.step import Change, Plan, noop
 from gptoss_gke.errors import StepError
-from gptoss_gke.k8s.client import SDK, kube
+from gptoss_gke.k8s.client import KubeStep, kube
 from gptoss_gke.k8s.manifests import selector, workload_name
 
 
@@ -123,9 +124,12 @@ def ready(workload: dict | None) -> bool:
             and status.get("updatedReplicas", want) >= want)
 
 
-class Rollout(Step):
+class Rollout(KubeStep):
+    """Polls until ready. Every read goes through the run's retry policy (the client's requests do),
+    so a control-plane blip (a 503, a 429 with Retry-After, a reset) during an hour-long TPU load is
+    waited out, not fatal; an outage longer than the retries is shown and waited out within the budget."""
+
     section = "rollout"
-    sdk_modules = SDK
     verify = False  # waiting is the verification
     observe_early = False
 
@@ -162,16 +166,23 @@ class Rollout(Step):
         shown = None
         last = Diagnosis("starting")
         while True:
-            if ready(self.observe(ctx)):
-                ctx.printer.line(f"  ready after {format_duration(time.monotonic() - started)}")
-                return
-            # sanitize_for_serialization gives the API's camelCase JSON, which diagnose() reads.
-            pods = [k.api_client.sanitize_for_serialization(p)
-                    for p in k.core.list_namespaced_pod(ns, label_selector=label_selector).items]
-            names = {p["metadata"]["name"] for p in pods} | {self.workload}
-            events = [k.api_client.sanitize_for_serialization(e) for e in k.core.list_namespaced_event(ns).items]
-            events = [e for e in events if (e.get("involvedObject") or {}).get("name") in names]
-            last = diagnose(self.target, self.target.node_pool.name, pods, events, self._log_tail(ctx, pods))
+            try:
+                if ready(self.observe(ctx)):
+                    ctx.printer.line(f"  ready after {format_duration(time.monotonic() - started)}")
+                    return
+                # sanitize_for_serialization gives the API's camelCase JSON, which diagnose() reads.
+                pods = [k.api_client.sanitize_for_serialization(p)
+                        for p in k.core.list_namespaced_pod(ns, label_selector=label_selector).items]
+                names = {p["metadata"]["name"] for p in pods} | {self.workload}
+                events = [k.api_client.sanitize_for_serialization(e) for e in k.core.list_namespaced_event(ns).items]
+                events = [e for e in events if (e.get("involvedObject") or {}).get("name") in names]
+                last = diagnose(self.target, self.target.node_pool.name, pods, events, self._log_tail(ctx, pods))
+            except Exception as exc:  # noqa: BLE001 - an outage longer than the retries: keep waiting
+                if not is_transient_exception(exc):
+                    raise
+                # A control-plane upgrade can take the API away for minutes; the pods load on regardless.
+                last = Diagnosis(last.phase, f"the Kubernetes API is not answering ({short_reason(exc)}); "
+                                             f"still waiting", fix=last.fix)
             line = f"  phase: {last.phase}" + (f" ({last.hint})" if last.hint else "")
             if line != shown:
                 ctx.printer.line(f"{line}  [{format_duration(time.monotonic() - started)}]")

@@ -21,8 +21,9 @@ from typing import Any
 
 import yaml
 
-from gptoss_gke.core.step import Change, Plan, Step, noop
+from gptoss_gke.core.step import Change, Plan, noop
 from gptoss_gke.errors import StepError
+from gptoss_gke.k8s.client import KubeStep
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def format_table(tests: list[dict[str, Any]]) -> list[str]:
     return lines + failures
 
 
-class Bench(Step):
+class Bench(KubeStep):  # Kubernetes errors in words (see k8s.client.explain)
     """The three tests through a port-forward. Measuring changes nothing on the server, so the tests run
     as the observation: results are `ok`, a failed request fails the step, dry-run shows the plan."""
 
@@ -277,7 +278,7 @@ def render_job(settings, target, *, image: str, base_url: str, num_prompts: int,
     return job
 
 
-class BenchJob(Step):
+class BenchJob(KubeStep):  # Kubernetes errors in words (see k8s.client.explain)
     section = "bench"
     verify = False
 

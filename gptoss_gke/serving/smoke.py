@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from gptoss_gke.core.step import Change, Plan, Step, noop
+from gptoss_gke.core.step import Change, Plan, noop
 from gptoss_gke.errors import StepError
+from gptoss_gke.k8s.client import KubeStep
 
 CHAT_PROMPT = "In one sentence: what does a Kubernetes Service do?"
 CHAT_MAX_TOKENS = 64
@@ -31,7 +32,7 @@ def _tunnel_errors(tunnel) -> str:
     return f" (port-forward: {'; '.join(tunnel.errors)})" if tunnel.errors else ""
 
 
-class Smoke(Step):
+class Smoke(KubeStep):  # Kubernetes errors in words (see k8s.client.explain)
     """The checks are reads (nothing on the server changes), so they run as the observation: a pass is
     `ok`, a miss is `failed`, and a dry-run only shows what would be checked."""
 

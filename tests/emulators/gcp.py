@@ -72,6 +72,7 @@ import json
 import os
 import re
 import threading
+import time
 import uuid
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -193,7 +194,8 @@ class ApiError(Exception):
 
 class RecordedRequest(NamedTuple):
     """One request as received: ``method``, ``path`` (no query), ``query`` (name -> value; the
-    last value when repeated), ``body`` (parsed JSON, or the raw text, or None)."""
+    last value when repeated), ``body`` (parsed JSON, or the raw text, or None). When it arrived:
+    ``GcpEmulator.arrival(rec)``."""
 
     method: str
     path: str
@@ -383,6 +385,7 @@ class GcpEmulator:
         self.unhandled: list[RecordedRequest] = []  # requests no route knew (answered 501)
         self.injections_fired: list[tuple[RecordedRequest, int]] = []
         self._log: list[RecordedRequest] = []
+        self._arrivals: list[float] = []  # time.time() of each logged request, to order it against other servers
         self._injections: list[_Injection] = []
         self._op_failures: list[_OpFailure] = []
         self._holds: list[OperationHold] = []
@@ -448,9 +451,15 @@ class GcpEmulator:
         return [r for r in self.requests
                 if (method is None or r.method == method.upper()) and rx.search(r.path)]
 
+    def arrival(self, rec: RecordedRequest) -> float:
+        """When ``rec`` (one of ``requests``) arrived, as ``time.time()``."""
+        with self.lock:
+            return next(t for r, t in zip(self._log, self._arrivals) if r is rec)
+
     def clear_log(self) -> None:
         with self.lock:
             self._log.clear()
+            self._arrivals.clear()
             self.unhandled.clear()
             self.injections_fired.clear()
 
@@ -589,6 +598,7 @@ class GcpEmulator:
         rec = RecordedRequest(method, path, query, body)
         with self.lock:
             self._log.append(rec)
+            self._arrivals.append(time.time())
             for inj in self._injections:
                 if inj.remaining > 0 and (inj.method in (None, method)) and inj.regex.search(path):
                     inj.remaining -= 1

@@ -188,6 +188,26 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
                  categories=("all",)),
     ResourceType("batch", "v1", "Job", "jobs", True, (), has_generation=True, categories=("all",)),
     ResourceType("networking.k8s.io", "v1", "Ingress", "ingresses", True, ("ing",), has_generation=True),
+    # Kinds a namespace may hold that the playbooks never create: teardown must see them before it
+    # deletes a namespace (it asks discovery for every namespaced, listable kind).
+    ResourceType("", "v1", "Endpoints", "endpoints", True, ("ep",), has_status=False),
+    ResourceType("apps", "v1", "ControllerRevision", "controllerrevisions", True, (), has_status=False),
+    ResourceType("batch", "v1", "CronJob", "cronjobs", True, ("cj",), categories=("all",)),
+    ResourceType("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", True, ("netpol",),
+                 has_status=False),
+    ResourceType("rbac.authorization.k8s.io", "v1", "Role", "roles", True, (), has_status=False),
+    ResourceType("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", True, (), has_status=False),
+    ResourceType("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", True, ("pdb",)),
+    ResourceType("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", True, ("hpa",),
+                 categories=("all",)),
+    # A custom resource (GKE installs the Gateway API CRDs with --gateway-api=standard).
+    ResourceType("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes", True, (), has_generation=True),
+    # Namespaced and listable, but a live view, not a resident (metrics-server serves it on GKE).
+    ResourceType("metrics.k8s.io", "v1beta1", "PodMetrics", "pods", True, (), has_status=False,
+                 verbs=("get", "list")),
+    # Namespaced, but create-only: nothing to list.
+    ResourceType("authorization.k8s.io", "v1", "LocalSubjectAccessReview", "localsubjectaccessreviews", True,
+                 (), verbs=("create",)),
 )
 
 _BY_KIND = {rt.kind: rt for rt in RESOURCE_TYPES}
@@ -208,7 +228,7 @@ def _resolve_kind(kind: str) -> ResourceType:
 
 _REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed",
             406: "NotAcceptable", 409: "Conflict", 410: "Expired", 415: "UnsupportedMediaType", 422: "Invalid",
-            500: "InternalError"}
+            429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}
 
 
 class ApiError(Exception):
@@ -1166,6 +1186,27 @@ SCENARIOS: dict[str, Callable[..., PodView]] = {
 # The emulator
 # --------------------------------------------------------------------------------------------------------
 
+_FAULT_MESSAGES = {429: "Too many requests, please try again later.",
+                   500: "Internal error occurred: etcdserver: leader changed",
+                   503: "the server is currently unable to handle the request",
+                   504: "the server was unable to return a response in the time allotted"}
+LB_FINALIZER = "service.kubernetes.io/load-balancer-cleanup"
+INGRESS_FINALIZER = "networking.gke.io/ingress-finalizer-V2"
+PV_FINALIZERS = ["kubernetes.io/pv-protection", "external-provisioner.volume.kubernetes.io/finalizer"]
+
+
+@dataclass
+class _Fault:
+    method: str | None
+    regex: Any
+    status: int
+    remaining: int
+    message: str
+    headers: dict
+    dry_run: bool | None
+    reset: bool
+
+
 @dataclass
 class RecordedRequest:
     method: str
@@ -1210,8 +1251,17 @@ class KubeEmulator(LoopbackAioServer):
                  default_storage_class: str = "standard-rwo", namespace_delete_ticks: int = 1,
                  node_name: str = "gke-emulator-default-pool-1a2b3c4d-x0x0",
                  default_scenario: str = "ready", default_scenario_params: dict | None = None,
-                 job_scenario: str = "succeeded", job_scenario_params: dict | None = None):
+                 job_scenario: str = "succeeded", job_scenario_params: dict | None = None,
+                 cloud_cleanup_ticks: int = 2, cloud_cleanup_s: float = 0.0):
         self.auto_tick = auto_tick
+        # How long the cloud controllers take to delete a load balancer or a disk before they release
+        # the finalizer that holds a deleted Service, Ingress or PersistentVolume: at least this many
+        # ticks and this many seconds (real load balancers take minutes).
+        self.cloud_cleanup_ticks = cloud_cleanup_ticks
+        self.cloud_cleanup_s = cloud_cleanup_s
+        self._cleanup_countdown: dict[str, tuple[int, float]] = {}
+        self.removed_at: dict[tuple, float] = {}  # (kind, namespace, name) → time.time() it left the store
+        self._faults: list[_Fault] = []
         self.tick_interval = tick_interval
         self.tokens = set(tokens) if tokens is not None else None  # None: any non-empty bearer token
         self.anonymous = anonymous  # accept requests without a token (kubectl sends none over plain http)
@@ -1403,6 +1453,35 @@ class KubeEmulator(LoopbackAioServer):
             obj = self._find_involved(namespace, involved_object)
             return copy.deepcopy(self._emit(obj, type, reason, message, source, count=count))
 
+    def inject(self, method: str | None, path_regex: str, status: int, times: int = 1, *,
+               retry_after: float | None = None, message: str | None = None, dry_run: bool | None = None,
+               reset: bool = False) -> None:
+        """Answer the next ``times`` requests whose method matches (None: any) and whose path matches
+        ``path_regex`` (re.search) with ``status`` and a Status body, before they take effect, as an
+        overloaded or restarting API server does (``retry_after``: the Retry-After header, seconds).
+        ``dry_run``: only requests with (True) or without (False) ``dryRun``. ``reset``: drop the
+        connection instead of answering."""
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+        with self._lock:
+            self._faults.append(_Fault(method.upper() if method else None, re.compile(path_regex), status, times,
+                                       message or _FAULT_MESSAGES.get(status, "injected fault"), headers,
+                                       dry_run, reset))
+
+    def faults_left(self) -> int:
+        with self._lock:
+            return sum(f.remaining for f in self._faults)
+
+    def _take_fault(self, method: str, path: str, query: dict):
+        with self._lock:
+            for f in self._faults:
+                if f.remaining <= 0 or (f.method and f.method != method) or not f.regex.search(path):
+                    continue
+                if f.dry_run is not None and f.dry_run != ("dryRun" in query):
+                    continue
+                f.remaining -= 1
+                return f
+        return None
+
     def tick(self, n: int = 1) -> None:
         """Run the controller ``n`` times."""
         with self._lock:
@@ -1431,6 +1510,7 @@ class KubeEmulator(LoopbackAioServer):
     def _remove(self, key: tuple) -> dict | None:
         obj = self._store.pop(key, None)
         if obj is not None:
+            self.removed_at[key] = time.time()
             self._rv += 1
             obj = copy.deepcopy(obj)
             obj["metadata"]["resourceVersion"] = str(self._rv)
@@ -1477,6 +1557,15 @@ class KubeEmulator(LoopbackAioServer):
             if (not token and not self.anonymous) or (token and self.tokens is not None
                                                        and token not in self.tokens):
                 raise ApiError(401, "Unauthorized", "Unauthorized")
+            fault = self._take_fault(request.method, request.path, query)
+            if fault is not None:
+                rec.status = fault.status
+                if fault.reset:  # the connection drops before any answer (a control-plane blip)
+                    request.transport.close()
+                    return web.Response(status=fault.status)
+                body = ApiError(fault.status, fault.message, _REASONS.get(fault.status)).status()
+                return web.Response(status=fault.status, body=json.dumps(body).encode(),
+                                    content_type="application/json", headers=fault.headers)
             if request.method == "GET" and (request.path.endswith("/portforward")
                                              or query.get("watch") in ("true", "1")):
                 task = asyncio.current_task()
@@ -1539,8 +1628,9 @@ class KubeEmulator(LoopbackAioServer):
     def _groups(self) -> list[dict]:
         out = []
         for g in dict.fromkeys(rt.group for rt in RESOURCE_TYPES if rt.group):
-            gv = {"groupVersion": f"{g}/v1", "version": "v1"}
-            out.append({"name": g, "versions": [gv], "preferredVersion": dict(gv)})
+            versions = [{"groupVersion": f"{g}/{v}", "version": v}
+                        for v in dict.fromkeys(rt.version for rt in RESOURCE_TYPES if rt.group == g)]
+            out.append({"name": g, "versions": versions, "preferredVersion": dict(versions[0])})
         return out
 
     def _discovery(self, path: str) -> dict | None:
@@ -1567,8 +1657,8 @@ class KubeEmulator(LoopbackAioServer):
                 return None
             if m.group(2) is None:
                 return dict(group, kind="APIGroup", apiVersion="v1")
-            if m.group(2) == "v1":
-                return self._resource_list(m.group(1), "v1")
+            if any(v["version"] == m.group(2) for v in group["versions"]):
+                return self._resource_list(m.group(1), m.group(2))
         return None
 
     # ---- routing ---------------------------------------------------------------------------------------
@@ -2456,6 +2546,7 @@ class KubeEmulator(LoopbackAioServer):
                     fn(key, self._store[key])
         for key in [k for k in self._store if k[0] == "PersistentVolumeClaim"]:
             self._bind_pvc(key)
+        self._cloud_controllers()
         for key in [k for k in self._store if k[0] == "Pod"]:
             if key in self._store:
                 self._advance_pod(key)
@@ -2553,6 +2644,73 @@ class KubeEmulator(LoopbackAioServer):
                 self._put(key, n)
             else:
                 self._remove(key)
+
+    def _cloud_controllers(self) -> None:
+        """What GKE's controllers do with cloud resources: a Service of type LoadBalancer (and a gce
+        Ingress) gets a load balancer and a finalizer; a dynamically provisioned volume gets a disk.
+        Deleting them releases the finalizer only after the cloud resource is gone (a few ticks)."""
+        for key, obj in list(self._store.items()):
+            kind = key[0]
+            if kind == "Service":
+                wants = ((obj.get("spec") or {}).get("type") == "LoadBalancer", LB_FINALIZER)
+            elif kind == "Ingress":
+                cls = (obj.get("spec") or {}).get("ingressClassName") or \
+                    (obj["metadata"].get("annotations") or {}).get("kubernetes.io/ingress.class") or "gce"
+                wants = (cls in ("gce", "gce-internal"), INGRESS_FINALIZER)
+            elif kind == "PersistentVolume":
+                self._reclaim_volume(key, obj)
+                continue
+            else:
+                continue
+            has_lb, finalizer = wants
+            fins = obj["metadata"].get("finalizers") or []
+            if _terminating(obj):
+                if finalizer in fins:
+                    self._release_after_cleanup(key, obj, finalizer)
+            elif has_lb and finalizer not in fins:
+                n = copy.deepcopy(obj)
+                n["metadata"]["finalizers"] = fins + [finalizer]
+                ip = f"34.118.{next(self._ip_seq) % 250}.{len(self._store) % 250 + 1}"
+                n["status"] = {**(n.get("status") or {}), "loadBalancer": {"ingress": [{"ip": ip}]}}
+                self._put(key, n)
+
+    def _reclaim_volume(self, key: tuple, pv: dict) -> None:
+        """A provisioned volume whose claim is gone: its disk is deleted (reclaim policy Delete), then it."""
+        if not any(f in (pv["metadata"].get("finalizers") or []) for f in PV_FINALIZERS):
+            return  # not one the provisioner made
+        ref = (pv.get("spec") or {}).get("claimRef") or {}
+        claim = self._store.get(("PersistentVolumeClaim", ref.get("namespace", ""), ref.get("name", "")))
+        if claim is not None and claim["metadata"].get("uid") == ref.get("uid"):
+            return
+        if (pv.get("spec") or {}).get("persistentVolumeReclaimPolicy") != "Delete":
+            return
+        if not _terminating(pv):
+            n = copy.deepcopy(pv)
+            n["metadata"]["deletionTimestamp"] = _now()
+            n["status"] = {"phase": "Released"}
+            self._put(key, n)
+            return
+        for finalizer in list(pv["metadata"].get("finalizers") or []):
+            if finalizer in PV_FINALIZERS:
+                pv = self._release_after_cleanup(key, pv, finalizer)
+                if pv is None:
+                    return
+
+    def _release_after_cleanup(self, key: tuple, obj: dict, finalizer: str) -> dict | None:
+        """Count the cloud clean-up down; then drop ``finalizer`` (and the object, if it was the last)."""
+        uid = obj["metadata"]["uid"] + finalizer
+        ticks, started = self._cleanup_countdown.setdefault(uid, (self.cloud_cleanup_ticks, time.monotonic()))
+        self._cleanup_countdown[uid] = (ticks - 1, started)
+        if ticks - 1 > 0 or time.monotonic() - started < self.cloud_cleanup_s:
+            return obj
+        self._cleanup_countdown.pop(uid, None)
+        rest = [f for f in obj["metadata"].get("finalizers") or [] if f != finalizer]
+        if rest:
+            n = copy.deepcopy(obj)
+            n["metadata"]["finalizers"] = rest
+            return self._put(key, n)
+        self._remove(key)
+        return None
 
     def _owned(self, kind: str, ns: str, owner_uid: str) -> list[tuple[tuple, dict]]:
         return [(k, o) for k, o in sorted(self._store.items())
@@ -2734,6 +2892,8 @@ class KubeEmulator(LoopbackAioServer):
             return
         n = copy.deepcopy(pvc)
         spec = n.setdefault("spec", {})
+        if not spec.get("volumeName") and spec.get("storageClassName"):
+            self._provision_volume(n)  # dynamic provisioning: a disk and its PersistentVolume
         spec.setdefault("volumeName", f"pvc-{n['metadata']['uid']}")
         n["status"] = {"phase": "Bound", "accessModes": list(spec.get("accessModes") or []),
                        "capacity": {"storage": _dig(spec, "resources.requests.storage") or "1Gi"}}
@@ -2741,6 +2901,26 @@ class KubeEmulator(LoopbackAioServer):
         ann.setdefault("pv.kubernetes.io/bind-completed", "yes")
         ann.setdefault("pv.kubernetes.io/bound-by-controller", "yes")
         self._set(key, n)
+
+    def _provision_volume(self, pvc: dict) -> None:
+        meta, spec = pvc["metadata"], pvc["spec"]
+        name = f"pvc-{meta['uid']}"
+        if ("PersistentVolume", "", name) in self._store:
+            return
+        pv = {"apiVersion": "v1", "kind": "PersistentVolume",
+              "metadata": {"name": name, "uid": self._uid(), "creationTimestamp": _now(),
+                           "finalizers": list(PV_FINALIZERS),
+                           "annotations": {"pv.kubernetes.io/provisioned-by": "pd.csi.storage.gke.io"}},
+              "spec": {"accessModes": list(spec.get("accessModes") or []),
+                       "capacity": {"storage": _dig(spec, "resources.requests.storage") or "1Gi"},
+                       "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": meta["name"],
+                                    "namespace": meta["namespace"], "uid": meta["uid"]},
+                       "csi": {"driver": "pd.csi.storage.gke.io",
+                               "volumeHandle": f"projects/emulator/zones/us-central1-a/disks/{name}"},
+                       "persistentVolumeReclaimPolicy": "Delete", "storageClassName": spec["storageClassName"],
+                       "volumeMode": spec.get("volumeMode", "Filesystem")},
+              "status": {"phase": "Bound"}}
+        self._put(("PersistentVolume", "", name), pv, "ADDED")
 
     def _reconcile_job(self, key: tuple, job: dict) -> None:
         spec = job.get("spec") or {}

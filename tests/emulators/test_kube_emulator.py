@@ -540,3 +540,65 @@ def test_seed_and_request_log(k8s):
         "PATCH", "/api/v1/namespaces/other/configmaps/b", "application/apply-patch+yaml", MANAGER, 201)
     assert len(emu.writes()) == 2 and emu.requests[-2].dry_run
     assert emu.get("Namespace", None, "other") and len(emu.objects("configmap", "other")) == 3
+
+
+# ---- what teardown and the retry policy rely on ---------------------------------------------------------------
+
+def test_discovery_lists_kinds_a_namespace_may_hold_in_their_own_group_versions(k8s):
+    for api_version, kind in (("autoscaling/v2", "HorizontalPodAutoscaler"), ("policy/v1", "PodDisruptionBudget"),
+                              ("rbac.authorization.k8s.io/v1", "Role"), ("batch/v1", "CronJob"),
+                              ("networking.k8s.io/v1", "NetworkPolicy"), ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+                              ("metrics.k8s.io/v1beta1", "PodMetrics")):
+        assert k8s.res(api_version, kind).namespaced, kind
+    groups = {g["name"]: g for g in k8s.dyn.request("GET", "/apis").to_dict()["groups"]}
+    assert groups["autoscaling"]["preferredVersion"]["groupVersion"] == "autoscaling/v2"
+    assert k8s.res("metrics.k8s.io/v1beta1", "PodMetrics").verbs == ["get", "list"]
+
+
+def test_injected_faults_answer_before_the_request_takes_effect(k8s):
+    emu = k8s.emu
+    apply(k8s, namespace())
+    emu.inject("PATCH", r"/namespaces/gptoss/configmaps/c$", 503, dry_run=False)
+    emu.inject("GET", r"/namespaces/gptoss/configmaps$", 429, retry_after=2)
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": NS}, "data": {"a": "1"}}
+    apply(k8s, body, dry_run="All")  # not a match: the dry run passes
+    with pytest.raises(dyn_exc.ServiceUnavailableError) as failed:
+        apply(k8s, body)
+    assert json.loads(failed.value.body)["reason"] == "ServiceUnavailable"
+    assert emu.get("ConfigMap", NS, "c") is None  # it never took effect
+    apply(k8s, body)  # the next one goes through
+    cfg = type.__call__(client.Configuration)
+    cfg.retries = False  # urllib3 would wait out a Retry-After on its own
+    core = client.CoreV1Api(config.new_client_from_config(config_file=emu.kubeconfig_path, context="test",
+                                                          client_configuration=cfg))
+    with pytest.raises(ApiException) as limited:
+        core.list_namespaced_config_map(NS)
+    assert limited.value.status == 429 and limited.value.headers["Retry-After"] == "2"
+    assert emu.faults_left() == 0 and [c.metadata.name for c in k8s.core.list_namespaced_config_map(NS).items
+                                       if c.metadata.name == "c"] == ["c"]
+
+
+def test_load_balancers_and_provisioned_disks_hold_their_objects_until_the_cloud_resource_is_gone(k8s):
+    emu = k8s.emu
+    apply(k8s, namespace())
+    apply(k8s, {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "lb", "namespace": NS},
+                "spec": {"type": "LoadBalancer", "selector": {"a": "b"}, "ports": [{"port": 80}]}})
+    apply(k8s, {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data", "namespace": NS},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+    svc = k8s.core.read_namespaced_service("lb", NS)  # a read runs the controllers
+    assert svc.metadata.finalizers == ["service.kubernetes.io/load-balancer-cleanup"]
+    assert svc.status.load_balancer.ingress[0].ip
+    volume = k8s.core.read_namespaced_persistent_volume_claim("data", NS).spec.volume_name
+    pv = k8s.core.read_persistent_volume(volume)
+    assert pv.spec.persistent_volume_reclaim_policy == "Delete" and pv.spec.claim_ref.name == "data"
+
+    k8s.core.delete_namespaced_service("lb", NS)
+    k8s.core.delete_namespaced_persistent_volume_claim("data", NS)
+    assert emu.get("Service", NS, "lb")["metadata"]["deletionTimestamp"]  # held by its finalizer
+    for _ in range(emu.cloud_cleanup_ticks + 2):
+        emu.tick()
+    assert emu.get("Service", NS, "lb") is None
+    assert emu.get("PersistentVolumeClaim", NS, "data") is None
+    for _ in range(emu.cloud_cleanup_ticks + 2):
+        emu.tick()
+    assert emu.get("PersistentVolume", None, volume) is None  # its disk deleted, then it
