@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+import weakref
 from urllib.parse import urlsplit
 
+from gptoss_gke.core import private_files
 from gptoss_gke.core.step import Step
 from gptoss_gke.errors import CannotObserve, Conflict, StepError, ToolError
 
@@ -28,7 +32,12 @@ class Kube:
         from kubernetes import client, dynamic
 
         self.api_client = api_client
-        self.dynamic = dynamic.DynamicClient(api_client)
+        # The client caches discovery in a file named after the server, in the shared temp folder by
+        # default: another run (or another user) could hand us a stale or forged one. Ours is private
+        # to this run and removed with it (or swept by the next run if this one is killed).
+        folder = tempfile.mkdtemp(prefix=f"{private_files.PREFIX}{os.getpid()}-")
+        weakref.finalize(self, shutil.rmtree, folder, True)
+        self.dynamic = dynamic.DynamicClient(api_client, cache_file=os.path.join(folder, "discovery.json"))
         self.core = client.CoreV1Api(api_client)
 
     def resource(self, api_version: str, kind: str):
