@@ -116,7 +116,7 @@ def run_ours(tmp: Path, hub: Hub, gcs_url: str) -> tuple[float, dict]:
     from gptoss_gke.core.report import Printer
     from gptoss_gke.core.retry import RetryPolicy
     from gptoss_gke.core.shell import Shell
-    from gptoss_gke.models import StageModel
+    from gptoss_gke.staging.steps import StageModel
 
     env_dir = tmp / "env"
     env_dir.mkdir(exist_ok=True)

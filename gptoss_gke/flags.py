@@ -208,6 +208,19 @@ class Targets(Flag):
     all_means: str = "enabled"
     task: str = ""  # for messages: "plan works on one target at a time"
 
+    @classmethod
+    def for_task(cls, task: str, mode: str, *, all_means: str = "enabled", note: str = "") -> "Targets":
+        """The --target flag of ``task``, its help written from the catalogue (a new target shows up here)."""
+        names = list(CATALOGUE)
+        if mode == "many":
+            default = "the enabled targets" if all_means == "enabled" else "all"
+            text = f"{', '.join(names)}, a comma-separated list, or all (default: {default})"
+        elif mode == "list":
+            text = f"{_either(names)} (or a comma-separated list)"
+        else:
+            text = _either(names)
+        return cls(text + (f" ({note})" if note else ""), mode=mode, all_means=all_means, task=task)
+
     @property
     def accepted(self) -> list[str]:
         return [*CATALOGUE, ALL] if self.mode == "many" else list(CATALOGUE)
@@ -251,6 +264,10 @@ class Targets(Flag):
             return " or ".join(f"--target={n}" for n in CATALOGUE)
         names = ", ".join(CATALOGUE)
         return f"{names}, a comma-separated list" + (", or all" if self.mode == "many" else "")
+
+
+def _either(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 @dataclass

@@ -35,8 +35,9 @@ from gptoss_gke.core.private_files import private_file
 from gptoss_gke.core.step import Change, Plan, Step, noop
 from gptoss_gke.errors import CannotObserve, CommandFailed, StepError
 from gptoss_gke.gcp import gcloud
-from gptoss_gke.gcp.project import GcloudStep, access_token
-from gptoss_gke.gcp.registry import REPO_FACT, describe_repository
+from gptoss_gke.gcp.project import Credentials, access_token
+from gptoss_gke.gcp.registry import (ArtifactRepository, PurgeRepository, describe_repository, registry_host,
+                                     repository_kept_for)
 from gptoss_gke.ownership import gcp_owner_problem, kept_for
 from gptoss_gke.targets import CATALOGUE
 
@@ -118,10 +119,6 @@ def parse_reference(text: str) -> ImageRef:
     if tag is None and digest is None:
         tag = "latest"
     return ImageRef(registry, path, tag, digest)
-
-
-def registry_host(settings) -> str:
-    return settings.registry.host or f"{settings.registry_location}-docker.pkg.dev"
 
 
 def source_ref(settings, target_name: str) -> ImageRef:
@@ -327,7 +324,7 @@ def observe_source(ctx, target_name: str) -> SourceState:
                          None)
             if match is None:
                 raise StepError(f"{ref} has no {platform} image (it has {', '.join(state.platforms) or 'none'})",
-                                f"set registry.platform to one of those (or all), or pick another image")
+                                "set registry.platform to one of those (or all), or pick another image")
             state.wanted = match["digest"]
             state.chosen = f"{platform} of index {short(digest)}"
         else:
@@ -424,8 +421,8 @@ class MirrorImage(Step):
     def __init__(self, settings, target_name: str):
         self.target_name = target_name
         self.name = f"image {target_name}"
-        self.needs = ("gcloud credentials", f"repository {settings.registry.repository} "
-                                            f"({settings.registry_location})")
+        self.key = f"image.{target_name}"
+        self.needs = (Credentials.key, ArtifactRepository.key)
 
     def observe(self, ctx):
         src = observe_source(ctx, self.target_name)
@@ -476,15 +473,21 @@ class MirrorImage(Step):
         dest = destination(ctx.settings, self.target_name)
         ctx.printer.line(f"  copying registry-to-registry (no local daemon, nothing stored here) → {dest.repo}",
                          "dim")
-        with dest_auth_file(ctx) as auth_file:
-            try:
-                ctx.shell.write(change.argv, env={"REGISTRY_AUTH_FILE": auth_file}, timeout=change.timeout,
-                                purpose=change.summary)
-            except CommandFailed as exc:
-                if "initializing source" in exc.stderr:  # skopeo's words for "could not read the source"
-                    raise _source_error(ctx.settings, self.target_name, source_ref(ctx.settings, self.target_name),
-                                        exc) from None
-                raise _dest_error(ctx.settings, dest, exc, writing=True) from None
+        _skopeo_write(ctx, self.target_name, change, reads_source=True)
+
+
+def _skopeo_write(ctx, target_name: str, change: Change, *, reads_source: bool = False) -> None:
+    """A skopeo command that writes to our repository (a copy, a delete), the destination token in a private
+    auth file; its failure in words (the source's, when skopeo could not read it)."""
+    dest = destination(ctx.settings, target_name)
+    with dest_auth_file(ctx) as auth_file:
+        try:
+            ctx.shell.write(change.argv, env={"REGISTRY_AUTH_FILE": auth_file}, timeout=change.timeout,
+                            purpose=change.summary)
+        except CommandFailed as exc:
+            if reads_source and "initializing source" in exc.stderr:  # skopeo: "could not read the source"
+                raise _source_error(ctx.settings, target_name, source_ref(ctx.settings, target_name), exc) from None
+            raise _dest_error(ctx.settings, dest, exc, writing=True) from None
 
 
 def _tags_sharing(ctx, dest: ImageRef, digest: str) -> list[str]:
@@ -523,9 +526,10 @@ class PurgeImage(Step):
     tag; a plain registry cannot delete a tag alone, so the image stays, said so)."""
 
     section = "images"
-    needs = ("gcloud credentials",)
+    needs = (Credentials.key,)
 
     def __init__(self, settings, target_name: str, others: dict | None = None):
+        self.key = f"image.{target_name}.purge"
         self.target_name = target_name
         self.others = others or {}
         self.name = f"mirrored image {target_name}"
@@ -545,7 +549,7 @@ class PurgeImage(Step):
             return noop("remote repository: nothing was copied (its cache goes with the repository)")
         if current is None:
             return Plan([Change(f"delete {dest} (not observed)", "delete", argv=self._delete_argv(ctx, dest))])
-        if current["repo"] is not None and _ours(s, current["repo"]) and not _repository_kept_for(s, self.others):
+        if current["repo"] is not None and _ours(s, current["repo"]) and not repository_kept_for(s, self.others):
             return noop(f"{dest} goes with repository {s.registry.repository}")
         if current["digest"] is None:
             return noop(f"{dest} does not exist")
@@ -571,58 +575,10 @@ class PurgeImage(Step):
         return [SKOPEO, "delete", *_tls(s), ref.docker()]
 
     def apply(self, ctx, change: Change) -> None:
-        dest = destination(ctx.settings, self.target_name)
         if change.argv[0] != SKOPEO:
             gcloud.write(ctx, change.argv, what=change.summary)
             return
-        with dest_auth_file(ctx) as auth_file:
-            try:
-                ctx.shell.write(change.argv, env={"REGISTRY_AUTH_FILE": auth_file}, purpose=change.summary)
-            except CommandFailed as exc:
-                raise _dest_error(ctx.settings, dest, exc, writing=True) from None
-
-
-def _repository_kept_for(settings, others: dict) -> str | None:
-    """Why our repository stays although we created it: another environment mirrors into it."""
-    here = (settings.project, settings.registry_location, settings.registry.repository, registry_host(settings))
-    return kept_for(others, lambda o: (o.project, o.registry_location, o.registry.repository,
-                                       registry_host(o)) == here)
-
-
-class PurgeRepository(GcloudStep):
-    """teardown --purge-images: the repository, only if this environment created it (our labels) and
-    no other environment mirrors into it."""
-
-    section = "images"
-    needs = ("gcloud credentials",)
-
-    def __init__(self, settings, others: dict | None = None):
-        self.others = others or {}
-        self.name = f"repository {settings.registry.repository} ({settings.registry_location})"
-
-    def observe(self, ctx):
-        return describe_repository(ctx)
-
-    def plan(self, ctx, current) -> Plan:
-        s = ctx.settings
-        name, loc = s.registry.repository, s.registry_location
-        if current is None:
-            return noop(f"repository {name} does not exist in {loc}")
-        why = gcp_owner_problem(current.get("labels"), s)
-        if why is not None:
-            return noop(f"repository {name} is {why}: kept (only our images were removed)")
-        shared = _repository_kept_for(s, self.others)
-        if shared:
-            return noop(f"repository {name} kept: {shared} (only our images were removed)")
-        return Plan([Change(f"delete repository {name} in {loc} and every image in it", "delete",
-                            argv=gcloud.argv(ctx, "artifacts", "repositories", "delete", name, f"--location={loc}",
-                                             "--quiet"))])
-
-    def apply(self, ctx, change: Change) -> None:
-        try:
-            super().apply(ctx, change)
-        finally:
-            ctx.forget(REPO_FACT)
+        _skopeo_write(ctx, self.target_name, change)
 
 
 def _ours(settings, repo: dict) -> bool:
@@ -631,8 +587,6 @@ def _ours(settings, repo: dict) -> bool:
 
 def mirror_image_steps(settings, targets: list[str]) -> list[Step]:
     """The repository, then each target's image. Put `Credentials()` first (deploy and the task do)."""
-    from gptoss_gke.gcp.registry import ArtifactRepository
-
     return [ArtifactRepository(settings), *[MirrorImage(settings, t) for t in targets]]
 
 

@@ -1,6 +1,8 @@
 """The target catalogue: everything a tutorial fixes about one deployment, errata applied.
 
-Adding a target is one entry in CATALOGUE plus one folder under manifests/.
+Adding a target is one entry in CATALOGUE plus one folder under manifests/ (its workload; what every
+target shares is in manifests/common/). The flags' help, the settings' `targets.<name>` keys and the
+checks all come from here.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ class Target:
     manifests: str  # folder under manifests/
     load_budget_s: int  # image pull + weight load + compile, sizes the startupProbe and the wait
     smoke: str  # "chat" or "completion"
-    port: int = 8000
+    port: int = 8000  # where vLLM listens in the pod
+    service_port: int | None = None  # the ClusterIP Service's port (default: the same as port)
     max_model_len: int = 8192
     gpu_memory_utilization: float = 0.9
     kv_cache_dtype: str = "auto"
@@ -120,6 +123,7 @@ L4 = Target(
     ),
     weights="pvc",
     manifests="l4",
+    service_port=80,  # the L4 tutorial's Service
     load_budget_s=1200,
     smoke="chat",
     max_model_len=128000,

@@ -141,9 +141,7 @@ def test_auth_without_a_terminal_explains_the_alternative(offline_env):
 
 
 def _task_flags() -> dict[str, set[str]]:
-    from gptoss_gke.playbooks import build_collection
-
-    ns = build_collection()
+    from tasks import ns
     return {name: {"--" + n for arg in ns[name].get_arguments() for n in arg.names} for name in ns.task_names}
 
 
@@ -184,7 +182,7 @@ def test_unexpected_errors_are_one_line_with_the_debug_hint(monkeypatch, capsys)
     import pytest
     from invoke.exceptions import Exit
 
-    from gptoss_gke.playbooks import guarded
+    from gptoss_gke.cli import guarded
 
     def bug():
         return {}["hf_" + "x" * 20]  # an unexpected KeyError whose text looks like a token

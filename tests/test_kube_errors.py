@@ -9,7 +9,7 @@ import pytest
 from gptoss_gke.config import load_settings, parse_set
 from gptoss_gke.core import Runner
 from gptoss_gke.core.retry import RetryPolicy
-from gptoss_gke.k8s.apply import KubeObject
+from gptoss_gke.k8s.objects import KubeObject
 from gptoss_gke.k8s.manifests import render
 from tests.conftest import in_process, kube_env
 from tests.emulators.kube import kube_emulator  # noqa: F401  (fixture)

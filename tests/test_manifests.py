@@ -10,6 +10,7 @@ import yaml
 
 from gptoss_gke.config import load_settings, parse_set
 from gptoss_gke.k8s.manifests import deploy_objects_offline, render
+from gptoss_gke.targets import CATALOGUE
 from tests.conftest import REPO, run_inv
 
 K8S_VERSION = "1.34.0"  # GKE rapid channel, where Ironwood runs
@@ -23,7 +24,7 @@ def settings_for(env: str, *sets: str):
 def all_renderings():
     """What `inv render` prints (= what deploy applies) for every example environment, target and expose mode."""
     for env_file in sorted((REPO / "env").glob("*.yaml")):
-        for target in ("l4", "ironwood"):
+        for target in CATALOGUE:
             for expose in ("cluster-ip", "load-balancer", "ingress"):
                 s = settings_for(env_file.stem, f"targets.{target}.expose={expose}",
                                  f"targets.{target}.ingress_host=gptoss.example.com")
@@ -130,7 +131,7 @@ def test_ironwood_fixes_the_tutorial_errata():
 def test_no_secret_in_rendered_manifests(monkeypatch):
     token = "hf_" + "x" * 30
     s = load_settings("dev", environ={"GPTOSS_ENV_DIR": str(REPO / "env"), "HF_TOKEN": token})
-    for target in ("l4", "ironwood"):
+    for target in CATALOGUE:
         assert token not in yaml.safe_dump_all(render(s, s.target(target), IMAGE))
 
 
@@ -162,7 +163,8 @@ def test_ironwood_weights_mount_is_tuned_for_a_65_gb_streamed_load():
 
 
 def test_inv_render_prints_what_deploy_applies_offline_and_writes_files(offline_env, tmp_path):
-    from gptoss_gke.deploy import kube_steps, with_image
+    from gptoss_gke.k8s.objects import with_image
+    from tasks.deploy import kube_steps
 
     sets = ["--set", "targets.ironwood.expose=ingress", "--set", "targets.ironwood.ingress_host=llm.example.com"]
     proc = run_inv(["render", "--target=ironwood", *sets], offline_env)

@@ -25,7 +25,9 @@ from gptoss_gke.core import Context, Redactor, Runner
 from gptoss_gke.core.report import Printer, write_report
 from gptoss_gke.core.retry import RetryPolicy
 from gptoss_gke.core.shell import Shell
-from gptoss_gke.models import MANIFEST_NAME, model_folder, select_files, stage_model_steps
+from gptoss_gke.staging.hub import select_files
+from gptoss_gke.staging.state import MANIFEST_NAME
+from gptoss_gke.staging.steps import model_folder, stage_model_steps
 from gptoss_gke.targets import GPTOSS_ALLOW, GPTOSS_IGNORE
 from tests.conftest import INV, REPO
 from tests.emulators.gcp import gcloud_env, gcp_emulator  # noqa: F401 - fixture
@@ -193,7 +195,7 @@ def test_branch_is_resolved_to_its_commit_and_the_folder_names_the_commit(tmp_pa
 
 def _run_only_stage(settings, gcs):
     """StageModel alone on raw fake-gcs-server (the bucket made by hand, as someone else would)."""
-    from gptoss_gke.models import StageModel
+    from gptoss_gke.staging.steps import StageModel
 
     client = gcs.client()
     if not client.lookup_bucket(BUCKET):
@@ -430,7 +432,7 @@ def test_inv_stage_model_killed_mid_transfer_resumes_with_only_what_is_missing(t
 
 
 def test_teardown_purge_deletes_only_what_we_staged_and_revokes_the_grant(tmp_path, hf_hub, gcs_front, fake_gcs):
-    from gptoss_gke.models import purge_model_steps
+    from gptoss_gke.staging.steps import purge_model_steps
 
     sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=MiB, n_shards=2, copy_size=MiB)
     s = settings_for(tmp_path, hf_hub, sha)
@@ -441,7 +443,7 @@ def test_teardown_purge_deletes_only_what_we_staged_and_revokes_the_grant(tmp_pa
     bucket.blob("elsewhere/model.safetensors").upload_from_string(b"not ours either")
     # A staging run killed mid-upload leaves an upload open (its parts billed until aborted); someone
     # else's upload elsewhere in the bucket is not ours to abort.
-    from gptoss_gke.models import MultipartUploads
+    from gptoss_gke.gcp.storage import MultipartUploads
 
     mpu = MultipartUploads(fake_gcs.client(gcs_front.url).bucket(BUCKET))
     ours = mpu.start(f"models/{REPO_ID}/{sha}/model-00001-of-00002.safetensors", {})

@@ -26,8 +26,9 @@ from gptoss_gke.core.retry import RetryPolicy
 from gptoss_gke.core.shell import Shell
 from gptoss_gke.core.step import Change, Plan, Step, noop
 from gptoss_gke.errors import ConfigError, StepError
-from gptoss_gke.remote import (STAGING_MODULES, RemoteHost, RemoteSession, code_bundle, resolve_remote,
-                               run_task_remotely, stream_command)
+from gptoss_gke.remote.session import RemoteSession, resolve_remote
+from gptoss_gke.remote.shipping import code_bundle
+from gptoss_gke.remote.steps import STAGING_MODULES, RemoteHost, run_task_remotely, stream_command
 from tests.conftest import run_inv
 from tests.emulators.gcp import gcloud_env, gcp_emulator  # noqa: F401 - fixture
 from tests.emulators.hfhub import hf_hub, make_gptoss_like_repo  # noqa: F401 - fixture

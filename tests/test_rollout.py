@@ -7,7 +7,7 @@ import pytest
 
 from gptoss_gke.config import load_settings, parse_set
 from gptoss_gke.core import Runner
-from gptoss_gke.k8s.apply import KubeObject
+from gptoss_gke.k8s.objects import KubeObject
 from gptoss_gke.k8s.manifests import render
 from gptoss_gke.k8s.secret import ApiKeySecret
 from gptoss_gke.k8s.wait import Rollout

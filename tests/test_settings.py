@@ -145,7 +145,7 @@ def test_bad_input_exits_2_before_any_step(offline_env, args, expect):
 def _leaf_keys(model, prefix=""):
     from typing import get_origin
 
-    from gptoss_gke.config import _model_in
+    from gptoss_gke.config.loader import _model_in
 
     for name, info in model.model_fields.items():
         if info.exclude:

@@ -375,6 +375,6 @@ def test_inv_port_forward_curl_hint_works_with_the_key_never_on_a_command_line(w
     started = argv_log.read_text()
     assert "/v1/models" in started and world.key not in started and "Bearer" not in started
     assert f"| curl -s {url}/v1/models -H @-" in hint and "$VLLM_API_KEY" in hint
-    assert proc.returncode == 0 and "tunnel closed" in out and "RECAP ok=0 changed=1" in out
+    assert proc.returncode == 0 and "tunnel closed" in out and "RECAP ok=1 changed=0" in out
     assert world.key not in out
     assert _refused(int(url.rsplit(":", 1)[1]))

@@ -57,7 +57,7 @@ def remote_runs(server) -> list[int]:
         pid = todo.pop()
         for child in children.get(pid, []):
             todo.append(child)
-            if b"gptoss_gke.remote_entry" in cmdlines.get(child, b""):
+            if b"gptoss_gke.remote.entry" in cmdlines.get(child, b""):
                 found.append(child)
     return found
 

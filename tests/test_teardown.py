@@ -138,7 +138,7 @@ def test_purge_model_deletes_only_what_this_environment_staged_and_a_grant_no_ot
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    from gptoss_gke.models import MANIFEST_NAME
+    from gptoss_gke.staging.state import MANIFEST_NAME
 
     w = deploy_world
     client = storage.Client(project=P, credentials=AnonymousCredentials(),

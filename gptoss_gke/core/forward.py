@@ -1,7 +1,7 @@
 """A local listening port whose connections are relayed to an upstream, one relay thread each.
 
-:class:`LocalForwarder` holds what ``kubectl port-forward``-style and ``ssh -L``-style tunnels share:
-the 127.0.0.1 listener (an ephemeral port when 0), the accept loop (``select`` with a short poll so
+:class:`LocalForwarder` is the tunnel's plumbing (``k8s/portforward.py`` is the one tunnel): the
+127.0.0.1 listener (an ephemeral port when 0), the accept loop (``select`` with a short poll so
 it notices ``close``), one relay thread per accepted connection, the tracking of what is open, and
 a ``close`` that stops the listener, closes everything and joins the threads. A subclass says how to
 reach the far end (:meth:`LocalForwarder.open_upstream`) and, when a plain two-way copy is not
@@ -19,9 +19,9 @@ from gptoss_gke.errors import StepError
 POLL_S = 0.2  # how often idle loops look at the "closing" flag
 
 
-def close_quietly(obj, *, shutdown: bool = True) -> None:
+def close_quietly(obj) -> None:
     """Close a socket (shut down first, so the peer sees the end at once) or anything with ``close``."""
-    if shutdown and isinstance(obj, socket.socket):
+    if isinstance(obj, socket.socket):
         try:
             obj.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -37,9 +37,6 @@ class LocalForwarder:
 
     backlog = 16
     join_timeout_s = 5.0
-    shutdown_sockets = True  # shut sockets down before closing them
-    close_before_join = True  # close what is open before joining the relays (else join, then close)
-    open_in_acceptor = False  # open the upstream on the accept thread (else on the relay thread)
     acceptor_name = "forward :{port}"
     relay_name = "forward relay :{port}"
     bind_fix = "pick another local port (0: any free one)"
@@ -51,7 +48,7 @@ class LocalForwarder:
             self.listener.bind(("127.0.0.1", int(local_port)))
         except OSError as exc:
             self.listener.close()
-            raise StepError(f"cannot listen on 127.0.0.1:{local_port}: {self._bind_reason(exc)}",
+            raise StepError(f"cannot listen on 127.0.0.1:{local_port}: {exc.strerror or exc}",
                             self.bind_fix) from None
         self.listener.listen(self.backlog)
         self.port = self.listener.getsockname()[1]
@@ -79,10 +76,6 @@ class LocalForwarder:
     def released(self) -> None:
         """Called last by ``close``: release what the subclass holds."""
 
-    @staticmethod
-    def _bind_reason(exc: OSError) -> str:
-        return exc.strerror or str(exc)
-
     # ---- lifecycle
 
     def start(self):
@@ -96,14 +89,11 @@ class LocalForwarder:
         except OSError:
             pass
         self._acceptor.join(timeout=self.join_timeout_s)
-        if self.close_before_join:
-            self._close_open()
+        self._close_open()  # first: a relay blocked on a socket ends when it closes
         with self._lock:
             threads = list(self._threads)
         for t in threads:
             t.join(timeout=self.join_timeout_s)
-        if not self.close_before_join:
-            self._close_open()
         self.released()
 
     # ---- bookkeeping
@@ -123,7 +113,7 @@ class LocalForwarder:
     def _untrack_close(self, *objs) -> None:
         objs = tuple(o for o in objs if o is not None)
         for o in objs:
-            close_quietly(o, shutdown=self.shutdown_sockets)
+            close_quietly(o)
         with self._lock:
             self._open.difference_update(objs)
 
@@ -153,14 +143,7 @@ class LocalForwarder:
     def _accepted(self, conn: socket.socket, peer) -> bool:
         """Start relaying one accepted connection; False stops the accept loop."""
         self._track(conn)
-        upstream = None
-        if self.open_in_acceptor:
-            upstream = self.open_upstream(conn, peer)
-            if upstream is None:
-                self._untrack_close(conn)
-                return True
-            self._track(upstream)
-        t = threading.Thread(target=self._serve, args=(conn, peer, upstream), daemon=True,
+        t = threading.Thread(target=self._serve, args=(conn, peer), daemon=True,
                              name=self.relay_name.format(port=self.port))
         t.start()
         with self._lock:
@@ -169,13 +152,14 @@ class LocalForwarder:
 
     # ---- one connection
 
-    def _serve(self, conn: socket.socket, peer, upstream) -> None:
+    def _serve(self, conn: socket.socket, peer) -> None:
+        """On the relay thread: open the far end (it may take a while), then move bytes."""
+        upstream = None
         try:
+            upstream = self.open_upstream(conn, peer)
             if upstream is None:
-                upstream = self.open_upstream(conn, peer)
-                if upstream is None:
-                    return
-                self._track(upstream)
+                return
+            self._track(upstream)
             self.relay(conn, upstream)
         finally:
             self._untrack_close(conn, upstream)

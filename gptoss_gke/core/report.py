@@ -27,6 +27,15 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def format_size(n: float) -> str:
+    """Bytes in decimal units, as the Hugging Face Hub shows file sizes."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
 def silence_stdout() -> None:
     """The reader of our stdout went away (`| head`): point the descriptor at /dev/null, so neither the
     rest of the run nor Python's flush at exit meets a broken pipe."""

@@ -28,6 +28,7 @@ class CommandRecord:
 class StepResult:
     name: str
     section: str
+    key: str = ""  # the step's stable identity (Step.key): what `needs` and approvals name
     action: str = "noop"
     changed: bool = False
     reason: str = ""

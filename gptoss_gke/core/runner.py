@@ -20,7 +20,7 @@ from gptoss_gke.core.redact import Redactor
 from gptoss_gke.core.report import Printer
 from gptoss_gke.core.result import ABSENT, OBSERVED, UNKNOWN, StepResult
 from gptoss_gke.core.shell import Shell
-from gptoss_gke.core.step import Plan, Step
+from gptoss_gke.core.step import Check, Plan, Step
 from gptoss_gke.errors import CannotObserve, Conflict, Interrupted, ToolError
 
 MAX_PARALLEL_READS = 8
@@ -65,8 +65,7 @@ class Context:
         from gptoss_gke.core.retry import is_transient_exception, short_reason
 
         def announce(exc: BaseException, delay: float) -> None:
-            self.printer.line(f"    retrying {what} in {delay:.1f}s after a transient error: {short_reason(exc)}",
-                              "dim")
+            self.note(f"    retrying {what} in {delay:.1f}s after a transient error: {short_reason(exc)}")
 
         return self.shell.retry.call(fn, transient=is_transient_exception, on_retry=announce, sleep=self.sleep)
 
@@ -77,6 +76,11 @@ class Context:
     def sleep(self, seconds: float) -> None:
         """Every wait inside a step goes through here: an interrupt ends it at once (Interrupted)."""
         self.interrupt.wait(seconds)
+
+    def note(self, text: str, style: str | None = "dim") -> None:
+        """A line about the step in progress (a retry, a caveat): shown with that step's output, after its
+        TASK header, even when it comes from a read running in the background."""
+        self.shell.say(text, style)
 
     def forget(self, key: str) -> None:
         with self._lock:
@@ -98,29 +102,38 @@ class Context:
 
 
 class _StepOutput:
-    """Commands a step ran are buffered while its reads run in the background, shown in order."""
+    """What a step prints (the commands it ran, its notes) is held while its reads run in the background
+    or until it turns out to act (a quiet pass), then shown in order, after its TASK header."""
 
     def __init__(self, printer: Printer, result: StepResult):
         self.printer = printer
         self.result = result
         self.live = False
         self.announced = False
-        self._pending: list = []
+        self._pending: list[Callable[[], None]] = []
         self._lock = threading.Lock()
 
     def __call__(self, rec) -> None:
         with self._lock:
             self.result.commands.append(rec)
+        self._show(lambda: self.printer.command(rec.argv, rec.elapsed if rec.executed else None, rec.write,
+                                                rec.executed))
+
+    def line(self, text: str, style: str | None = None) -> None:
+        self._show(lambda: self.printer.line(text, style))
+
+    def _show(self, show: Callable[[], None]) -> None:
+        with self._lock:
             if not self.live:
-                self._pending.append(rec)
+                self._pending.append(show)
                 return
-        self.printer.command(rec.argv, rec.elapsed if rec.executed else None, rec.write, rec.executed)
+        show()
 
     def go_live(self) -> None:
         with self._lock:
             pending, self._pending, self.live = self._pending, [], True
-        for rec in pending:
-            self.printer.command(rec.argv, rec.elapsed if rec.executed else None, rec.write, rec.executed)
+        for show in pending:
+            show()
 
 
 class Runner:
@@ -132,13 +145,13 @@ class Runner:
         # quiet: print only the steps that act, fail or are skipped (a second pass after a preview
         # that already listed everything).
         self.quiet = quiet
-        # approved: step name → the change summaries a person confirmed (from a preview). Anything
+        # approved: step key → the change summaries a person confirmed (from a preview). Anything
         # else a step now plans is left undone and said so: nothing happens that was not listed.
         self.approved = approved
 
     def run(self, steps: list[Step]) -> list[StepResult]:
         ctx = self.ctx
-        outputs = [_StepOutput(ctx.printer, StepResult(s.name, s.section, dry_run=ctx.dry_run)) for s in steps]
+        outputs = [_StepOutput(ctx.printer, StepResult(s.name, s.section, s.key, dry_run=ctx.dry_run)) for s in steps]
         last_gate = max((i for i, s in enumerate(steps) if s.gate), default=-1)
         observed: dict[int, Future] = {}
         pool = ThreadPoolExecutor(max_workers=MAX_PARALLEL_READS, thread_name_prefix="observe")
@@ -198,7 +211,7 @@ class Runner:
         failed = [r for r in self.results if r.status == "failed"
                   or (r.status == "skipped" and r.observation == UNKNOWN)]
         for r in failed:
-            if step.needs is None or r.name in step.needs:
+            if step.needs is None or r.key in step.needs:
                 return f"{r.name} {'failed' if r.status == 'failed' else 'could not be observed'}"
         return None
 
@@ -243,7 +256,7 @@ class Runner:
                 result.action = "skip"
                 result.reason = f"not observed ({result.facts['not_observed']}): {step.if_unobservable}"
                 return
-            plan = self._only_approved(step, step.plan(ctx, current))
+            plan = self._only_approved(step, self._plan(step, current))
             self._describe(result, plan)
             if plan.action in ("noop", "skip"):
                 return
@@ -261,7 +274,11 @@ class Runner:
             try:
                 for change in plan.changes:
                     ctx.interrupt.check(f"before: {change.summary}")
-                    step.apply(ctx, change)
+                    try:
+                        step.apply(ctx, change)
+                    finally:  # (a failed write may have changed something too)
+                        for fact in step.invalidates:
+                            ctx.forget(fact)
             except Conflict as exc:
                 # Someone (or a retried request) got there first: look again before failing.
                 ctx.printer.line(f"  conflict: {exc.problem}; observing again", "dim")
@@ -294,10 +311,25 @@ class Runner:
             result.error = f"interrupted by {ctx.interrupt.name}: {result.error}"
             result.fix = interrupt.RERUN_FIX
 
+    def _plan(self, step: Step, current: Any) -> Plan:
+        """A step's plan; for a check, its probe (in a dry-run, its preview) and its verdict."""
+        ctx = self.ctx
+        if not isinstance(step, Check):
+            return step.plan(ctx, current)
+        if ctx.dry_run:
+            preview = step.preview(ctx)
+            if preview is not None:
+                return preview
+        plan = step.verdict(ctx, step.probe(ctx, current))
+        if plan.changes:
+            raise ToolError(f"{step.name} is a check but planned a change ({plan.changes[0].summary})",
+                            "this is a bug in gptoss-gke: a check only looks; please report it")
+        return plan
+
     def _only_approved(self, step: Step, plan: Plan) -> Plan:
         if self.approved is None or not plan.changes:
             return plan
-        ok = set(self.approved.get(step.name, ()))
+        ok = set(self.approved.get(step.key, ()))
         unlisted = [c.summary for c in plan.changes if c.summary not in ok]
         if unlisted:
             plan.changes = [c for c in plan.changes if c.summary in ok]

@@ -137,6 +137,14 @@ class Shell:
         previous, self._recorder.sink = self._recorder.sink, sink
         return previous
 
+    def say(self, text: str, style: str | None = "dim") -> None:
+        """A line about the step this thread works for (through its output, in order), else straight out."""
+        sink = self._recorder.sink
+        if sink is not None and hasattr(sink, "line"):
+            sink.line(text, style)
+        else:
+            self.emit(text)
+
     def _record(self, rec: CommandRecord) -> None:
         if self._recorder.sink:
             self._recorder.sink(rec)
@@ -152,11 +160,15 @@ class Shell:
                 "pass the secret through the environment or a 0600 file",
             )
 
+    def check_online(self) -> None:
+        """Before any cloud read (a command, or an SDK call): none can succeed once one said why."""
+        if self.offline:
+            raise CannotObserve(self.offline)
+
     def read(self, argv: list[str], *, env: dict[str, str] | None = None, ok_codes: tuple[int, ...] = (0,),
              timeout: float | None = None, stdin: str | None = None) -> Completed:
         """A command that changes nothing: it runs in dry-run too."""
-        if self.offline:
-            raise CannotObserve(self.offline)
+        self.check_online()
         return self._run(argv, env=env, ok_codes=ok_codes, timeout=timeout, write=False, stdin=stdin)
 
     def write(self, argv: list[str], *, env: dict[str, str] | None = None, timeout: float | None = None,
@@ -220,6 +232,6 @@ class Shell:
 
         def announce(exc: BaseException, delay: float) -> None:
             first = str(getattr(exc, "stderr", exc)).strip().splitlines()[-1:] or [""]
-            self.emit(f"    retrying in {delay:.1f}s after a transient error: {self.redact(first[0])[:200]}")
+            self.say(f"    retrying in {delay:.1f}s after a transient error: {self.redact(first[0])[:200]}", None)
 
         return self.retry.call(once, transient=transient, on_retry=announce, sleep=stop.wait)

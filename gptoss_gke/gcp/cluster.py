@@ -1,8 +1,13 @@
-"""The GKE cluster, its node pools and kubectl credentials.
+"""The GKE cluster, its node pools and kubectl credentials: created, converged, checked and deleted here.
 
 One `gcloud container clusters describe` serves every step here (the reply carries the node pools),
-so a converged run costs one read. Each drifted cluster setting gets its own `clusters update`:
-gcloud takes exactly one update flag per call, and each is its own long-running operation.
+so a converged run costs one read; every step that writes declares that read stale (``invalidates``).
+Each drifted cluster setting gets its own `clusters update`: gcloud takes exactly one update flag per
+call, and each is its own long-running operation.
+
+Deleting (teardown): a node pool or the cluster only if this environment created it (our labels), and
+never while the Kubernetes objects on it could not be seen, unless ``--force`` says so (then what may
+be left behind is named).
 """
 
 from __future__ import annotations
@@ -10,11 +15,13 @@ from __future__ import annotations
 import math
 import re
 
-from gptoss_gke.config import reservation_key
-from gptoss_gke.core.step import Change, Plan, Step, noop
-from gptoss_gke.errors import StepError
+from gptoss_gke.config.rules import reservation_key
+from gptoss_gke.core.step import Change, Check, Plan, noop
+from gptoss_gke.errors import CannotObserve, StepError
 from gptoss_gke.gcp import gcloud
-from gptoss_gke.gcp.project import Apis, GcloudStep, Project
+from gptoss_gke.gcp.project import Credentials, GcloudStep
+from gptoss_gke.k8s.client import KUBE_CLIENT_FACT, MAY_BE_ORPHANED, KubernetesApi, context_server, kube_for_cluster
+from gptoss_gke.ownership import gcp_owner_problem
 
 CLUSTER_FACT = "gke.cluster"
 SERVER_CONFIG_FACT = "gke.server_config"
@@ -75,16 +82,10 @@ def default_pool_billing(s) -> str:
             f"plus GKE's cluster fee")
 
 
-class _ClusterScoped(GcloudStep):
-    def apply(self, ctx, change: Change) -> None:
-        try:
-            super().apply(ctx, change)
-        finally:
-            ctx.forget(CLUSTER_FACT)  # the cluster (and its pools) changed: read it again
-
-
-class Cluster(_ClusterScoped):
+class Cluster(GcloudStep):
     section = "cluster"
+    key = "gke.cluster"
+    invalidates = (CLUSTER_FACT,)  # the cluster (and its pools) changed: read it again
 
     def __init__(self, settings):
         self.name = f"cluster {settings.cluster.name}"
@@ -196,10 +197,12 @@ def _chips_per_host(machine_type: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-class NodePool(_ClusterScoped):
+class NodePool(GcloudStep):
     section = "node pools"
+    invalidates = (CLUSTER_FACT,)
 
     def __init__(self, settings, target_name: str):
+        self.key = f"gke.node-pool.{target_name}"
         self.target_name = target_name
         self.target = settings.target(target_name)
         self.options = settings.target_settings(target_name).node_pool
@@ -478,10 +481,10 @@ class KubeCredentials(GcloudStep):
 
     section = "cluster"
     name = "kubectl credentials"
+    key = "gke.kubeconfig"
+    invalidates = (KUBE_CLIENT_FACT,)  # a client built before would still use the old context
 
     def observe(self, ctx):
-        from gptoss_gke.k8s.client import context_server
-
         cluster = describe_cluster(ctx) or {}
         endpoint = dns_endpoint(cluster).get("endpoint") if ctx.settings.cluster.control_plane == "dns" \
             else cluster.get("endpoint")
@@ -501,11 +504,118 @@ class KubeCredentials(GcloudStep):
                             env={"KUBECONFIG": s.kubeconfig_path})])
 
 
-def setup_cluster_steps(settings, targets: list[str]) -> list[Step]:
-    return [
-        Project(),
-        Apis(),
-        Cluster(settings),
-        *[NodePool(settings, t) for t in targets],
-        KubeCredentials(),
-    ]
+class ClusterReady(Check):
+    """Deploy needs what setup-cluster makes; say so plainly instead of failing three steps later."""
+
+    section = "cluster"
+    key = "gke.cluster-ready"
+
+    def __init__(self, settings, targets: list[str]):
+        self.pools = {t: settings.target(t).node_pool.name for t in targets}
+        self.name = f"cluster {settings.cluster.name} and node pool(s) {', '.join(self.pools.values())}"
+
+    def observe(self, ctx):
+        return describe_cluster(ctx)
+
+    def verdict(self, ctx, current) -> Plan:
+        s = ctx.settings
+        fix = f"run `inv setup-cluster --target={','.join(self.pools)}` first"
+        if current is None:
+            if ctx.dry_run:
+                return noop("cluster not observed; setup-cluster creates it")
+            raise StepError(f"cluster {s.cluster.name} not found in {s.cluster_location}", fix)
+        have = {p.get("name") for p in current.get("nodePools", [])}
+        missing = [p for p in self.pools.values() if p not in have]
+        if missing:
+            raise StepError(f"node pool(s) {', '.join(missing)} missing from cluster {s.cluster.name}", fix)
+        return noop(f"cluster {s.cluster.name} has node pool(s) {', '.join(self.pools.values())}")
+
+
+
+def _blind(ctx, cluster: dict) -> str | None:
+    """Why the Kubernetes objects of ``cluster`` cannot be seen (None: they can)."""
+    try:
+        kube_for_cluster(ctx, cluster)
+    except CannotObserve as exc:
+        return exc.problem
+    return None
+
+
+class DeleteNodePool(GcloudStep):
+    section = "node pools"
+    invalidates = (CLUSTER_FACT,)
+
+    def __init__(self, settings, target_name: str, *, scale_to_zero: bool, kube_steps: tuple[str, ...] = (),
+                 force: bool = False):
+        self.key = f"gke.node-pool.{target_name}.delete"
+        self.pool = settings.target(target_name).node_pool.name
+        self.scale_to_zero = scale_to_zero
+        self.force = force
+        self.name = f"node pool {self.pool}"
+        # Never while the objects on it could not be seen (unless --force says so).
+        self.needs = (Credentials.key, *kube_steps) + (() if force else (KubernetesApi.key,))
+
+    def observe(self, ctx):
+        cluster = describe_cluster(ctx)
+        pool = next((p for p in (cluster or {}).get("nodePools", []) if p.get("name") == self.pool), None)
+        if pool is None:
+            return None
+        return {"pool": pool, "blind": _blind(ctx, cluster) if self.force else None}
+
+    def plan(self, ctx, current) -> Plan:
+        s = ctx.settings
+        if current is None:
+            return noop(f"node pool {self.pool} does not exist")
+        pool = current["pool"]
+        why = gcp_owner_problem(pool.get("config", {}).get("resourceLabels"), s)
+        if why is not None:
+            return noop(f"node pool {self.pool} is {why}: left alone")
+        common = [f"--cluster={s.cluster.name}", *_location_flags(ctx)]
+        blind = f" (--force: {current['blind']})" if current.get("blind") else ""
+        if self.scale_to_zero:
+            auto = pool.get("autoscaling") or {}
+            if auto.get("enabled") and int(auto.get("minNodeCount", 0)) == 0:
+                return noop(f"node pool {self.pool} already scales to zero (kept for a quick return)")
+            return Plan([Change(f"scale node pool {self.pool} to zero (kept){blind}", "update",
+                                timeout=OPERATION_TIMEOUT_S,
+                                argv=gcloud.argv(ctx, "container", "node-pools", "update", self.pool, *common,
+                                                 "--enable-autoscaling", "--min-nodes=0",
+                                                 f"--max-nodes={max(1, int(auto.get('maxNodeCount', 1)))}"))])
+        return Plan([Change(f"delete node pool {self.pool}{blind}", "delete", timeout=OPERATION_TIMEOUT_S,
+                            argv=gcloud.argv(ctx, "container", "node-pools", "delete", self.pool, *common,
+                                             "--quiet"))])
+
+
+class DeleteCluster(GcloudStep):
+    section = "cluster"
+    key = "gke.cluster.delete"
+    invalidates = (CLUSTER_FACT,)
+
+    def __init__(self, settings, *, kube_steps: tuple[str, ...] = (), force: bool = False):
+        self.name = f"cluster {settings.cluster.name}"
+        self.force = force
+        self.needs = (Credentials.key, *kube_steps) + (() if force else (KubernetesApi.key,))
+
+    def observe(self, ctx):
+        cluster = describe_cluster(ctx)
+        if cluster is None:
+            return None
+        return {"cluster": cluster, "blind": _blind(ctx, cluster) if self.force else None}
+
+    def plan(self, ctx, current) -> Plan:
+        s = ctx.settings
+        if current is None:
+            return noop(f"cluster {s.cluster.name} does not exist")
+        why = gcp_owner_problem(current["cluster"].get("resourceLabels"), s)
+        if why is not None:
+            raise StepError(f"cluster {s.cluster.name} is {why}: refusing to delete it",
+                            f"run teardown without --delete-cluster to remove only what environment {s.env_name} "
+                            f"created in it; delete the cluster yourself if you mean it: gcloud container clusters "
+                            f"delete {s.cluster.name} --location={s.cluster_location}")
+        change = Change(f"delete cluster {s.cluster.name}", "delete", timeout=OPERATION_TIMEOUT_S,
+                        argv=gcloud.argv(ctx, "container", "clusters", "delete", s.cluster.name,
+                                         *_location_flags(ctx), "--quiet"))
+        if current.get("blind"):
+            change.summary += f" (--force: {current['blind']})"
+            change.detail = [f"may be left behind: {MAY_BE_ORPHANED}"]
+        return Plan([change])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gptoss_gke.core.step import Change, Plan, Step, noop
+from gptoss_gke.core.step import Change, Check, Plan, Step, noop
 from gptoss_gke.errors import CannotObserve, CommandFailed, StepError
 from gptoss_gke.gcp import gcloud
 
@@ -78,22 +78,23 @@ def _first_read(ctx, read):
 BLIND_PLAN = "nothing below is read: the plan shows what would be done if nothing existed"
 
 
-class Credentials(GcloudStep):
+class Credentials(Check):
     section = "auth"
     name = "gcloud credentials"
+    key = "gcp.credentials"
     gate = True
 
     def observe(self, ctx):
         _first_read(ctx, lambda: access_token(ctx))
         return {"token": True}
 
-    def plan(self, ctx, current) -> Plan:
+    def verdict(self, ctx, current) -> Plan:
         if current is None:  # a dry-run without credentials (anywhere else the step failed)
             return noop(BLIND_PLAN)
         return noop("gcloud has a usable access token; the Python clients reuse this identity")
 
 
-class Project(GcloudStep):
+class Project(Check):
     """Reading the project proves the credentials too, so this one read is the early check.
 
     A gate: when gcloud or its credentials are missing, that is said once, first, and no other read
@@ -102,12 +103,13 @@ class Project(GcloudStep):
 
     section = "auth"
     name = "credentials and project"
+    key = "gcp.project"
     gate = True
 
     def observe(self, ctx):
         return _first_read(ctx, lambda: describe_project(ctx))
 
-    def plan(self, ctx, current) -> Plan:
+    def verdict(self, ctx, current) -> Plan:
         p = ctx.settings.project
         if current is None:
             if ctx.shell.offline:  # a dry-run that could not read the project
@@ -124,6 +126,7 @@ class Project(GcloudStep):
 class Apis(GcloudStep):
     section = "project"
     name = "APIs"
+    key = "gcp.apis"
 
     def observe(self, ctx):
         data = gcloud.read_json(ctx, "services", "list", "--enabled", what="enabled APIs", absent_ok=False)

@@ -1,11 +1,12 @@
-"""The Artifact Registry repository the serving images live in.
+"""The Artifact Registry repository the serving images live in: created here, and purged here.
 
 `mode: copy` wants a standard Docker repository (images are copied in with skopeo); `mode: remote`
 wants a remote repository in front of Docker Hub (nodes pull through it). Format and mode cannot
 change on an existing repository: a mismatch is a clear failure, never a silent recreate.
 
 An existing repository is otherwise left alone: we add no labels to one we did not create, since
-teardown deletes only what carries our labels.
+teardown deletes only what carries our labels (``teardown --purge-images`` deletes the repository only
+if this environment created it and no other environment mirrors into it).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import re
 from gptoss_gke.core.step import Change, Plan, noop
 from gptoss_gke.errors import StepError
 from gptoss_gke.gcp import gcloud
-from gptoss_gke.gcp.project import GcloudStep
-from gptoss_gke.ownership import gcp_owner_problem
+from gptoss_gke.gcp.project import Credentials, GcloudStep
+from gptoss_gke.ownership import gcp_owner_problem, kept_for
 
 REPO_FACT = "ar.repository"
 DESCRIPTION = "gpt-oss serving images ({mode}), managed by gptoss-gke"
@@ -28,6 +29,10 @@ _MODE_WORDS = {"STANDARD_REPOSITORY": "standard", "REMOTE_REPOSITORY": "remote",
 
 def _label_flag(labels: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def registry_host(settings) -> str:
+    return settings.registry.host or f"{settings.registry_location}-docker.pkg.dev"
 
 
 def describe_repository(ctx) -> dict | None:
@@ -57,18 +62,14 @@ def repository_mode(repo: dict) -> str:
 
 class ArtifactRepository(GcloudStep):
     section = "registry"
+    key = "ar.repository"
+    invalidates = (REPO_FACT,)
 
     def __init__(self, settings):
         self.name = f"repository {settings.registry.repository} ({settings.registry_location})"
 
     def observe(self, ctx):
         return describe_repository(ctx)
-
-    def apply(self, ctx, change: Change) -> None:
-        try:
-            super().apply(ctx, change)
-        finally:
-            ctx.forget(REPO_FACT)
 
     def _create_argv(self, ctx) -> list[str]:
         s = ctx.settings
@@ -110,3 +111,41 @@ class ArtifactRepository(GcloudStep):
         return noop(f"repository {name} already exists: Docker, {_MODE_WORDS.get(have_mode, have_mode)}, "
                     f"{uri}{whose}", registry_uri=uri)
 
+
+def repository_kept_for(settings, others: dict) -> str | None:
+    """Why our repository stays although we created it: another environment mirrors into it."""
+    here = (settings.project, settings.registry_location, settings.registry.repository, registry_host(settings))
+    return kept_for(others, lambda o: (o.project, o.registry_location, o.registry.repository,
+                                       registry_host(o)) == here)
+
+
+class PurgeRepository(GcloudStep):
+    """teardown --purge-images: the repository, only if this environment created it (our labels) and
+    no other environment mirrors into it."""
+
+    section = "images"
+    key = "ar.repository.purge"
+    invalidates = (REPO_FACT,)
+    needs = (Credentials.key,)
+
+    def __init__(self, settings, others: dict | None = None):
+        self.others = others or {}
+        self.name = f"repository {settings.registry.repository} ({settings.registry_location})"
+
+    def observe(self, ctx):
+        return describe_repository(ctx)
+
+    def plan(self, ctx, current) -> Plan:
+        s = ctx.settings
+        name, loc = s.registry.repository, s.registry_location
+        if current is None:
+            return noop(f"repository {name} does not exist in {loc}")
+        why = gcp_owner_problem(current.get("labels"), s)
+        if why is not None:
+            return noop(f"repository {name} is {why}: kept (only our images were removed)")
+        shared = repository_kept_for(s, self.others)
+        if shared:
+            return noop(f"repository {name} kept: {shared} (only our images were removed)")
+        return Plan([Change(f"delete repository {name} in {loc} and every image in it", "delete",
+                            argv=gcloud.argv(ctx, "artifacts", "repositories", "delete", name, f"--location={loc}",
+                                             "--quiet"))])

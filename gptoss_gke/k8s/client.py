@@ -15,14 +15,22 @@ import weakref
 from urllib.parse import urlsplit
 
 from gptoss_gke.core import private_files
-from gptoss_gke.core.step import Step
+from gptoss_gke.core.step import Check, Plan, Step, noop
 from gptoss_gke.errors import CannotObserve, Conflict, StepError, ToolError
+from gptoss_gke.gcp.project import Credentials
 
 # What steps that talk to the Kubernetes API import (see Step.sdk_modules).
 SDK = ("kubernetes.client", "kubernetes.config", "kubernetes.dynamic", "kubernetes.stream")
 # A request that hangs is a failure we can retry, not a run that never ends.
 REQUEST_TIMEOUT_S = (10, 60)  # connect, read
 CONTEXT_FIX = "run `inv setup-cluster` (it writes the kubeconfig context), or set kube.kubeconfig/kube.context"
+KUBE_CLIENT_FACT = "kube.client"
+# What deleting a cluster (or its node pools) without seeing inside it may leave behind, billed.
+MAY_BE_ORPHANED = ("external load balancers (gcloud compute forwarding-rules list "
+                   "--filter='description~kubernetes.io/service-name') and persistent disks (gcloud compute disks "
+                   "list --filter='description~kubernetes.io/created-for/pvc')")
+FORCE_BLIND = ("--force: nothing is deleted through the Kubernetes API; the node pools/cluster are deleted anyway "
+               "and may leave behind " + MAY_BE_ORPHANED)
 # Kinds whose objects are not residents of a namespace: records about other objects, or live views.
 _NOT_RESIDENTS = {("", "events"), ("events.k8s.io", "events"), ("metrics.k8s.io", "pods")}
 
@@ -149,7 +157,7 @@ def kube(ctx) -> Kube:
                                  f"{_short_error(exc)}",
                                  "check the cluster is running and `inv setup-cluster` succeeded")
 
-    client = ctx.fact("kube.client", connect)
+    client = ctx.fact(KUBE_CLIENT_FACT, connect)
     if isinstance(client, CannotObserve):
         raise CannotObserve(client.problem, client.fix)
     return client
@@ -279,3 +287,36 @@ class KubeStep(Step):
 
     def explain(self, ctx, exc: Exception) -> Exception | None:
         return explain(ctx, exc)
+
+
+class KubeCheck(KubeStep, Check):
+    """A check (smoke test, benchmark, tunnel, the key) that talks to the Kubernetes API."""
+
+
+class KubernetesApi(KubeCheck):
+    """Can we see inside the cluster at all, through a context that really is this cluster's? Said
+    once, here; every Kubernetes deletion (and, without --force, every pool/cluster deletion) needs it."""
+
+    section = "kubernetes"
+    key = "kube.api"
+    needs = (Credentials.key,)
+
+    def __init__(self, settings, *, force: bool):
+        self.name = f"Kubernetes API of cluster {settings.cluster.name}"
+        if force:
+            self.if_unobservable = FORCE_BLIND
+
+    def observe(self, ctx):
+        from gptoss_gke.gcp.cluster import describe_cluster
+
+        cluster = describe_cluster(ctx)
+        if cluster is None:
+            return None
+        k = kube_for_cluster(ctx, cluster)
+        return {"server": k.api_client.configuration.host}
+
+    def verdict(self, ctx, current) -> Plan:
+        s = ctx.settings
+        if current is None:
+            return noop(f"cluster {s.cluster.name} does not exist: nothing of ours can be in it")
+        return noop(f"context {s.kube_context} reaches cluster {s.cluster.name} ({current['server']})")

@@ -33,7 +33,7 @@ def kind_rank(obj: dict) -> int:
 def model_path(settings, target) -> str:
     """Where vLLM finds the weights inside its pod."""
     if target.weights == "bucket":
-        from gptoss_gke.models import model_folder
+        from gptoss_gke.staging.steps import model_folder
 
         return "/model-vol-mount/" + model_folder(settings, target).strip("/")
     return f"/models/{target.model_id}/{target.model_revision}"
@@ -89,6 +89,7 @@ def render_vars(settings, target, image: str) -> dict[str, Any]:
         "api_key_secret": settings.kube.api_key_secret,
         "image": image,
         "port": target.port,
+        "service_port": target.service_port or target.port,
         "replicas": ts.replicas,
         "selector": selector(target),
         "pod_labels": {**selector(target), **object_labels(settings, target)},

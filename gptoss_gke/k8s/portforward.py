@@ -27,7 +27,7 @@ from typing import Iterator
 
 from gptoss_gke.core.forward import LocalForwarder, close_quietly
 from gptoss_gke.errors import StepError
-from gptoss_gke.k8s.client import kube
+from gptoss_gke.k8s.client import explain, kube
 from gptoss_gke.k8s.manifests import selector
 
 _OPEN_LOCK = threading.Lock()
@@ -49,9 +49,9 @@ def ready_pod(ctx, target) -> str:
     try:
         pods = kube(ctx).core.list_namespaced_pod(ns, label_selector=label_selector).items
     except ApiException as exc:
-        raise StepError(f"cannot list the pods of target {target.name} in namespace {ns}: "
-                        f"HTTP {exc.status} {exc.reason}",
-                        "check your Kubernetes credentials (inv setup-cluster writes them)") from None
+        explained = explain(ctx, exc)  # in words, as every Kubernetes step says it
+        raise StepError(f"cannot list the pods of target {target.name} in namespace {ns}: {explained.problem}",
+                        explained.fix) from None
     ready = sorted((p for p in pods if _is_ready(p)), key=lambda p: p.metadata.name)
     if ready:
         return ready[0].metadata.name

@@ -53,6 +53,7 @@ def _label_drift(current: dict, want: dict[str, str], manager: str) -> list[str]
 
 class ApiKeySecret(KubeStep):
     section = "kubernetes"
+    key = "kube.api-key"
 
     def __init__(self, settings, rotate: bool = False):
         self.rotate = rotate

@@ -139,6 +139,7 @@ class Rollout(KubeStep):
         self.workload = workload_name(self.target)
         self.budget = self.target.load_budget_s
         self.name = f"{self.kind} {settings.kube.namespace}/{self.workload} ready"
+        self.key = f"rollout.{target_name}"
 
     def observe(self, ctx):
         from kubernetes.dynamic.exceptions import NotFoundError

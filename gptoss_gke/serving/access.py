@@ -1,34 +1,39 @@
-"""How a person reaches the endpoint: a long-lived port-forward, and the API key on explicit request."""
+"""How a person reaches the endpoint: a long-lived port-forward, and the API key on explicit request.
+
+Both are checks (they change nothing: ok or failed, never changed), and talk to the Kubernetes API, so
+its errors reach the person as a problem and a fix (``k8s/client.py`` ``explain``).
+"""
 
 from __future__ import annotations
 
 import sys
 
-from gptoss_gke.core.step import Change, Plan, Step
+from gptoss_gke.core.step import Change, Plan, noop
 from gptoss_gke.errors import Interrupted, StepError
+from gptoss_gke.k8s.client import KubeCheck
 
 
-class ForwardSession(Step):
+class ForwardSession(KubeCheck):
     """`inv port-forward`: keep a tunnel open until Ctrl-C, showing how to use it without the key."""
 
     section = "port-forward"
-    verify = False
 
     def __init__(self, settings, target_name: str, *, local_port: int = 8000, until=None):
         self.target = settings.target(target_name)
         self.local_port = local_port
         self.name = f"{self.target.name} endpoint on 127.0.0.1:{local_port or 'any free port'}"
+        self.key = f"port-forward.{target_name}"
         # Tests pass a callable that returns True when the session should end; people press Ctrl-C.
         self.until = until
 
-    def observe(self, ctx):
-        return None
-
-    def plan(self, ctx, current) -> Plan:
+    def preview(self, ctx) -> Plan:
         return Plan([Change(f"forward 127.0.0.1:{self.local_port or '(any)'} to a Ready pod of {self.target.name} "
-                            f"(port {self.target.port}) until Ctrl-C", "update", apply=self.run)])
+                            f"(port {self.target.port}) until Ctrl-C", "update")])
 
-    def run(self, ctx) -> None:
+    def verdict(self, ctx, pod) -> Plan:
+        return noop(f"forwarded to pod {ctx.settings.kube.namespace}/{pod} until it was closed", pod=pod)
+
+    def probe(self, ctx, current) -> str:
         from gptoss_gke.k8s.portforward import port_forward_tunnel
 
         s = ctx.settings
@@ -49,6 +54,7 @@ class ForwardSession(Step):
                 ctx.interrupt.absorb()  # Ctrl-C is how a port-forward ends: not a failure
                 p.line("")
         p.line("  tunnel closed")
+        return tunnel.pod
 
 
 def curl_hint(s, url: str) -> list[str]:
@@ -64,24 +70,24 @@ def curl_hint(s, url: str) -> list[str]:
     ]
 
 
-class ShowApiKey(Step):
+class ShowApiKey(KubeCheck):
     """`inv show-api-key`: the one place the key is printed, to a person at a terminal (or --force)."""
 
     section = "api-key"
-    verify = False
+    key = "api-key.show"
 
     def __init__(self, settings, *, force: bool = False, stream=None):
         self.force = force
         self.stream = stream or sys.stdout
         self.name = f"API key in Secret {settings.kube.namespace}/{settings.kube.api_key_secret}"
 
-    def observe(self, ctx):
-        return None
+    def preview(self, ctx) -> Plan:
+        return Plan([Change("print the API key (this output only; never in a report)", "update")])
 
-    def plan(self, ctx, current) -> Plan:
-        return Plan([Change("print the API key (this output only; never in a report)", "update", apply=self.run)])
+    def verdict(self, ctx, found) -> Plan:
+        return noop("printed the API key above (this output only; never in a report)")
 
-    def run(self, ctx) -> None:
+    def probe(self, ctx, current) -> None:
         from gptoss_gke.k8s.secret import read_api_key
 
         isatty = getattr(self.stream, "isatty", None)

@@ -23,7 +23,7 @@ import yaml
 
 from gptoss_gke.core.step import Change, Plan, noop
 from gptoss_gke.errors import StepError
-from gptoss_gke.k8s.client import KubeStep
+from gptoss_gke.k8s.client import KubeCheck, KubeStep
 
 
 @dataclass(frozen=True)
@@ -122,13 +122,11 @@ def format_table(tests: list[dict[str, Any]]) -> list[str]:
     return lines + failures
 
 
-class Bench(KubeStep):  # Kubernetes errors in words (see k8s.client.explain)
-    """The three tests through a port-forward. Measuring changes nothing on the server, so the tests run
-    as the observation: results are `ok`, a failed request fails the step, dry-run shows the plan."""
+class Bench(KubeCheck):  # Kubernetes errors in words (see k8s.client.explain)
+    """The three tests through a port-forward. Measuring changes nothing on the server: results are `ok`,
+    a failed request fails the step, a dry-run shows the plan."""
 
     section = "bench"
-    verify = False
-    observe_early = False
 
     def __init__(self, settings, target_name: str, *, tests: tuple[BenchTest, ...] = TUTORIAL_TESTS,
                  ignore_eos: bool = True, local_port: int = 0, request_timeout_s: float = 600.0):
@@ -139,26 +137,24 @@ class Bench(KubeStep):  # Kubernetes errors in words (see k8s.client.explain)
         self.request_timeout_s = request_timeout_s
         self.kind = "chat" if self.target.smoke == "chat" else "completion"
         self.name = f"{self.target.name} benchmark ({self.target.model_id}) through a port-forward"
+        self.key = f"bench.{target_name}"
         self.doc: dict[str, Any] = {}
 
-    def observe(self, ctx):
-        if ctx.dry_run:
-            return None
+    def probe(self, ctx, current) -> dict[str, Any]:
         self.doc = {}
         self.run(ctx)
         return self.doc
 
-    def plan(self, ctx, current) -> Plan:
-        if current is not None:
-            return noop(f"measured {len(current['tests'])} tests against {self.target.model_id} (table above)",
-                        bench=current)
+    def verdict(self, ctx, doc) -> Plan:
+        return noop(f"measured {len(doc['tests'])} tests against {self.target.model_id} (table above)", bench=doc)
+
+    def preview(self, ctx) -> Plan:
         path = "/v1/chat/completions" if self.kind == "chat" else "/v1/completions"
         detail = [f"port-forward 127.0.0.1 → a Ready pod of {self.target.name}, port {self.target.port}"]
         detail += [f"{t.name}: {t.description} (POST {path}, streaming"
                    f"{', ignore_eos' if self.ignore_eos else ''})" for t in self.tests]
-        self.doc = {}
-        return Plan([Change(f"run {len(self.tests)} benchmark tests through a port-forward", "update",
-                            apply=self.run, detail=detail)], facts={"bench": self.doc})
+        return Plan([Change(f"run {len(self.tests)} benchmark tests through a port-forward", "update", detail=detail)],
+                    facts={"bench": {}})
 
     def run(self, ctx) -> None:
         from gptoss_gke.k8s.portforward import port_forward_tunnel
@@ -279,6 +275,9 @@ def render_job(settings, target, *, image: str, base_url: str, num_prompts: int,
 
 
 class BenchJob(KubeStep):  # Kubernetes errors in words (see k8s.client.explain)
+    """`vllm bench serve` as a Job: it creates (and replaces) a Job in the cluster, so it is a change,
+    not a check."""
+
     section = "bench"
     verify = False
 
@@ -291,6 +290,7 @@ class BenchJob(KubeStep):  # Kubernetes errors in words (see k8s.client.explain)
         self.output_len = output_len
         self.deadline_s = deadline_s
         self.job = job_name(self.target)
+        self.key = f"bench.{target_name}.in-cluster"
         self.name = f"{self.target.name} benchmark in the cluster (Job {settings.kube.namespace}/{self.job})"
         self.doc: dict[str, Any] = {}
 

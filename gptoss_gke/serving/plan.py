@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gptoss_gke.core.step import Plan, Step, noop
+from gptoss_gke.core.step import Check, Plan, noop
 from gptoss_gke.errors import ConfigError, StepError
 
 GIB = 1 << 30
@@ -102,7 +102,9 @@ def _gib(n: float) -> str:
     return f"{n / GIB:.2f} GiB"
 
 
-class CapacityPlan(Step):
+class CapacityPlan(Check):
+    """Arithmetic only (nothing is read or changed): it runs in every run, a dry-run too."""
+
     section = "plan"
 
     def __init__(self, settings, target_name: str, *, model=None, kv_cache_memory=None, max_model_len=None,
@@ -119,9 +121,14 @@ class CapacityPlan(Step):
         self.throughput = throughput or self.target.assumed_tokens_per_s
         self.tp, self.dp = parallelism(vllm_args(settings, self.target))
         self.name = f"capacity of {target_name}: {self.model}"
+        self.key = f"plan.{target_name}"
         self.report: dict = {}
 
-    def plan(self, ctx, current) -> Plan:
+    def verdict(self, ctx, fits: str) -> Plan:
+        return noop(f"fits: {fits}", **{k: self.report[k] for k in ("kv_cache_tokens", "max_concurrency")})
+
+    def probe(self, ctx, current) -> str:
+        """The memory and KV arithmetic, printed as it goes; returns what fits (or raises: does not fit)."""
         from gptoss_gke.serving.capacity import ModelShape, estimate_kv_cache_memory, kv_cache_plan
 
         t = self.target
@@ -218,20 +225,20 @@ class CapacityPlan(Step):
                              + (f", ${c['spot_hourly']:.2f}/h spot" if c.get("spot_hourly") is not None else "")
                              + (f"; {c['tokens_per_dollar']:,.0f} output tokens per $ at {self.throughput:g} tok/s"
                                 if c.get("tokens_per_dollar") else ""))
-        return noop(f"fits: {verdict}", **{k: report[k] for k in ("kv_cache_tokens", "max_concurrency")})
+        return verdict
 
     def _cost(self, ctx) -> dict | None:
         machine = self.target.node_pool.machine_type
-        price = ctx.settings.prices.get(machine)
-        if price is None:
+        on_demand = ctx.settings.hourly_price(machine)
+        if on_demand is None:
             ctx.printer.line(f"  cost: no price for {machine}; add prices.{machine}.on_demand to the environment",
                              "dim")
             return None
-        cost = {"machine_type": self.target.node_pool.machine_type, "nodes": 1,
-                "on_demand_hourly": price.on_demand, "on_demand_monthly": price.on_demand * HOURS_PER_MONTH,
-                "spot_hourly": price.spot,
-                "spot_monthly": price.spot * HOURS_PER_MONTH if price.spot is not None else None,
+        spot = ctx.settings.hourly_price(machine, spot=True)
+        cost = {"machine_type": machine, "nodes": 1,
+                "on_demand_hourly": on_demand, "on_demand_monthly": on_demand * HOURS_PER_MONTH,
+                "spot_hourly": spot, "spot_monthly": spot * HOURS_PER_MONTH if spot is not None else None,
                 "assumed_tokens_per_s": self.throughput or None}
-        if self.throughput and price.on_demand:
-            cost["tokens_per_dollar"] = self.throughput * 3600 / price.on_demand
+        if self.throughput and on_demand:
+            cost["tokens_per_dollar"] = self.throughput * 3600 / on_demand
         return cost

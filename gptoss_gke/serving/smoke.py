@@ -12,7 +12,7 @@ from typing import Any
 
 from gptoss_gke.core.step import Change, Plan, noop
 from gptoss_gke.errors import StepError
-from gptoss_gke.k8s.client import KubeStep
+from gptoss_gke.k8s.client import KubeCheck
 
 CHAT_PROMPT = "In one sentence: what does a Kubernetes Service do?"
 CHAT_MAX_TOKENS = 64
@@ -32,13 +32,11 @@ def _tunnel_errors(tunnel) -> str:
     return f" (port-forward: {'; '.join(tunnel.errors)})" if tunnel.errors else ""
 
 
-class Smoke(KubeStep):  # Kubernetes errors in words (see k8s.client.explain)
-    """The checks are reads (nothing on the server changes), so they run as the observation: a pass is
-    `ok`, a miss is `failed`, and a dry-run only shows what would be checked."""
+class Smoke(KubeCheck):  # Kubernetes errors in words (see k8s.client.explain)
+    """Nothing on the server changes: a pass is `ok`, a miss is `failed`, and a dry-run only shows what
+    would be checked. The probe runs at the step's turn, once the rollout before it is ready."""
 
     section = "smoke"
-    verify = False
-    observe_early = False  # only meaningful once the rollout before it is ready
 
     def __init__(self, settings, target_name: str, *, health_timeout_s: float = 90.0,
                  request_timeout_s: float = 120.0, local_port: int = 0):
@@ -47,22 +45,21 @@ class Smoke(KubeStep):  # Kubernetes errors in words (see k8s.client.explain)
         self.request_timeout_s = request_timeout_s
         self.local_port = local_port
         self.name = f"{self.target.name} endpoint ({self.target.model_id})"
+        self.key = f"smoke.{target_name}"
         self.measured: dict[str, Any] = {}
 
-    def observe(self, ctx):
-        if ctx.dry_run:
-            return None
+    def probe(self, ctx, current) -> dict[str, Any]:
         self.measured = {}
         self.run(ctx)
         return self.measured
 
-    def plan(self, ctx, current) -> Plan:
-        if current is not None:
-            m = current
-            rate = f", {m['tokens_per_s']:.1f} tok/s" if m.get("tokens_per_s") else ""
-            ttft = f", TTFT {m['ttft_s']:.3f} s" if m.get("ttft_s") is not None else ""
-            return noop(f"{self.target.model_id} answered through the port-forward{ttft}{rate}; "
-                        f"401 without the key", smoke=m)
+    def verdict(self, ctx, m) -> Plan:
+        rate = f", {m['tokens_per_s']:.1f} tok/s" if m.get("tokens_per_s") else ""
+        ttft = f", TTFT {m['ttft_s']:.3f} s" if m.get("ttft_s") is not None else ""
+        return noop(f"{self.target.model_id} answered through the port-forward{ttft}{rate}; "
+                    f"401 without the key", smoke=m)
+
+    def preview(self, ctx) -> Plan:
         t = self.target
         if t.smoke == "chat":
             gen = f"POST /v1/chat/completions (streaming, max_tokens {CHAT_MAX_TOKENS}): answer, reasoning, TTFT, tok/s"
@@ -76,9 +73,8 @@ class Smoke(KubeStep):  # Kubernetes errors in words (see k8s.client.explain)
             gen,
             "GET /v1/models without the key → 401",
         ]
-        self.measured = {}
-        return Plan([Change("smoke-test the endpoint through a port-forward", "update", apply=self.run,
-                            detail=detail)], facts={"smoke": self.measured})
+        return Plan([Change("smoke-test the endpoint through a port-forward", "update", detail=detail)],
+                    facts={"smoke": {}})
 
     # ---- the checks ----
 

@@ -1,4 +1,8 @@
-"""`inv doctor`: is this machine (and its settings) ready? Every miss comes with the exact fix, once."""
+"""What `inv doctor` checks: is this machine (and its settings) ready? Every miss comes with the exact fix, once.
+
+Each is a :class:`~gptoss_gke.core.step.Check`: it reports ok or failed, never changed. The chain is
+``tasks/doctor.py``.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,19 @@ import re
 import shutil
 
 from gptoss_gke.core.shell import INSTALL_HINTS
-from gptoss_gke.core.step import Plan, Step, noop
-from gptoss_gke.errors import CannotObserve, CommandFailed, StepError
+from gptoss_gke.core.step import Check, Plan, noop
+from gptoss_gke.errors import CannotObserve, StepError
 from gptoss_gke.gcp.project import Credentials, Project
 
 MIN_GCLOUD = (450, 0, 0)
 
 
-class LocalTool(Step):
+class LocalTool(Check):
     section = "doctor"
     needs = ()  # every check runs, whatever the others found
 
     def __init__(self, tool: str, version_argv: list[str], *, required: bool = True, why: str = ""):
+        self.key = f"doctor.{tool}"
         self.tool = tool
         self.version_argv = version_argv
         self.required = required
@@ -34,7 +39,7 @@ class LocalTool(Step):
         text = (res.stdout or res.stderr).strip().splitlines()
         return text[0] if text else "(version unknown)"
 
-    def plan(self, ctx, current) -> Plan:
+    def verdict(self, ctx, current) -> Plan:
         if current is None:
             if not self.required:
                 return noop(f"{self.tool} not found (optional: {self.why}); install: {INSTALL_HINTS[self.tool]}")
@@ -47,15 +52,16 @@ class LocalTool(Step):
         return noop(f"{current}")
 
 
-class PlaceholderSettings(Step):
+class PlaceholderSettings(Check):
     """Example values still in the settings: fine for --dry-run, refused by every other run."""
 
     section = "doctor"
     name = "settings"
+    key = "doctor.settings"
     needs = ()
 
-    def plan(self, ctx, current) -> Plan:
-        from gptoss_gke.config import placeholders
+    def verdict(self, ctx, current) -> Plan:
+        from gptoss_gke.config.checks import placeholders
 
         found = placeholders(ctx.settings)
         if not found:
@@ -76,22 +82,4 @@ class DoctorCredentials(_Independent, Credentials):
 
 class DoctorProject(_Independent, Project):
     section = "doctor"
-    needs = ("gcloud credentials",)  # without them the project read fails the same way: one fix, said once
-
-
-def doctor_steps() -> list[Step]:
-    """The machine's checks (run where --on points); the settings are checked here, by PlaceholderSettings."""
-    return [
-        LocalTool("gcloud", ["gcloud", "--version"],
-                  why="every cloud step runs it"),
-        LocalTool("gke-gcloud-auth-plugin", ["gke-gcloud-auth-plugin", "--version"],
-                  why="kubeconfig credentials for GKE"),
-        LocalTool("skopeo", ["skopeo", "--version"], why="mirrors images without a Docker daemon"),
-        LocalTool("kubectl", ["kubectl", "version", "--client"], required=False,
-                  why="handy for looking around; the playbooks use the Kubernetes API directly"),
-        DoctorCredentials(),
-        DoctorProject(),
-    ]
-
-
-__all__ = ["doctor_steps", "CommandFailed"]
+    needs = (Credentials.key,)  # without them the project read fails the same way: one fix, said once

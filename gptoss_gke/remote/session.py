@@ -1,78 +1,27 @@
-"""Remote execution over SSH (fabric): bastions and in-region staging hosts.
+"""One SSH connection to one host (fabric), our host-key policy, and invoke's ``run`` over it.
 
-Two situations where running every step on the laptop is wrong:
-
-1. *A bastion*: ``inv doctor --on HOST`` checks another host's tools and credentials by running the shell
-   steps there (:class:`RemoteExecutor`: a fabric ``Connection`` behind invoke's ``run`` signature, so the
-   Shell and the steps do not know where they run). A control plane without a public IP needs no bastion
-   for the Kubernetes API: ``cluster.control_plane: dns`` reaches it through GKE's DNS-based endpoint.
-2. *In-region staging*: ``inv stage-model --on HOST`` ships this checkout to a VM next to the bucket and
-   runs the staging steps there (:func:`run_task_remotely`), relaying its output live and turning its
-   report into local step results. The run there lasts exactly as long as its SSH channel's stdin stays
-   open: an interrupt here (Ctrl-C, SIGTERM), this process dying or the connection dropping all end it
-   with EOF, and the remote run stops as an interrupted local run does (``remote_entry``).
-
-Connections (:class:`RemoteSession`)
-    Built from ``remote.*`` (``--on [user@]host[:port]`` overrides host, user and port). No ssh_config or
-    agent surprises: the settings are the whole truth (with ``key_file`` set only that key is offered;
-    without it, the agent and ~/.ssh/id_* are). Host keys are checked against ``remote.known_hosts`` with
-    a refusing policy: an unknown host is refused with its fingerprint and the exact ``ssh-keyscan`` line
-    to add it, a changed key is refused OpenSSH-style ("REMOTE HOST IDENTIFICATION HAS CHANGED").
-    ``strict_host_keys: false`` trusts an unknown host on first use and records it (OpenSSH's
-    ``accept-new``); a changed key is refused either way. Unreachable hosts and refused keys fail with what
-    to check.
-
-Secrets
-    Never on a remote command line. fabric 3's ``inline_ssh_env`` would send ``export K=V && cmd`` (the
-    values land in the remote shell's argv) and without ``AcceptEnv`` in sshd_config the ``env`` channel
-    request is dropped. So :class:`RemoteExecutor` writes the step's environment (and stdin, if any) to a
-    0600 file in a 0700 directory over SFTP, the command sources it (``set -a; . FILE``) and deletes it
-    before running, and the file is deleted again afterwards whatever happened. The staging run gets its
-    secrets on its SSH channel's stdin (one JSON line): nothing is ever written on the host.
-
-Only the standard library is imported here at module level (fabric and paramiko load when a connection
-is made), so ``inv --list`` stays instant.
+Only the standard library is imported at module level (fabric and paramiko load when a connection is
+made), so ``inv --list`` stays instant.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
 import posixpath
 import re
-import select
 import shlex
 import socket
-import subprocess
-import tarfile
 import threading
-import time
 import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
-from gptoss_gke.core import interrupt
-from gptoss_gke.core.result import CommandRecord, StepResult
-from gptoss_gke.core.step import Plan, Step, noop
 from gptoss_gke.errors import ConfigError, StepError
-from gptoss_gke.remote_entry import FORWARDED_ENV, PROTOCOL, REPORT_MARK, WORKDIR_PREFIX, package_files, tree_digest
+from gptoss_gke.remote.entry import WORKDIR_PREFIX
 
 KEEPALIVE_S = 15
-REMOTE_STOP_GRACE_S = 60.0  # after asking the remote run to stop: how long its report may take
 MIN_PYTHON = (3, 10)
-# What the staging steps import on the remote host → the distribution that provides it.
-STAGING_MODULES = {
-    "pydantic": "pydantic",
-    "yaml": "pyyaml",
-    "invoke": "invoke",
-    "requests": "requests",
-    "google.cloud.storage": "google-cloud-storage",
-    "google_crc32c": "google-crc32c",
-    "huggingface_hub": "huggingface-hub",
-}
 
 _PROBE = r"""
 import importlib.util, json, sys
@@ -86,15 +35,6 @@ for name in json.loads(sys.argv[1]):
         missing.append(name)
 print(json.dumps({"python": sys.version.split()[0], "version": list(sys.version_info[:2]),
                   "executable": sys.executable, "missing": missing}))
-"""
-
-_UNPACK = r"""
-import sys, tarfile
-with tarfile.open(sys.argv[1]) as t:
-    if hasattr(tarfile, "data_filter"):
-        t.extractall(sys.argv[2], filter="data")
-    else:
-        t.extractall(sys.argv[2])
 """
 
 
@@ -139,13 +79,13 @@ def _sh_path(path: str) -> str:
     return shlex.quote(path)
 
 
-def _remote_cmd_path(path: str) -> str:
+def remote_cmd_path(path: str) -> str:
     if path.startswith("~/"):
         return '"$HOME"/' + shlex.quote(path[2:])
     return shlex.quote(path)
 
 
-def _key_line(key) -> str:
+def key_line(key) -> str:
     return f"{key.get_name()} {key.fingerprint}"
 
 
@@ -295,7 +235,7 @@ class RemoteSession:
             port = f"-p {self.port} " if self.port != 22 else ""
             return StepError(
                 f"REMOTE HOST IDENTIFICATION HAS CHANGED for {self.hostkey_name}: it presented "
-                f"{_key_line(exc.key)}, but {self.known_hosts} holds {_key_line(exc.expected_key)}. Someone could "
+                f"{key_line(exc.key)}, but {self.known_hosts} holds {key_line(exc.expected_key)}. Someone could "
                 f"be intercepting this connection (man-in-the-middle), or the host was rebuilt; refusing to connect",
                 f"only if the host was rebuilt: confirm its new fingerprint on the host itself, then replace the "
                 f"entry: ssh-keygen -f {_sh_path(self.known_hosts)} -R {shlex.quote(self.hostkey_name)} && "
@@ -342,7 +282,7 @@ class RemoteSession:
         with os.fdopen(fd, "a") as fh:
             fh.write(f"{name} {key.get_name()} {key.get_base64()}\n")
         client.get_host_keys().add(name, key.get_name(), key)
-        self.emit(f"    warning: trusted unknown host {name} on first use ({_key_line(key)}), added to "
+        self.emit(f"    warning: trusted unknown host {name} on first use ({key_line(key)}), added to "
                   f"{self.known_hosts} (remote.strict_host_keys is off)")
 
     # ---- state of the link
@@ -476,7 +416,7 @@ class RemoteSession:
     def probe_python(self, modules: dict[str, str] | None = None, *, purpose: str = "staging") -> dict:
         py = self.settings.python
         names = list(modules or {})
-        cmd = f"{_remote_cmd_path(py)} -c {shlex.quote(_PROBE)} {shlex.quote(json.dumps(names))}"
+        cmd = f"{remote_cmd_path(py)} -c {shlex.quote(_PROBE)} {shlex.quote(json.dumps(names))}"
         res = self.run_plain(cmd, doing="checking its python")
         if res.exited == 127 or "not found" in (res.stderr or "") and res.exited != 0:
             raise StepError(f"{py} not found on {self.label} (remote.python)",
@@ -495,38 +435,11 @@ class RemoteSession:
         return info
 
 
+
 def _local_user() -> str:
     import getpass
 
     return getpass.getuser()
-
-
-def requirement_specs(dists: list[str]) -> list[str]:
-    """The exact requirement lines this checkout declares for those distributions (pip-installable)."""
-    try:
-        from importlib.metadata import requires
-
-        declared = requires("gptoss-gke") or []
-    except Exception:  # noqa: BLE001 - not installed as a distribution: bare names will do
-        declared = []
-    by_name = {}
-    for line in declared:
-        if ";" in line:
-            continue  # extras (test dependencies)
-        name = re.split(r"[<>=!~ \[]", line, maxsplit=1)[0].strip().lower().replace("_", "-")
-        by_name[name] = line.strip()
-    return [by_name.get(d, d) for d in dists]
-
-
-def missing_modules_error(session: RemoteSession, info: dict, purpose: str) -> StepError:
-    py = session.settings.python
-    specs = " ".join(shlex.quote(s) for s in requirement_specs(info["missing_dists"]))
-    return StepError(
-        f"{py} on {session.label} (Python {info['python']}) lacks what {purpose} imports: "
-        f"{', '.join(info['missing_dists'])}",
-        f"on {session.host}: python3 -m venv ~/gptoss-venv && ~/gptoss-venv/bin/pip install {specs}; then set "
-        f"remote.python: ~/gptoss-venv/bin/python (or --set remote.python=~/gptoss-venv/bin/python)")
-
 
 # ---------------------------------------------------------------------------------------------
 # invoke's `run`, on the remote host, secrets kept off the command line
@@ -596,328 +509,3 @@ class RemoteExecutor:
 
 def _clip(text: str, n: int = 120) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
-
-
-# ---------------------------------------------------------------------------------------------
-# Shipping this checkout
-
-
-@dataclass
-class Bundle:
-    data: bytes  # tar.gz of gptoss_gke/ (+ SHIPPED.json)
-    marker: dict = field(default_factory=dict)
-
-    @property
-    def sha256(self) -> str:
-        return self.marker["sha256"]
-
-    def describe(self) -> str:
-        commit = self.marker.get("commit")
-        rev = f" @ {commit[:12]}{'+local changes' if self.marker.get('dirty') else ''}" if commit else ""
-        return f"gptoss-gke {self.marker['version']}{rev} (code sha256 {self.sha256[:12]})"
-
-
-def _git_state(root: Path) -> tuple[str | None, bool]:
-    """(HEAD commit, package files differ from it) — read-only git calls; (None, False) outside git."""
-    if not (root / ".git").exists():
-        return None, False
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
-        status = subprocess.run(["git", "--no-optional-locks", "-C", str(root), "status", "--porcelain", "--",
-                                 "gptoss_gke"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None, False
-    if head.returncode != 0:
-        return None, False
-    return head.stdout.strip(), bool(status.stdout.strip())
-
-
-def code_bundle() -> Bundle:
-    """This very checkout's package as a deterministic tarball, with a version marker."""
-    import gptoss_gke
-
-    package = Path(gptoss_gke.__file__).resolve().parent
-    commit, dirty = _git_state(package.parent)
-    files = package_files(package)
-    marker = {"tool": gptoss_gke.TOOL_NAME, "version": gptoss_gke.__version__, "commit": commit, "dirty": dirty,
-              "sha256": tree_digest(package), "files": len(files)}
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
-        def add(name: str, data: bytes) -> None:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
-            tar.addfile(info, io.BytesIO(data))
-
-        for path in files:
-            add("gptoss_gke/" + path.relative_to(package).as_posix(), path.read_bytes())
-        add("SHIPPED.json", json.dumps(marker, indent=2).encode())
-    return Bundle(buf.getvalue(), marker)
-
-
-# ---------------------------------------------------------------------------------------------
-# The remote host as a step (connection, host key, interpreter)
-
-
-class RemoteHost(Step):
-    """Connect (host key verified), and check the interpreter that will run shipped code."""
-
-    section = "remote"
-    needs = ()
-
-    def __init__(self, session: RemoteSession, *, modules: dict[str, str] | None = None, purpose: str = "staging",
-                 modules_required: bool = True, python: bool = True):
-        self.session = session
-        self.modules = modules
-        self.purpose = purpose
-        self.modules_required = modules_required
-        self.python = python
-        self.name = f"remote host {session.label}"
-
-    def observe(self, ctx):
-        s = self.session
-        s.open()
-        facts = {"host": s.label, "host_key": _key_line(s.host_key)}
-        if self.python:
-            facts["python"] = s.probe_python(self.modules, purpose=self.purpose)
-        return facts
-
-    def plan(self, ctx, current) -> Plan:
-        s = self.session
-        head = f"{s.label}: host key {current['host_key']} verified against {s.known_hosts}"
-        info = current.get("python")
-        if info is None:
-            return noop(head, host_key=current["host_key"])
-        if info["missing_dists"]:
-            err = missing_modules_error(s, info, self.purpose)
-            if self.modules_required:
-                raise err
-            return noop(f"{head}; {s.settings.python} is Python {info['python']} but lacks "
-                        f"{', '.join(info['missing_dists'])} ({self.purpose} --on needs them: {err.fix})",
-                        host_key=current["host_key"], python=info["python"])
-        return noop(f"{head}; Python {info['python']} ({info['executable']}) has what {self.purpose} imports",
-                    host_key=current["host_key"], python=info["python"])
-
-
-# ---------------------------------------------------------------------------------------------
-# Running a task's steps on the host
-
-
-class _LineRelay:
-    """Complete lines to ``on_line`` as they arrive; the report line is kept, not shown."""
-
-    def __init__(self, on_line: Callable[[str], None]):
-        self.on_line = on_line
-        self.buf = b""
-        self.report: str | None = None
-        self.last_lines: list[str] = []
-
-    def feed(self, data: bytes) -> None:
-        self.buf += data
-        *lines, self.buf = self.buf.split(b"\n")
-        for raw in lines:
-            self._line(raw.decode("utf-8", "replace"))
-
-    def flush(self) -> None:
-        if self.buf:
-            self._line(self.buf.decode("utf-8", "replace"))
-            self.buf = b""
-
-    def _line(self, text: str) -> None:
-        if text.startswith(REPORT_MARK):
-            self.report = text[len(REPORT_MARK):]
-            return
-        self.last_lines = (self.last_lines + [text])[-20:]
-        self.on_line(text.rstrip("\r"))
-
-
-def stream_command(session: RemoteSession, command: str, *, stdin: bytes = b"", on_line: Callable[[str], None],
-                   doing: str = "running a command", hold_stdin: bool = False) -> tuple[int, str, _LineRelay]:
-    """Run ``command`` on the host, write ``stdin`` to it (then EOF), relay its stdout lines live.
-
-    Drives the SSH channel directly: invoke's stdin pump moves one byte per 10 ms, and we want each
-    line as soon as it is complete. Returns (exit status, stderr, relay). A connection that drops
-    meanwhile is a StepError; a process killed by a signal has exit status -1.
-
-    With ``hold_stdin`` the EOF is sent only when this run is interrupted: the remote side (remote_entry)
-    treats it as its own interrupt and reports; after :data:`REMOTE_STOP_GRACE_S` the channel is closed
-    anyway. Without it, an interrupt closes the channel at once.
-    """
-    conn = session.open()
-    relay = _LineRelay(on_line)
-    err = bytearray()
-    stop = interrupt.current()
-    asked_to_stop: float | None = None
-    try:
-        chan = conn.create_session()
-        chan.exec_command(command)
-        if stdin:
-            chan.sendall(stdin)
-        if not hold_stdin:
-            chan.shutdown_write()
-        while True:
-            if stop.is_set() and asked_to_stop is None:
-                asked_to_stop = time.monotonic()
-                if not hold_stdin:
-                    break
-                on_line(f"  asking the run on {session.label} to stop (it reports what it did)")
-                chan.shutdown_write()
-            if asked_to_stop is not None and time.monotonic() - asked_to_stop > REMOTE_STOP_GRACE_S:
-                on_line(f"  the run on {session.label} did not report within {REMOTE_STOP_GRACE_S:.0f}s; "
-                        f"closing the connection (which ends it)")
-                break
-            select.select([chan], [], [], 0.2)
-            progressed = False
-            while chan.recv_stderr_ready():
-                err += chan.recv_stderr(65536)
-                progressed = True
-            if chan.recv_ready():
-                data = chan.recv(65536)
-                if data:
-                    relay.feed(data)
-                    progressed = True
-            if progressed:
-                continue
-            if chan.exit_status_ready() and chan.eof_received:
-                break
-            if chan.closed:
-                break
-            if not session.alive():
-                break
-        while chan.recv_ready() or chan.recv_stderr_ready():  # whatever arrived with the EOF
-            if chan.recv_ready():
-                relay.feed(chan.recv(65536))
-            if chan.recv_stderr_ready():
-                err += chan.recv_stderr(65536)
-        relay.flush()
-        status = chan.recv_exit_status() if chan.exit_status_ready() else -1
-        chan.close()
-    except (EOFError, OSError) as exc:
-        raise session.dropped_error(doing) from exc
-    except Exception as exc:  # noqa: BLE001 - paramiko's SSHException
-        if not session.alive():
-            raise session.dropped_error(doing) from exc
-        raise
-    if status == -1 and not session.alive():
-        raise session.dropped_error(doing)
-    return status, err.decode("utf-8", "replace"), relay
-
-
-def _results_from_report(doc: dict, label: str) -> list[StepResult]:
-    out = []
-    for step in doc.get("steps") or []:
-        data = dict(step)
-        data.pop("status", None)
-        commands = [CommandRecord(**{**c, "where": label}) for c in data.pop("commands", []) or []]
-        known = {k: v for k, v in data.items() if k in StepResult.__dataclass_fields__}
-        r = StepResult(**known)
-        r.commands = commands
-        r.facts = {**(r.facts or {}), "ran_on": label}
-        out.append(r)
-    return out
-
-
-def run_task_remotely(ctx, session: RemoteSession, task: str, *, secrets: dict[str, str | None] | None = None,
-                      facts: dict[str, Any] | None = None, bundle: Bundle | None = None,
-                      not_started: list[str] | None = None) -> list[StepResult]:
-    """Ship this checkout to the host, run ``task``'s steps there, relay its output, return its results.
-
-    The host gets a private temp dir holding the code only; the settings, secrets and facts travel on
-    the channel's stdin. The dir is removed afterwards (by the remote process as it exits, and again from
-    here), whatever happened.
-    """
-    printer = ctx.printer
-    bundle = bundle or code_bundle()
-    session.open()
-    py = _remote_cmd_path(session.settings.python)
-    printer.line(f"  shipping {bundle.describe()} to {session.label}", "dim")
-    workdir = session.mkdtemp()
-    try:
-        archive = session.put_private(bundle.data, "code.tar.gz", directory=workdir)
-        code = posixpath.join(workdir, "code")
-        res = session.run_plain(f"{py} -c {shlex.quote(_UNPACK)} {shlex.quote(archive)} {shlex.quote(code)} && "
-                                f"rm -f {shlex.quote(archive)}", doing="unpacking the code")
-        if res.exited != 0:
-            raise StepError(f"cannot unpack the code on {session.label}: {(res.stderr or res.stdout).strip()[-300:]}",
-                            "check free space in /tmp (or $TMPDIR) there")
-        s = ctx.settings
-        request = {
-            "protocol": PROTOCOL,
-            "task": task,
-            "targets": list(ctx.targets),
-            "dry_run": ctx.dry_run,
-            "offline": ctx.shell.offline,
-            "label": session.label,
-            "workdir": workdir,
-            "code": {"sha256": bundle.sha256, "version": bundle.marker["version"], "commit": bundle.marker["commit"]},
-            "settings": s.model_dump(mode="json"),
-            "env_name": s.env_name,
-            "env_file": s.env_file,
-            "env": {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)},
-            "facts": facts or {},
-            "secrets": {k: v for k, v in (secrets or {}).items() if v},
-        }
-        command = (f"cd {shlex.quote(code)} && PYTHONPATH={shlex.quote(code)} PYTHONDONTWRITEBYTECODE=1 "
-                   f"exec {py} -u -m gptoss_gke.remote_entry")
-        payload = (json.dumps(request) + "\n").encode()
-        started = time.monotonic()
-        status, stderr, relay = stream_command(session, command, stdin=payload, on_line=printer.line,
-                                               doing=f"{task} ran there", hold_stdin=True)
-        elapsed = time.monotonic() - started
-    finally:
-        try:
-            removed = session.remove_tree(workdir) or session.alive()
-        except StepError:
-            removed = False
-        if not removed:
-            printer.line(f"  could not remove {workdir} on {session.label} (the remote process removes it as it "
-                         f"exits; it holds code only, never a secret)", "dim")
-    tail = ctx.redact("\n".join(stderr.strip().splitlines()[-12:] or relay.last_lines[-12:]))
-    if relay.report is None and ctx.interrupt.is_set():
-        raise ctx.interrupt.error(f"while {task} ran on {session.label} (it was asked to stop; it sent no report)")
-    if relay.report is None:
-        fix = "see the error above"
-        if "ModuleNotFoundError" in stderr or "No module named" in stderr:
-            fix = (f"install the missing module for {session.settings.python} on {session.host} (the remote host "
-                   f"step lists what staging imports)")
-        raise StepError(f"{task} on {session.label} exited {status} without a report: {tail or '(no output)'}", fix)
-    doc = json.loads(relay.report)
-    if doc.get("code", {}).get("sha256") != bundle.sha256:
-        raise StepError(f"{session.label} ran different code than this checkout "
-                        f"({doc.get('code', {}).get('sha256', '?')[:12]} ≠ {bundle.sha256[:12]})",
-                        "report this: the shipped copy must shadow any installed gptoss_gke")
-    results = _results_from_report(doc, session.label)
-    if not_started is not None:
-        not_started += [n for n in doc.get("not_started") or [] if n not in not_started]
-    for r in results:
-        r.facts.setdefault("code", bundle.marker.get("commit") or bundle.sha256[:12])
-    printer.line("")
-    code = doc.get("code", {})
-    printer.line(f"  {task} ran on {session.label} ({doc.get('host')}, Python {doc.get('python')}, code from "
-                 f"{code.get('package')} sha256 {str(code.get('sha256'))[:12]}) in {elapsed:.1f}s: {len(results)} "
-                 f"step result(s) received", "dim")
-    return results
-
-
-def stage_model_remotely(pb) -> None:
-    """``inv stage-model --on HOST``: credentials and project here, the transfer steps on HOST."""
-    from gptoss_gke.gcp.project import Credentials, Project, access_token, describe_project
-
-    ctx, session = pb.ctx, pb.remote
-    results = pb.run([Credentials(), Project(), RemoteHost(session, modules=STAGING_MODULES, purpose="staging")])
-    if any(r.status == "failed" for r in results):
-        return
-    secrets: dict[str, str | None] = {}
-    facts: dict[str, Any] = {}
-    if not ctx.shell.offline:
-        # Cached by the steps above: gcloud is not asked again. The token lets the host's storage
-        # client act as you (it expires in about an hour; the host refreshes through its own gcloud).
-        secrets["gcp_access_token"] = access_token(ctx)
-        project = describe_project(ctx)
-        if project:
-            facts["gcp.project"] = project
-    if ctx.settings.hf_token:
-        secrets["hf_token"] = ctx.settings.hf_token.get_secret_value()
-    pb.results.extend(run_task_remotely(ctx, session, "stage-model", secrets=secrets, facts=facts,
-                                        not_started=pb.not_started))
-    ctx.interrupt.check()  # interrupted while it ran there: end this run as interrupted too

@@ -1,6 +1,6 @@
-"""What runs on the remote host: ``python3 -u -m gptoss_gke.remote_entry`` from a shipped copy of this package.
+"""What runs on the remote host: ``python3 -u -m gptoss_gke.remote.entry`` from a shipped copy of this package.
 
-The local side (:mod:`gptoss_gke.remote`) uploads this package into a private temp dir on the host and
+The local side (:mod:`gptoss_gke.remote.steps`) uploads this package into a private temp dir on the host and
 starts this module there. The protocol is deliberately small:
 
 * **stdin**: one JSON line, the request — the task, its targets, dry-run, the validated settings, the
@@ -72,7 +72,7 @@ def tree_digest(root: Path) -> str:
 
 
 def _tasks():
-    from gptoss_gke.models import stage_model_steps
+    from gptoss_gke.staging.steps import stage_model_steps
 
     return {"stage-model": stage_model_steps}
 

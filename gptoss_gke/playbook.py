@@ -1,4 +1,5 @@
-"""Glue between invoke tasks and the engine: settings → context → steps → recap → exit status.
+"""One run of one playbook: flags and settings checked in one pass → context → the chain of steps →
+runner → recap, report and exit status. Every task in ``tasks/`` runs its chain inside :func:`playbook`.
 
 While the body runs, SIGINT and SIGTERM stop the run (``core/interrupt.py``): no step or change
 starts after them, the recap and the report say interrupted, and the exit status is 130 (SIGINT) or
@@ -42,7 +43,7 @@ class Playbook:
         self.report = report
         self.runner = Runner(ctx)
         self.extra: dict = {}
-        self.remote = None  # a gptoss_gke.remote.RemoteSession when the task runs with --on
+        self.remote = None  # a gptoss_gke.remote.session.RemoteSession when the task runs with --on
         self.not_started: list[str] = []  # steps an interrupt kept from starting
 
     def run(self, steps: list[Step], *, quiet: bool = False,
@@ -128,7 +129,7 @@ def _validate_run(flags: Flags, *, needs_project: bool, redactor: Redactor,
         dry = bool(flags.get("dry_run")) if dry_run is None else dry_run
         problems += task_problems(settings, targets=targets, dry_run=dry, needs_project=needs_project)
         if flags.get("on"):
-            from gptoss_gke.remote import resolve_remote
+            from gptoss_gke.remote.session import resolve_remote
 
             try:
                 remote_settings = resolve_remote(settings.remote, flags.get("on"))
@@ -163,7 +164,7 @@ def playbook(c, task: str, flags: Flags, *, needs_project: bool = True, executor
     printer = Printer(redactor)
     remote = where = None
     if remote_settings is not None:
-        from gptoss_gke.remote import RemoteSession
+        from gptoss_gke.remote.session import RemoteSession
 
         remote = RemoteSession(remote_settings, redactor=redactor, emit=printer.line)
         if remote_shell:

@@ -1,0 +1,422 @@
+"""The transfer engine: chunks of every file pulled from the hub and pushed to Cloud Storage at once.
+
+*Unit of work: a chunk.* A file is cut into ``models.chunk_mib`` chunks, each fetched with one HTTP
+Range GET of the hub's resolve URL (plain ``requests``, whatever HTTP client the installed
+huggingface_hub uses; the CDN redirect is followed and the token is dropped when the host or port
+changes). Chunks of every file share ``models.workers`` download threads and as many upload threads, so
+a 4 GB shard is pulled and pushed over many connections at once, small files don't wait behind large
+ones, and each chunk's upload overlaps the next chunks' downloads.
+
+*Integrity.* SHA-256 cannot be computed out of order, so chunks are hashed strictly in file order as they
+arrive together with a running crc32c. A file of several chunks is one XML API multipart upload to its
+final name: each chunk is a part, sent with its crc32c and checked against the crc32c GCS reports for it.
+The upload is completed only when the whole file's sha256 equals the one the hub publishes (LFS files;
+small files are checked against their git blob id), then the object's crc32c is compared with the one we
+computed over the hub's bytes. A mismatch aborts the upload. So the final name only ever receives
+verified bytes.
+
+*Resuming.* A killed run leaves its upload open and a resume record per part (``staging/state.py``), so
+the next run continues at the first missing part and fetches only the chunks after it. The bytes of
+the parts already uploaded are not here to hash, and no portable SHA-256 can be saved half-way, so a
+continued file is verified once GCS has assembled it: its crc32c must equal the one recorded part by
+part and computed over the rest, then the object is read back once and its sha256 compared with the
+hub's. A mismatch deletes it and fails the file; until it has passed, its resume records stay, so a
+run stopped in between never takes the object for a staged file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from gptoss_gke.core import interrupt
+from gptoss_gke.errors import StepError, ToolError
+from gptoss_gke.gcp.storage import MultipartUploads, TransientError, b64_crc32c, gcs_error
+from gptoss_gke.staging.chunks import Budget, Buffer, Progress, Tuning
+from gptoss_gke.staging.claim import marker_name
+from gptoss_gke.staging.hub import HubHttpError, HubRepo, RepoFile
+from gptoss_gke.staging.state import (CRC_KEY, ETAG_KEY, PARTIAL_SUFFIX, SHA_KEY, UPLOAD_KEY, ResumePoint, StagedObject,
+                                      chunk_name, partial_dir)
+
+
+class _FileJob:
+    """One file in flight: its chunks, the in-order hasher, what is uploaded."""
+
+    def __init__(self, f: RepoFile, chunk: int, resume: ResumePoint | None, pdir: str, name: str):
+        self.f = f
+        self.name = name  # the final object
+        # Non-LFS files (configs, templates: small by the hub's rules) are one piece, checked against
+        # their git blob id; LFS files are chunked and checked against their sha256.
+        self.chunk = chunk if f.lfs else max(f.size, 1)
+        self.n = max(1, -(-f.size // self.chunk))
+        self.pdir = pdir
+        self.lock = threading.Lock()
+        first = resume.chunks if resume else 0
+        self.next_hash = first
+        # A continued upload's first parts were hashed by the run that sent them: it is verified by
+        # reading the assembled object back instead (see the module docstring).
+        self.sha = None if resume else hashlib.sha256()
+        self.crc = resume.crc if resume else 0
+        self.pending: dict[int, Buffer] = {}
+        self.remaining = set(range(first, self.n))
+        self.first = first
+        self.digest: str | None = None
+        self.failed: str | None = None
+        self.upload_id = resume.upload_id if resume else None  # the multipart upload, when several parts
+        self.etags: dict[int, str] = dict(resume.etags) if resume else {}
+
+    def span(self, index: int) -> tuple[int, int]:
+        start = index * self.chunk
+        return start, min(self.chunk, self.f.size - start)
+
+
+
+class Transfer:
+    def __init__(self, ctx, *, hub: HubRepo, bucket, folder: str, revision: str, files: list[RepoFile],
+                 resume: dict[str, ResumePoint], tuning: Tuning):
+        self.ctx = ctx
+        self.hub = hub
+        self.bucket = bucket
+        self.mpu = MultipartUploads(bucket)
+        self.folder = folder
+        self.revision = revision
+        self.tuning = tuning
+        self.jobs = [_FileJob(f, tuning.chunk, resume.get(f.path), partial_dir(folder, f, tuning.chunk),
+                              folder + f.path)
+                     for f in sorted(files, key=lambda f: (f.size > tuning.chunk, f.path))]
+        self.resumed = sum(r.offset for r in resume.values())
+        self.budget = Budget(tuning.budget)
+        self.errors: list[str] = []
+        self.fatal: BaseException | None = None
+        self.done: dict[str, StagedObject] = {}
+        self.lock = threading.Lock()
+        self.bytes_down = 0
+        self.bytes_up = 0
+        self.headers = hub.headers()
+        self.session = None
+        self.stop = interrupt.current()
+
+    def _stopping(self) -> bool:
+        return self.fatal is not None or self.stop.is_set()
+
+    def stats(self) -> dict:
+        return {"files_moved": len(self.done), "bytes_downloaded": self.bytes_down, "bytes_uploaded": self.bytes_up,
+                "resumed_bytes": self.resumed}
+
+    # -- orchestration
+    def run(self) -> None:
+        import requests
+
+        # Plain requests for the byte ranges (whatever HTTP client this huggingface_hub version uses):
+        # one pooled connection per worker; redirects to the CDN are followed and requests drops the
+        # Authorization header when the host changes.
+        self.session = requests.Session()
+        pool = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=self.tuning.workers + 4)
+        self.session.mount("http://", pool)
+        self.session.mount("https://", pool)
+        total = sum(j.f.size for j in self.jobs) - self.resumed
+        self.progress = Progress(self.ctx, total, len(self.jobs))
+        workers = self.tuning.workers
+        self.down_pool = ThreadPoolExecutor(workers, thread_name_prefix="hf-get")
+        self.up_pool = ThreadPoolExecutor(workers, thread_name_prefix="gcs-put")
+        try:
+            # Ctrl-C/SIGTERM: no chunk starts after it, and a wait for local space ends at once.
+            with self.stop.on_interrupt(self.budget.abort):
+                for job in self.jobs:
+                    if self._stopping():
+                        break
+                    if job.n > 1 and job.upload_id is None:
+                        self._guard(self._start, job)
+                    for index in range(job.first, job.n):
+                        if self._stopping() or job.failed:
+                            break
+                        _, length = job.span(index)
+                        if not self.budget.acquire(length):
+                            break
+                        self.down_pool.submit(self._guard, self._download, job, index, length)
+        finally:
+            self.down_pool.shutdown(wait=True)
+            self.up_pool.shutdown(wait=True)
+            self.progress.close()
+        self._cleanup_failed()
+        if self.fatal is None and self.stop.is_set():
+            self.fatal = self.stop.error(f"while staging into gs://{self.bucket.name}/{self.folder} (parts already "
+                                         f"uploaded are kept: the next run resumes from them)")
+        if self.fatal is None and not self.errors:
+            # The resume records are done with; the run's claim is removed by FolderClaim.
+            self._delete_prefix(f"{self.folder.rstrip('/')}{PARTIAL_SUFFIX}/", keep=marker_name(self.folder))
+        if self.fatal is not None:
+            if isinstance(self.fatal, StepError):
+                raise self.fatal
+            raise self.fatal
+        if self.errors:
+            first, *rest = self.errors
+            more = f" (and {len(rest)} more: {'; '.join(rest)})" if rest else ""
+            raise StepError(first + more, "nothing was written under the failing file's final name; re-run to "
+                            "retry (the upstream file may be corrupt or have changed: if it persists, pin "
+                            "another revision)")
+
+    def _guard(self, fn, job: _FileJob, *args) -> None:
+        try:
+            fn(job, *args)
+        except Exception as exc:  # noqa: BLE001 - recorded, the run stops
+            with self.lock:
+                if self.fatal is None:
+                    self.fatal = exc
+            self.budget.abort()
+
+    # -- per chunk
+    def _download(self, job: _FileJob, index: int, length: int) -> None:
+        if self._stopping() or job.failed:
+            self.budget.release(length)
+            return
+        start, _ = job.span(index)
+        buf = Buffer(self.tuning.temp_dir)
+        try:
+            self.ctx.retrying(lambda: self._fetch(job.f, start, length, buf), f"downloading {job.f.path}")
+        except Exception as exc:
+            buf.close()
+            self.budget.release(length)
+            if isinstance(exc, ToolError):  # (an interrupt among them)
+                raise
+            raise self.hub.explain(exc, self.revision) from None
+        self._offer(job, index, buf)
+
+    def _fetch(self, f: RepoFile, start: int, length: int, buf: Buffer) -> None:
+        buf.reset()
+        headers = dict(self.headers)
+        headers["Accept-Encoding"] = "identity"  # the bytes as published, so sizes and hashes hold
+        ranged = length != f.size
+        if ranged:
+            headers["Range"] = f"bytes={start}-{start + length - 1}"
+        url = self.hub.url(self.revision, f.path)
+        with self.session.get(url, headers=headers, stream=True, allow_redirects=True, timeout=(15, 60)) as r:
+            if r.status_code >= 400:
+                err = HubHttpError(r.status_code, r.headers.get("X-Error-Code"), r.headers.get("X-Error-Message"),
+                                   url)
+                err.response = r  # is_transient reads the status from here (429, 5xx)
+                raise err
+            if ranged and r.status_code != 206:
+                raise StepError(f"{self.hub.endpoint} ignored a Range request for {f.path} (HTTP {r.status_code})",
+                                "use the Hugging Face Hub or a mirror that supports byte ranges")
+            got = 0
+            for piece in r.iter_content(1024 * 1024):
+                self.stop.check(f"while downloading {f.path}")
+                buf.write(piece)
+                got += len(piece)
+                with self.lock:
+                    self.bytes_down += len(piece)
+            if got != length:
+                raise TransientError(f"short read of {f.path}: {got} of {length} bytes")
+
+    def _offer(self, job: _FileJob, index: int, buf: Buffer) -> None:
+        """Hash chunks strictly in order; each hashed chunk goes to the upload pool with the crc32c after it."""
+        import google_crc32c
+
+        ready = []
+        with job.lock:
+            job.pending[index] = buf
+            while job.next_hash in job.pending:
+                i = job.next_hash
+                b = job.pending.pop(i)
+                chunk_crc = 0
+                for piece in b.pieces():
+                    if job.sha is not None:
+                        job.sha.update(piece)
+                    job.crc = google_crc32c.extend(job.crc, piece)
+                    chunk_crc = google_crc32c.extend(chunk_crc, piece)
+                job.next_hash += 1
+                if job.next_hash == job.n and job.sha is not None:
+                    job.digest = job.sha.hexdigest()
+                    if not self._matches(job, b):
+                        job.failed = self._mismatch(job)
+                ready.append((i, b, chunk_crc, job.crc))
+        for i, b, chunk_crc, crc in ready:
+            self.up_pool.submit(self._guard, self._upload, job, i, b, chunk_crc, crc)
+
+    @staticmethod
+    def _mismatch(job: _FileJob) -> str:
+        return (f"{job.f.path}: content does not match the hash the hub publishes "
+                f"({'sha256' if job.f.lfs else 'git blob id'}); upstream bytes corrupt or changed in transit")
+
+    def _matches(self, job: _FileJob, whole: Buffer) -> bool:
+        f = job.f
+        if f.lfs:
+            return job.digest == f.sha256
+        h = hashlib.sha1(b"blob %d\0" % f.size)
+        for piece in whole.pieces():
+            h.update(piece)
+        return h.hexdigest() == f.git_oid
+
+    def _upload(self, job: _FileJob, index: int, buf: Buffer, chunk_crc: int, crc_after: int) -> None:
+        _, length = job.span(index)
+        try:
+            if self._stopping() or job.failed:
+                return
+            if job.n == 1:
+                obj = self._put(job.name, buf, chunk_crc, self._final_metadata(job))
+                self.progress.add(length)
+                self._finish(job, obj)
+                return
+            etag = self._put_part(job, index, buf, chunk_crc)
+            self._record(job, index, etag, crc_after)
+            self.progress.add(length)
+            with job.lock:
+                job.etags[index + 1] = etag
+                job.remaining.discard(index)
+                last = not job.remaining and job.next_hash == job.n
+            if last and not job.failed:
+                self._complete(job)
+        finally:
+            buf.close()
+            self.budget.release(length)
+
+    def _final_metadata(self, job: _FileJob) -> dict:
+        meta = {SHA_KEY: job.digest or job.f.sha256, "hf-revision": self.revision}
+        if not job.f.lfs:
+            meta["git-oid"] = job.f.git_oid
+        return meta
+
+    def _put(self, name: str, buf: Buffer, crc: int, metadata: dict) -> StagedObject:
+        want = b64_crc32c(crc)
+
+        def once():
+            blob = self.bucket.blob(name)
+            blob.metadata = metadata
+            blob.crc32c = want  # GCS rejects the upload if the body does not match
+            blob.upload_from_file(buf.reader(), size=buf.size, content_type="application/octet-stream",
+                                  checksum=None, retry=None, timeout=(15, 600))
+            if blob.crc32c != want:
+                self._delete_quietly(name)
+                raise TransientError(f"crc32c of gs://{self.bucket.name}/{name} is {blob.crc32c}, sent {want}")
+            with self.lock:
+                self.bytes_up += buf.size
+            return StagedObject(name, int(blob.size or buf.size), metadata.get(SHA_KEY), blob.crc32c, dict(metadata))
+
+        try:
+            return self.ctx.retrying(once, f"uploading {name.rsplit('/', 1)[-1]}")
+        except StepError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise gcs_error(exc, bucket=self.bucket.name, doing="uploading to") from None
+
+    # -- files of several parts: one multipart upload each
+    def _start(self, job: _FileJob) -> None:
+        """Open the file's upload under its final name, carrying the sha256 the hub publishes: it is only
+        completed once our own hash of the bytes equals it."""
+        try:
+            job.upload_id = self.ctx.retrying(lambda: self.mpu.start(job.name, self._final_metadata(job)),
+                                              f"starting the upload of {job.f.path}")
+        except Exception as exc:  # noqa: BLE001
+            raise gcs_error(exc, bucket=self.bucket.name, doing="uploading to") from None
+
+    def _put_part(self, job: _FileJob, index: int, buf: Buffer, crc: int) -> str:
+        def once() -> str:
+            etag = self.mpu.put_part(job.name, job.upload_id, index + 1, buf, crc)
+            with self.lock:
+                self.bytes_up += buf.size
+            return etag
+
+        try:
+            return self.ctx.retrying(once, f"uploading part {index + 1} of {job.f.path}")
+        except Exception as exc:  # noqa: BLE001
+            raise gcs_error(exc, bucket=self.bucket.name, doing="uploading to") from None
+
+    def _record(self, job: _FileJob, index: int, etag: str, crc_after: int) -> None:
+        """The zero-byte resume record of a part: what a killed run needs to continue the upload."""
+        blob = self.bucket.blob(chunk_name(job.pdir, index))
+        blob.metadata = {CRC_KEY: str(crc_after), UPLOAD_KEY: job.upload_id, ETAG_KEY: etag}
+        try:
+            self.ctx.retrying(lambda: blob.upload_from_string(b"", content_type="application/octet-stream",
+                                                              retry=None), "recording progress")
+        except Exception as exc:  # noqa: BLE001
+            raise gcs_error(exc, bucket=self.bucket.name, doing="uploading to") from None
+
+    def _complete(self, job: _FileJob) -> None:
+        """Assemble the parts under the final name (server-side), then check what GCS made of them."""
+        from google.api_core import exceptions as gexc
+
+        try:
+            self.ctx.retrying(lambda: self.mpu.complete(job.name, job.upload_id, job.etags),
+                              f"completing the upload of {job.f.path}")
+        except gexc.NotFound:
+            pass  # an earlier attempt completed it and the answer was lost: the check below decides
+        except Exception as exc:  # noqa: BLE001
+            raise gcs_error(exc, bucket=self.bucket.name, doing="completing an upload in") from None
+        final = self.ctx.retrying(lambda: self.bucket.get_blob(job.name, retry=None), f"reading {job.f.path}")
+        if final is None or final.crc32c != b64_crc32c(job.crc) or int(final.size or 0) != job.f.size:
+            if final is not None:
+                self._delete_quietly(final.name)
+            with job.lock:
+                job.failed = (f"{job.f.path}: the uploaded object's crc32c/size "
+                              f"({getattr(final, 'crc32c', None)}, {getattr(final, 'size', None)}) differs from the "
+                              f"bytes we verified ({b64_crc32c(job.crc)}, {job.f.size})")
+            return
+        job.upload_id = None
+        if job.sha is None:  # a continued upload: its first parts were hashed by the run that sent them
+            job.digest = self._read_back_sha256(final)
+            if job.digest != job.f.sha256:
+                self._delete_quietly(final.name)
+                with job.lock:
+                    job.failed = self._mismatch(job)
+                return
+        self._finish(job, StagedObject(final.name, job.f.size, job.digest, final.crc32c, final.metadata or {}))
+        self._delete_prefix(job.pdir)  # last: while its records remain, the object is not taken as staged
+
+    def _read_back_sha256(self, blob) -> str:
+        """sha256 of the assembled object, read back once (in the bucket's region, a fast and free read)."""
+
+        class Hashing:
+            def __init__(self):
+                self.sha = hashlib.sha256()
+
+            def write(self, data: bytes) -> None:
+                self.sha.update(data)
+
+        def once() -> str:
+            sink = Hashing()
+            blob.download_to_file(sink, checksum="crc32c", retry=None)
+            return sink.sha.hexdigest()
+
+        try:
+            return self.ctx.retrying(once, f"reading back {blob.name.rsplit('/', 1)[-1]} to verify it")
+        except Exception as exc:  # noqa: BLE001
+            raise gcs_error(exc, bucket=self.bucket.name, doing="reading back from") from None
+
+    def _finish(self, job: _FileJob, obj: StagedObject) -> None:
+        with self.lock:
+            self.done[job.f.path] = obj
+        self.progress.file_done()
+
+    # -- cleanup
+    def _delete_quietly(self, name: str) -> None:
+        from google.api_core import exceptions as gexc
+
+        try:
+            self.bucket.blob(name).delete(retry=None)
+        except gexc.NotFound:
+            pass
+        except Exception:  # noqa: BLE001 - cleanup is best effort; leftovers are under .partial/
+            pass
+
+    def _delete_prefix(self, prefix: str, keep: str | None = None) -> None:
+        try:
+            names = [b.name for b in self.bucket.client.list_blobs(self.bucket.name, prefix=prefix, retry=None)]
+        except Exception:  # noqa: BLE001
+            return
+        for name in names:
+            if name != keep:
+                self._delete_quietly(name)
+
+    def _cleanup_failed(self) -> None:
+        """A file that failed verification leaves nothing: no final object, no parts, nothing to resume from."""
+        for job in self.jobs:
+            if job.failed:  # its final name was never written (or was deleted when its crc32c differed)
+                self.errors.append(job.failed)
+                if job.upload_id:
+                    try:
+                        self.mpu.abort(job.name, job.upload_id)
+                    except Exception:  # noqa: BLE001 - a later run aborts it (or purge does)
+                        pass
+                self._delete_prefix(job.pdir)

@@ -1,0 +1,59 @@
+"""`inv deploy`: cluster check → image → weights → namespace, account, secret → objects → rollout → smoke."""
+
+from gptoss_gke.cli import playbook_task
+from gptoss_gke.flags import Switch
+
+
+@playbook_task(
+    target="list",
+    skip_smoke=Switch("stop after the rollout is ready; do not run the smoke test"),
+    rotate_api_key=Switch("generate a new API key even if the Secret has one"),
+)
+def deploy(c, f):
+    """Image → Artifact Registry, weights → GCS, secret, manifests, rollout, smoke test."""
+    from gptoss_gke.playbook import playbook
+
+    with playbook(c, "deploy", f) as pb:
+        pb.run(deploy_chain(pb.settings, pb.ctx.targets, f))
+
+
+def deploy_chain(s, targets: list[str], f) -> list:
+    """The steps, in order."""
+    from gptoss_gke.gcp.cluster import ClusterReady
+    from gptoss_gke.gcp.project import Credentials
+    from gptoss_gke.images import mirror_image_steps
+    from gptoss_gke.k8s.wait import Rollout
+    from gptoss_gke.serving.smoke import Smoke
+    from gptoss_gke.staging.steps import stage_model_steps
+
+    steps = [
+        Credentials(),
+        ClusterReady(s, targets),  # setup-cluster's work is there: said plainly, not three steps later
+        *mirror_image_steps(s, targets),  # the repository, then each target's image, pinned by digest
+        # the bucket, its IAM grant and the weights, for targets served from a bucket
+        *stage_model_steps(s, [t for t in targets if s.target(t).weights == "bucket"]),
+    ]
+    applied: set[str] = set()
+    for i, name in enumerate(targets):
+        for step in kube_steps(s, name, rotate_api_key=f.rotate_api_key, with_secret=i == 0):
+            if step.key not in applied:  # the namespace and service account are shared by the targets
+                applied.add(step.key)
+                steps.append(step)
+        steps.append(Rollout(s, name))
+        if not f.skip_smoke:
+            steps.append(Smoke(s, name))
+    return steps
+
+
+def kube_steps(settings, target_name: str, *, rotate_api_key: bool, with_secret: bool) -> list:
+    """One target's objects in apply order, the API-key Secret right after the service account."""
+    from gptoss_gke.k8s.manifests import render
+    from gptoss_gke.k8s.objects import TargetObject
+    from gptoss_gke.k8s.secret import ApiKeySecret
+
+    steps = []
+    for obj in render(settings, settings.target(target_name), image="(pinned at run time)"):
+        steps.append(TargetObject(obj, target_name))
+        if obj["kind"] == "ServiceAccount" and with_secret:
+            steps.append(ApiKeySecret(settings, rotate=rotate_api_key))
+    return steps

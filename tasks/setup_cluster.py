@@ -1,0 +1,21 @@
+"""`inv setup-cluster`: credentials and project → APIs → cluster → a node pool per target → kubeconfig."""
+
+from gptoss_gke.cli import playbook_task
+
+
+@playbook_task(target="many")
+def setup_cluster(c, f):
+    """Auth, APIs, cluster settings, node pool(s) and kubectl credentials, idempotently."""
+    from gptoss_gke.gcp.cluster import Cluster, KubeCredentials, NodePool
+    from gptoss_gke.gcp.project import Apis, Project
+    from gptoss_gke.playbook import playbook
+
+    with playbook(c, "setup-cluster", f) as pb:
+        s, targets = pb.settings, pb.ctx.targets
+        pb.run([
+            Project(),  # credentials and project: a gate, nothing else is read before it
+            Apis(),
+            Cluster(s),
+            *[NodePool(s, t) for t in targets],
+            KubeCredentials(),
+        ])
