@@ -14,15 +14,12 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench.common import INV, REPO, env_folder
 from tests.emulators.gcp import GcpEmulator, gcloud_env
-
-REPO = Path(__file__).resolve().parent.parent
-INV = str(Path(sys.executable).with_name("inv"))
 
 
 def one(env: dict, emu: GcpEmulator, signum: int) -> tuple[float, int]:
@@ -55,12 +52,8 @@ def main() -> None:
     signum = getattr(signal, f"SIG{args.signal}")
     with tempfile.TemporaryDirectory() as tmp, GcpEmulator(op_polls_before_done=0) as emu:
         env = gcloud_env(emu, Path(tmp), "test-project")
-        folder = Path(tmp, "env")
-        folder.mkdir()
-        folder.joinpath("dev.yaml").write_text(
-            f"project: test-project\nregion: us-central1\nzone: us-central1-a\n"
-            f"kube: {{kubeconfig: {tmp}/kubeconfig}}\n")
-        env["GPTOSS_ENV_DIR"] = str(folder)
+        env["GPTOSS_ENV_DIR"] = env_folder(tmp, f"project: test-project\nregion: us-central1\nzone: us-central1-a\n"
+                                                f"kube: {{kubeconfig: {tmp}/kubeconfig}}\n")
         times, codes = [], set()
         for _ in range(args.runs):
             elapsed, code = one(env, emu, signum)

@@ -38,7 +38,7 @@ import textwrap
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.common import REPO
 
 REPO_ID = "openai/gpt-oss-120b"  # the ironwood target's model id (the only target staged to a bucket)
 BUCKET = "bench-models"

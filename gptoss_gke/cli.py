@@ -92,9 +92,7 @@ def _debugging() -> bool:
 def _redactor():
     from gptoss_gke.core.redact import Redactor
 
-    redactor = Redactor()
-    redactor.add(os.environ.get("HF_TOKEN"))
-    return redactor
+    return Redactor.for_run()
 
 
 def _unexpected(exc: BaseException) -> str:

@@ -8,7 +8,6 @@ starts after them, the recap and the report say interrupted, and the exit status
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from contextlib import contextmanager
@@ -102,8 +101,7 @@ def refuse_invoke_dry(c) -> None:
 def offline_settings(flags: Flags) -> tuple[Settings, list[str]]:
     """Settings and targets for a task that reads nothing and runs no steps (`inv render`): the same one
     validation pass as a playbook (exit 2 with every problem), the example project accepted as in a dry-run."""
-    redactor = Redactor()
-    redactor.add(os.environ.get("HF_TOKEN"))
+    redactor = Redactor.for_run()
     try:
         settings, targets, _ = _validate_run(flags, needs_project=True, redactor=redactor, dry_run=True)
     except ConfigError as exc:
@@ -150,8 +148,7 @@ def playbook(c, task: str, flags: Flags, *, needs_project: bool = True, executor
     bastion); without, the shell stays local and the task decides what runs remotely (stage-model).
     """
     started = time.monotonic()
-    redactor = Redactor()
-    redactor.add(os.environ.get("HF_TOKEN"))
+    redactor = Redactor.for_run()
     refuse_invoke_dry(c)
     try:
         settings, targets, remote_settings = _validate_run(flags, needs_project=needs_project, redactor=redactor)

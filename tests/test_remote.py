@@ -310,7 +310,8 @@ def test_missing_remote_python_or_modules_are_reported_with_the_fix(sshd_server,
     assert "lacks what staging imports: pydantic, pyyaml, invoke, requests, google-cloud-storage" in missing.error
     # The pins this checkout declares, ready to paste.
     assert ("python3 -m venv ~/gptoss-venv && ~/gptoss-venv/bin/pip install 'pydantic<3,>=2.6' 'pyyaml<7,>=6' "
-            "'invoke<3,>=2.2' requests 'google-cloud-storage<4,>=2.18' google-crc32c 'huggingface-hub<3,>=0.30'"
+            "'invoke<3,>=2.2' 'requests<3,>=2.28' 'google-cloud-storage<4,>=2.18' 'google-crc32c<2,>=1.5' "
+            "'huggingface-hub<3,>=0.30'"
             ) in missing.fix
     assert "remote.python: ~/gptoss-venv/bin/python" in missing.fix
 

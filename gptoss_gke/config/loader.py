@@ -184,11 +184,16 @@ def _env_overrides(environ: dict[str, str]) -> tuple[list[tuple[tuple, Any, str]
             problems.append(Problem(origin, "", "has an empty level (levels are separated by exactly two '_')",
                                     "GPTOSS_CLUSTER__NAME for cluster.name", f"rename or unset {name}"))
             continue
-        try:
-            found.append((path, _scalar(raw, origin), origin))
-        except ConfigError as exc:
-            problems.append(Problem(origin, ".".join(path), exc.problem.split(": ", 1)[-1], "", exc.fix or ""))
+        _override(path, raw, origin, found, problems)
     return found, problems
+
+
+def _override(path: tuple, raw: str, origin: str, found: list, problems: list[Problem]) -> None:
+    """One variable's or --set's value, read as YAML would read it: into ``found``, or a problem."""
+    try:
+        found.append((path, _scalar(raw, origin), origin))
+    except ConfigError as exc:
+        problems.append(Problem(origin, ".".join(path), exc.problem.split(": ", 1)[-1], "", exc.fix or ""))
 
 
 def _set_overrides(items) -> tuple[list[tuple[tuple, Any, str]], list[Problem]]:
@@ -207,10 +212,7 @@ def _set_overrides(items) -> tuple[list[tuple[tuple, Any, str]], list[Problem]]:
             problems.append(Problem(origin, "", "has an empty key part", "key.path=value, e.g. --set zone=us-east1-b",
                                     "write the key as dot-separated names"))
             continue
-        try:
-            found.append((path, _scalar(raw, origin), origin))
-        except ConfigError as exc:
-            problems.append(Problem(origin, ".".join(path), exc.problem.split(": ", 1)[-1], "", exc.fix or ""))
+        _override(path, raw, origin, found, problems)
     return found, problems
 
 

@@ -6,6 +6,7 @@ masked on sight, so a token we never registered (one gcloud printed, say) cannot
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from typing import Any
@@ -26,6 +27,14 @@ class Redactor:
     def __init__(self) -> None:
         self._secrets: set[str] = set()
         self._lock = threading.Lock()
+
+    @classmethod
+    def for_run(cls) -> "Redactor":
+        """A run's redactor, already holding the token the environment gives (``HF_TOKEN``): it may appear
+        in a message before the settings that also read it are loaded."""
+        redactor = cls()
+        redactor.add(os.environ.get("HF_TOKEN"))
+        return redactor
 
     def add(self, secret: str | None) -> None:
         # Very short values would mask ordinary words; secrets we generate or accept are long.

@@ -56,10 +56,6 @@ def _location_flags(ctx) -> list[str]:
     return [f"--location={ctx.settings.cluster_location}"]
 
 
-def _label_flag(labels: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-
-
 def gke_version(text: str) -> tuple[int, ...]:
     """'1.34.0-gke.2201000' → (1, 34, 0, 2201000), comparable."""
     nums = [int(n) for n in re.findall(r"\d+", text or "")]
@@ -144,7 +140,7 @@ class Cluster(GcloudStep):
                 "--gateway-api=standard", f"--addons={','.join(ADDONS)}",
                 *(["--enable-image-streaming"] if s.cluster.image_streaming else []),
                 *(["--enable-dns-access"] if s.cluster.control_plane == "dns" else []),
-                f"--labels={_label_flag({**s.gcp_labels, **s.cluster.labels})}",
+                f"--labels={gcloud.label_flag({**s.gcp_labels, **s.cluster.labels})}",
             )
             kind = "regional" if s.cluster_is_regional else "zonal"
             # gcloud writes the kubeconfig context on create: into our configured file, not $KUBECONFIG.
@@ -259,11 +255,11 @@ class NodePool(GcloudStep):
         flags += [f"--num-nodes={self._nodes_at_creation()}", "--enable-autoscaling", f"--min-nodes={p.min_nodes}",
                   f"--max-nodes={p.max_nodes}"]
         if self._labels(ctx):
-            flags.append(f"--node-labels={_label_flag(self._labels(ctx))}")
+            flags.append(f"--node-labels={gcloud.label_flag(self._labels(ctx))}")
         if p.taints:
             flags.append(f"--node-taints={','.join(p.taints)}")
         flags += ["--workload-metadata=GKE_METADATA", "--scopes=cloud-platform",
-                  f"--labels={_label_flag(s.gcp_labels)}"]
+                  f"--labels={gcloud.label_flag(s.gcp_labels)}"]
         if self.options.spot:
             flags.append("--spot")
         if self.options.reservation:  # both flags only when a reservation is configured (errata)
@@ -415,7 +411,7 @@ class NodePool(GcloudStep):
         want = self._labels(ctx)
         if any(labels.get(k) != v for k, v in want.items()):
             merged = {**labels, **want}  # --node-labels replaces the set: keep labels others added
-            changes.append(update(f"node labels → {_label_flag(want)}", f"--node-labels={_label_flag(merged)}"))
+            changes.append(update(f"node labels → {gcloud.label_flag(want)}", f"--node-labels={gcloud.label_flag(merged)}"))
         taints = cfg.get("taints") or []
         ours = [_taint(t) for t in p.taints]
         have_taints = {(t.get("key"), t.get("value", ""), t.get("effect")) for t in taints}

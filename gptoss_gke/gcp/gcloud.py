@@ -29,6 +29,11 @@ def argv(ctx, *args: str, project: bool = True) -> list[str]:
     return cmd
 
 
+def label_flag(labels: dict[str, str]) -> str:
+    """Labels as gcloud's --labels/--node-labels take them: k=v,k=v (sorted, so plans compare)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
 def classify(exc: CommandFailed, *, what: str) -> Exception:
     text = exc.stderr
     if _NO_AUTH.search(text):

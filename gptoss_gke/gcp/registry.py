@@ -27,10 +27,6 @@ _MODES = {"copy": "STANDARD_REPOSITORY", "remote": "REMOTE_REPOSITORY"}
 _MODE_WORDS = {"STANDARD_REPOSITORY": "standard", "REMOTE_REPOSITORY": "remote", "VIRTUAL_REPOSITORY": "virtual"}
 
 
-def _label_flag(labels: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-
-
 def registry_host(settings) -> str:
     return settings.registry.host or f"{settings.registry_location}-docker.pkg.dev"
 
@@ -75,7 +71,7 @@ class ArtifactRepository(GcloudStep):
         s = ctx.settings
         flags = [f"--location={s.registry_location}", "--repository-format=docker",
                  f"--description={DESCRIPTION.format(mode=s.registry.mode)}",
-                 f"--labels={_label_flag(s.gcp_labels)}"]
+                 f"--labels={gcloud.label_flag(s.gcp_labels)}"]
         if s.registry.mode == "remote":
             flags += ["--mode=remote-repository", "--remote-docker-repo=docker-hub"]
         return gcloud.argv(ctx, "artifacts", "repositories", "create", s.registry.repository, *flags)

@@ -138,7 +138,9 @@ def render(settings, target, image: str) -> list[dict]:
                         f"set targets.{target.name}.ingress_host in {settings.env_file}")
     labels = object_labels(settings, target)
     objects = []
-    for folder in (MANIFESTS / "common", MANIFESTS / target.manifests):
+    # The target's own files first: within a kind they come before what every target shares (a
+    # StatefulSet's governing headless Service before the ClusterIP one), and the sort below is stable.
+    for folder in (MANIFESTS / target.manifests, MANIFESTS / "common"):
         for path in sorted(folder.glob("*.yaml")):
             if not _wanted(path, settings, target):
                 continue
