@@ -145,13 +145,13 @@ def test_a_third_target_is_a_catalogue_entry_and_a_manifests_folder(tmp_path, of
 # The engine's declarations
 
 
-def _ctx(dry_run: bool = False):
+def _ctx(dry_run: bool = False, attempts: int = 1):
     redactor = Redactor()
     out = io.StringIO()
     printer = Printer(redactor, stream=out, color=False)
     import invoke
 
-    shell = Shell(invoke.Context(), redactor, dry_run=dry_run, retry=RetryPolicy(1, 0, 0), emit=printer.line)
+    shell = Shell(invoke.Context(), redactor, dry_run=dry_run, retry=RetryPolicy(attempts, 0, 0), emit=printer.line)
     return Context(None, shell, printer, redactor, dry_run=dry_run, interactive=False), out
 
 
@@ -289,3 +289,34 @@ def test_access_steps_say_kubernetes_errors_in_words(case, tmp_path, kube_emulat
     for raw in ("HTTP response headers", "ApiException", "HTTPHeaderDict"):
         assert raw not in out.getvalue() + r.error
 
+
+
+class Flaky(Step):
+    """Its read meets one transient error (retried), then it acts."""
+
+    section, name, key = "test", "flaky", "test.flaky"
+
+    def __init__(self):
+        self.calls = 0
+        self.done = False
+
+    def observe(self, ctx):
+        def read():
+            self.calls += 1
+            if self.calls == 1:
+                raise ConnectionResetError("connection reset by peer")
+            return self.done
+
+        return ctx.retrying(read, "reading the flaky thing")
+
+    def plan(self, ctx, current) -> Plan:
+        return noop("done") if current else Plan([Change("do it", apply=lambda ctx: setattr(self, "done", True))])
+
+
+def test_a_quiet_pass_shows_a_steps_retries_under_its_own_header():
+    ctx, out = _ctx(attempts=2)
+    [r] = Runner(ctx, quiet=True).run([Flaky()])
+    assert r.status == "changed"
+    text = out.getvalue()
+    assert "retrying reading the flaky thing" in text
+    assert text.index("TASK [test : flaky]") < text.index("retrying reading the flaky thing"), text
