@@ -10,6 +10,18 @@ from pathlib import Path
 
 import pytest
 
+# The fixture modules: every test sees their fixtures without importing them.
+pytest_plugins = (
+    "tests.emulators.gcp",
+    "tests.emulators.kube",
+    "tests.emulators.hfhub",
+    "tests.emulators.vllm",
+    "tests.gcs",
+    "tests.registry",
+    "tests.sshd",
+    "tests.deploy_world",
+)
+
 REPO = Path(__file__).resolve().parent.parent
 INV = str(Path(sys.executable).with_name("inv"))
 
@@ -128,5 +140,3 @@ retry:
     env.update(GPTOSS_ENV_DIR=str(folder), NO_COLOR="1")
     return gcp_emulator, env
 
-
-from tests.emulators.gcp import gcp_emulator  # noqa: E402,F401  (fixture)

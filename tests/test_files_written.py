@@ -19,8 +19,8 @@ import time
 import pytest
 
 from tests.conftest import require_tool, run_inv
-from tests.emulators.gcp import gcloud_env, gcp_emulator  # noqa: F401  (fixture)
-from tests.registry import proxies, publish, registries  # noqa: F401  (fixtures)
+from tests.emulators.gcp import gcloud_env
+from tests.registry import publish
 from tests.test_interrupts import kill_all, processes_with, start_inv, wait_for
 
 PROJECT = "test-project"
@@ -43,7 +43,7 @@ def files_holding(root, *needles: str) -> list[str]:
 
 
 @pytest.fixture
-def mirror_world(tmp_path, gcp_emulator, registries, proxies):  # noqa: F811
+def mirror_world(tmp_path, gcp_emulator, registries, proxies):
     """`inv mirror-image` against a destination registry behind a proxy that can hold the copy at its end."""
     require_tool("gcloud", "install the Google Cloud CLI")
     require_tool("skopeo", "apt-get install -y skopeo")

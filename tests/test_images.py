@@ -26,8 +26,8 @@ from gptoss_gke.gcp.project import Credentials
 from gptoss_gke.gcp.registry import ArtifactRepository
 from gptoss_gke.images import MirrorImage, mirror_image_steps, pinned_image, purge_image_steps
 from tests.conftest import offline_gcloud_env, require_tool, run_inv
-from tests.emulators.gcp import gcloud_env, gcp_emulator  # noqa: F401  (fixture)
-from tests.registry import Registry, proxies, publish, registries  # noqa: F401  (fixtures)
+from tests.emulators.gcp import gcloud_env
+from tests.registry import Registry, publish
 
 PROJECT = "test-project"
 NAME = "vllm/vllm-openai"  # the source path; mirrored under <project>/<repository>/
@@ -76,7 +76,7 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path, gcp_emulator, registries):  # noqa: F811
+def world(tmp_path, gcp_emulator, registries):
     require_tool("gcloud", "install the Google Cloud CLI")
     token = "gptoss-test-token-" + secrets.token_hex(16)  # no known token shape: only our code can hide it
     (tmp_path / "gcloud-token").write_text(token + "\n")
@@ -269,7 +269,7 @@ def test_single_platform_source_of_the_wrong_architecture_is_refused(world):
     assert world.calls("skopeo copy") == []
 
 
-def test_network_cut_mid_copy_fails_clearly_and_the_rerun_sends_no_blob_twice(world, proxies):  # noqa: F811
+def test_network_cut_mid_copy_fails_clearly_and_the_rerun_sends_no_blob_twice(world, proxies):
     proxy = proxies(world.dst)
     settings = world.settings(host=proxy.host)
     our_repository(world, settings)
@@ -295,7 +295,7 @@ def test_network_cut_mid_copy_fails_clearly_and_the_rerun_sends_no_blob_twice(wo
     assert_no_secret_anywhere(world, out, failed.error, failed.fix)
 
 
-def test_destination_permission_denied_is_a_clear_failure(world, proxies):  # noqa: F811
+def test_destination_permission_denied_is_a_clear_failure(world, proxies):
     # A token the registry does not accept: nothing can be read or written.
     (world.tmp / "gcloud-token").write_text("gptoss-test-token-revoked-" + secrets.token_hex(8))
     settings = world.settings()

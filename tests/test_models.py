@@ -28,9 +28,9 @@ from gptoss_gke.core.shell import Shell
 from gptoss_gke.models import MANIFEST_NAME, model_folder, select_files, stage_model_steps
 from gptoss_gke.targets import GPTOSS_ALLOW, GPTOSS_IGNORE
 from tests.conftest import INV, REPO
-from tests.emulators.gcp import gcloud_env, gcp_emulator  # noqa: F401 - fixture
-from tests.emulators.hfhub import hf_hub, make_gptoss_like_repo  # noqa: F401 - fixture
-from tests.gcs import PROJECT_NUMBER, fake_gcs, gcs_front  # noqa: F401 - fixtures
+from tests.emulators.gcp import gcloud_env
+from tests.emulators.hfhub import make_gptoss_like_repo
+from tests.gcs import PROJECT_NUMBER
 
 REPO_ID = "openai/gpt-oss-120b"  # the ironwood target's model
 BUCKET = "test-models"

@@ -29,10 +29,10 @@ from gptoss_gke.errors import ConfigError, StepError
 from gptoss_gke.remote import (STAGING_MODULES, RemoteHost, RemoteSession, code_bundle, resolve_remote,
                                run_task_remotely, stream_command)
 from tests.conftest import run_inv
-from tests.emulators.gcp import gcloud_env, gcp_emulator  # noqa: F401 - fixture
-from tests.emulators.hfhub import hf_hub, make_gptoss_like_repo  # noqa: F401 - fixture
-from tests.gcs import PROJECT_NUMBER, fake_gcs, gcs_front  # noqa: F401 - fixtures
-from tests.sshd import ArgvWatch, fingerprint, free_port, keygen, sshd_server  # noqa: F401 - fixture
+from tests.emulators.gcp import gcloud_env
+from tests.emulators.hfhub import make_gptoss_like_repo
+from tests.gcs import PROJECT_NUMBER
+from tests.sshd import ArgvWatch, fingerprint, free_port, keygen
 
 MiB = 1024 * 1024
 REPO_ID = "openai/gpt-oss-120b"

@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 from tests.conftest import run_inv
-from tests.emulators.gcp import gcloud_env, gcp_emulator  # noqa: F401 - fixture
-from tests.emulators.hfhub import hf_hub, make_gptoss_like_repo  # noqa: F401 - fixture
-from tests.gcs import PROJECT_NUMBER, fake_gcs, gcs_front  # noqa: F401 - fixtures
-from tests.sshd import sshd_server  # noqa: F401 - fixture
+from tests.emulators.gcp import gcloud_env
+from tests.emulators.hfhub import make_gptoss_like_repo
+from tests.gcs import PROJECT_NUMBER
 from tests.test_interrupts import start_inv
 from tests.test_models import BUCKET, write_env
 from tests.test_remote import _remote_env_file

@@ -9,10 +9,7 @@ from pathlib import Path
 import yaml
 
 from tests.conftest import run_inv
-from tests.deploy_world import NS, deploy_world  # noqa: F401  (fixture)
-from tests.emulators.kube import kube_emulator  # noqa: F401  (fixture)
-from tests.gcs import fake_gcs, gcs_front  # noqa: F401  (fixtures)
-from tests.registry import registries  # noqa: F401  (fixture)
+from tests.deploy_world import NS
 
 P, L, C = "test-project", "us-central1", "gptoss"
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .gcp import GcpEmulator, gcloud_env, gcp_emulator  # noqa: F401  (fixture re-export)
+from .gcp import GcpEmulator, gcloud_env
 
 P = "test-project"
 L = "us-central1"

@@ -13,9 +13,6 @@ from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import exceptions as dyn_exc
 from kubernetes.stream import portforward
 
-from .kube import KubeEmulator, kube_emulator  # noqa: F401  (fixture)
-from .vllm import FakeVllm, fake_vllm  # noqa: F401  (fixture)
-
 NS = "gptoss"
 MANAGER = "gptoss-gke"
 
