@@ -10,7 +10,6 @@ import io
 import json
 import secrets
 import shutil
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from gptoss_gke.gcp.registry import ArtifactRepository
 from gptoss_gke.images import MirrorImage, mirror_image_steps, pinned_image, purge_image_steps
 from tests.conftest import offline_gcloud_env, require_tool, run_inv
 from tests.emulators.gcp import gcloud_env
+from tests.envfiles import mirror_env, write_env
 from tests.registry import Registry, publish
 
 PROJECT = "test-project"
@@ -131,20 +131,7 @@ def assert_no_secret_anywhere(world: World, *texts: str) -> None:
 def test_inv_mirror_image_copies_once_then_rerun_copies_nothing(world):
     image = publish(world.src, NAME, "v1", world.tmp, platforms=BOTH)
     amd64 = image.platforms["linux/amd64"]
-    envdir = world.tmp / "env"
-    envdir.mkdir()
-    (envdir / "dev.yaml").write_text(textwrap.dedent(f"""\
-        project: {PROJECT}
-        registry:
-          host: "{world.dst.host}"
-          tls_verify: false
-        targets:
-          l4:
-            image: {world.src.host}/{NAME}:v1
-        retry:
-          attempts: 1
-        """))
-    env = {**world.env, "GPTOSS_ENV_DIR": str(envdir)}
+    env = {**world.env, "GPTOSS_ENV_DIR": mirror_env(world.tmp, world.dst.host, f"{world.src.host}/{NAME}:v1")}
     report = world.tmp / "report.json"
 
     first = run_inv(["mirror-image", "--target=l4", f"--report={report}"], env)
@@ -190,10 +177,7 @@ def test_inv_mirror_image_copies_once_then_rerun_copies_nothing(world):
 
 
 def test_inv_dry_run_without_credentials_prints_the_plan_unpinned(tmp_path):
-    envdir = tmp_path / "env"
-    envdir.mkdir()
-    (envdir / "dev.yaml").write_text(f"project: {PROJECT}\n")
-    env = {**offline_gcloud_env(tmp_path), "GPTOSS_ENV_DIR": str(envdir)}
+    env = {**offline_gcloud_env(tmp_path), "GPTOSS_ENV_DIR": write_env(tmp_path, {"project": PROJECT})}
     proc = run_inv(["mirror-image", "--target=l4", "--dry-run"], env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout

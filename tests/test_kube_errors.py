@@ -11,14 +11,15 @@ from gptoss_gke.core import Runner
 from gptoss_gke.core.retry import RetryPolicy
 from gptoss_gke.k8s.apply import KubeObject
 from gptoss_gke.k8s.manifests import render
-from tests.conftest import in_process, kube_env
+from tests.conftest import in_process
+from tests.envfiles import kube_env
 
 IMAGE = "127.0.0.1:5000/test-project/gptoss/vllm/vllm-openai@sha256:" + "a" * 64
 
 
 @pytest.fixture
 def apply(tmp_path, kube_emulator):
-    folder = kube_env(tmp_path, kube_emulator, "retry: {attempts: 3, base_delay_s: 0.01, max_delay_s: 0.02}\n")
+    folder = kube_env(tmp_path, kube_emulator, {"retry": {"attempts": 3, "base_delay_s": 0.01, "max_delay_s": 0.02}})
 
     def run(*sets: str, kinds: tuple[str, ...] = ()):
         settings = load_settings("dev", environ={"GPTOSS_ENV_DIR": str(folder)}, overrides=parse_set(list(sets)))

@@ -31,12 +31,13 @@ from gptoss_gke.remote import (STAGING_MODULES, RemoteHost, RemoteSession, code_
 from tests.conftest import run_inv
 from tests.emulators.gcp import gcloud_env
 from tests.emulators.hfhub import make_gptoss_like_repo
+from tests.envfiles import MODELS_BUCKET, staging_env
 from tests.gcs import PROJECT_NUMBER
 from tests.sshd import ArgvWatch, fingerprint, free_port, keygen
 
 MiB = 1024 * 1024
 REPO_ID = "openai/gpt-oss-120b"
-BUCKET = "test-models"
+BUCKET = MODELS_BUCKET
 VLLM_LOADS = {
     "chat_template.jinja", "config.json", "generation_config.json", "model-00000-of-00001.safetensors",
     "model-00001-of-00001.safetensors", "model.safetensors.index.json", "special_tokens_map.json", "tokenizer.json",
@@ -321,25 +322,8 @@ def test_missing_remote_python_or_modules_are_reported_with_the_fix(sshd_server,
 def _staging_settings(tmp_path, hub, revision, **environ):
     from gptoss_gke.config import load_settings
 
-    folder = tmp_path / "env"
-    folder.mkdir(exist_ok=True)
-    (folder / "dev.yaml").write_text(f"""\
-project: test-project
-region: us-central1
-zone: us-central1-a
-models:
-  bucket: {BUCKET}
-  chunk_mib: 8
-  workers: 4
-targets:
-  ironwood:
-    model_revision: {revision}
-retry:
-  attempts: 4
-  base_delay_s: 0.01
-  max_delay_s: 0.05
-""")
-    return load_settings(environ={"GPTOSS_ENV_DIR": str(folder), "HF_ENDPOINT": hub.url, **environ})
+    return load_settings(environ={"GPTOSS_ENV_DIR": staging_env(tmp_path, revision), "HF_ENDPOINT": hub.url,
+                                  **environ})
 
 
 def _workdirs() -> set[str]:
@@ -418,40 +402,11 @@ def tempfile_root() -> str:
 # through `inv`
 
 
-def _remote_env_file(tmp_path, server, *, revision: str, known_hosts=None) -> str:
-    folder = tmp_path / "env"
-    folder.mkdir(exist_ok=True)
-    (folder / "dev.yaml").write_text(f"""\
-project: test-project
-region: us-central1
-zone: us-central1-a
-models:
-  bucket: {BUCKET}
-  chunk_mib: 8
-  workers: 2
-targets:
-  ironwood:
-    model_revision: {revision}
-remote:
-  host: 127.0.0.1
-  port: {server.port}
-  user: {server.user}
-  key_file: {server.client_key}
-  known_hosts: {known_hosts or server.known_hosts}
-  python: {sys.executable}
-  connect_timeout_s: 5
-retry:
-  base_delay_s: 0.05
-  max_delay_s: 0.2
-""")
-    return str(folder)
-
-
 def test_inv_stage_model_on_host_end_to_end(sshd_server, tmp_path, hf_hub, gcs_front, fake_gcs, gcp_emulator):
     sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=MiB, n_shards=2, copy_size=MiB, gated="manual")
     gcp_emulator.add_project("test-project", PROJECT_NUMBER)
     env = gcloud_env(gcp_emulator, tmp_path, "test-project")
-    env.update(GPTOSS_ENV_DIR=_remote_env_file(tmp_path, sshd_server, revision=sha), HF_ENDPOINT=hf_hub.url,
+    env.update(GPTOSS_ENV_DIR=staging_env(tmp_path, sha, server=sshd_server), HF_ENDPOINT=hf_hub.url,
                HF_TOKEN=hf_hub.token, STORAGE_EMULATOR_HOST=gcs_front.url, HF_HUB_DISABLE_TELEMETRY="1",
                NO_COLOR="1")
     report = tmp_path / "report.json"
@@ -471,8 +426,7 @@ def test_inv_stage_model_on_host_end_to_end(sshd_server, tmp_path, hf_hub, gcs_f
 def test_inv_doctor_on_an_unknown_host_refuses_once_and_skips_the_checks(sshd_server, tmp_path, offline_env):
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
-    env = {**offline_env, "GPTOSS_ENV_DIR": _remote_env_file(tmp_path, sshd_server, revision="main",
-                                                              known_hosts=empty)}
+    env = {**offline_env, "GPTOSS_ENV_DIR": staging_env(tmp_path, "main", server=sshd_server, known_hosts=empty)}
     proc = run_inv(["doctor", "--on"], env, timeout=60)
     out = proc.stdout
     assert proc.returncode == 1, out + proc.stderr

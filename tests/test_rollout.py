@@ -11,12 +11,13 @@ from gptoss_gke.k8s.apply import KubeObject
 from gptoss_gke.k8s.manifests import render
 from gptoss_gke.k8s.secret import ApiKeySecret
 from gptoss_gke.k8s.wait import Rollout
-from tests.conftest import in_process, kube_env
+from tests.conftest import in_process
+from tests.envfiles import kube_env
 
 
 @pytest.fixture
 def rollout(tmp_path, kube_emulator):
-    folder = kube_env(tmp_path, kube_emulator, "targets:\n  l4: {load_timeout_s: 2}\n")
+    folder = kube_env(tmp_path, kube_emulator, {"targets": {"l4": {"load_timeout_s": 2}}})
 
     def run(scenario: str | None = None, **params):
         settings = load_settings("dev", environ={"GPTOSS_ENV_DIR": str(folder)}, overrides=parse_set([]))

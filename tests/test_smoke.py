@@ -16,7 +16,6 @@ from pathlib import Path
 
 import invoke
 import pytest
-import yaml
 
 from gptoss_gke.config import Settings
 from gptoss_gke.core import Context, Redactor, Runner
@@ -29,6 +28,7 @@ from gptoss_gke.k8s.portforward import port_forward, port_forward_tunnel
 from gptoss_gke.serving.client import Endpoint, request
 from gptoss_gke.serving.smoke import NO_ANSWER, Smoke
 from tests.conftest import run_inv
+from tests.envfiles import PROJECT, kube, write_env
 
 NAMESPACE = "gptoss"
 POD = "gptoss-l4-0"
@@ -81,14 +81,9 @@ def run_steps(world: World, steps, *, dry_run: bool = False):
 
 def inv_env(world: World) -> dict[str, str]:
     """Environment for an `inv` subprocess whose env file points at the emulator's kubeconfig."""
-    env_dir = world.tmp / "env"
-    env_dir.mkdir(exist_ok=True)
-    (env_dir / "emu.yaml").write_text(yaml.safe_dump({
-        "project": "test-project",
-        "kube": {"kubeconfig": world.emu.kubeconfig_path, "context": "test", "poll_interval_s": 0.05},
-    }))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GPTOSS_", "HF_", "KUBECONFIG"))}
-    env.update(GPTOSS_ENV_DIR=str(env_dir), GPTOSS_ENV="emu", NO_COLOR="1", HOME=str(world.tmp))
+    env.update(GPTOSS_ENV_DIR=write_env(world.tmp, {"project": PROJECT}, kube(world.emu, poll_interval_s=0.05),
+                                        name="emu"), GPTOSS_ENV="emu", NO_COLOR="1", HOME=str(world.tmp))
     return env
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import socket
-from pathlib import Path
 
 import yaml
 
 from tests.conftest import run_inv
 from tests.deploy_world import NS
+from tests.envfiles import write_env
 
 P, L, C = "test-project", "us-central1", "gptoss"
 
@@ -159,9 +159,7 @@ def test_purge_model_deletes_only_what_this_environment_staged_and_a_grant_no_ot
     bucket.set_iam_policy(policy)
     # Another environment of ours, in another cluster of the same project, serving from the same bucket
     # as the same namespace and service account: the same Workload Identity principal.
-    envdir = Path(w.env["GPTOSS_ENV_DIR"])
-    (envdir / "staging.yaml").write_text((envdir / "dev.yaml").read_text().replace("kube:", "cluster:\n  name: "
-                                                                                   "gptoss-staging\nkube:"))
+    write_env(w.tmp, w.settings, {"cluster": {"name": "gptoss-staging"}}, name="staging")
 
     proc = w.inv("teardown", "--yes", "--purge-model")
     assert proc.returncode == 0, proc.stdout
@@ -176,7 +174,7 @@ def test_purge_model_deletes_only_what_this_environment_staged_and_a_grant_no_ot
     assert f"ok: {member} keeps roles/storage.objectViewer on gs://test-project-models: environment staging " \
            f"uses it too" in proc.stdout
 
-    (envdir / "staging.yaml").unlink()
+    (w.tmp / "env" / "staging.yaml").unlink()
     proc = w.inv("teardown", "--yes", "--purge-model")
     assert proc.returncode == 0, proc.stdout
     members = {m for b in w.gcs.policy("test-project-models").get("bindings", []) for m in b.get("members", [])}
