@@ -13,7 +13,7 @@ import pytest
 # The fixture modules: every test sees their fixtures without importing them.
 pytest_plugins = (
     "tests.emulators.gcp",
-    "tests.emulators.kube",
+    "tests.emulators.kube.fixtures",
     "tests.emulators.hfhub",
     "tests.emulators.vllm",
     "tests.gcs",
