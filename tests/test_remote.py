@@ -179,12 +179,13 @@ def test_a_dropped_connection_fails_the_command_with_a_message(sshd_server):
                 errors.append(exc)
 
         worker = threading.Thread(target=long_read)
-        started = time.monotonic()
+        logged = len(sshd_server.commands())
         worker.start()
-        time.sleep(0.5)
+        sshd_server.wait_for_command("sleep 30", after=logged)  # logged in: the command runs there now
+        dropped = time.monotonic()
         assert sshd_server.drop_connections() >= 1
         worker.join(timeout=20)
-        assert time.monotonic() - started < 15
+        assert time.monotonic() - dropped < 15  # the drop ends it, not the 30 s sleep
         [err] = errors
         assert isinstance(err, StepError), repr(err)
         assert f"the SSH connection to {session.label} dropped while running `sleep 30`" in err.problem
@@ -326,8 +327,9 @@ def _staging_settings(tmp_path, hub, revision, **environ):
                                   **environ})
 
 
-def _workdirs() -> set[str]:
-    return set(glob.glob(os.path.join(os.environ.get("TMPDIR", "/tmp"), "gptoss-gke.*")))
+def _workdirs(server) -> set[str]:
+    """What runs left in the remote host's temp folder."""
+    return set(glob.glob(os.path.join(server.tmp, "gptoss-gke.*")))
 
 
 def test_stage_model_runs_on_the_remote_host_against_loopback_gcs_and_hub(sshd_server, tmp_path, hf_hub, gcs_front,
@@ -336,7 +338,7 @@ def test_stage_model_runs_on_the_remote_host_against_loopback_gcs_and_hub(sshd_s
     settings = _staging_settings(tmp_path, hf_hub, sha, HF_TOKEN=hf_hub.token)
     access_token = "ya29.remote-test-" + uuid.uuid4().hex
     session = RemoteSession(sshd_server.remote_settings(python=sys.executable))
-    before = _workdirs()
+    before = _workdirs(sshd_server)
     n_commands = len(sshd_server.commands())
     try:
         redactor = Redactor()
@@ -373,14 +375,14 @@ def test_stage_model_runs_on_the_remote_host_against_loopback_gcs_and_hub(sshd_s
     assert "changed: stage 10 of 10 files" in text or "changed: stage" in text
     bundle = code_bundle()
     assert f"shipping {bundle.describe()} to {session.label}" in text
-    assert f"code from {tempfile_root()}" in text and f"sha256 {bundle.sha256[:12]}" in text
+    assert f"code from {tempfile_root(sshd_server)}" in text and f"sha256 {bundle.sha256[:12]}" in text
 
     # No secret on any command line, in any argv, in the output; nothing left on the host.
     sent = sshd_server.commands()[n_commands:]
     assert sent and not [c for c in sent if hf_hub.token in c or access_token in c]
     assert watch.scans > 2 and not watch.hits
     assert hf_hub.token not in text and access_token not in text
-    assert _workdirs() == before
+    assert _workdirs(sshd_server) == before
 
     # A checkout that differs from what the host imports is refused, not run.
     session = RemoteSession(sshd_server.remote_settings(python=sys.executable))
@@ -391,11 +393,11 @@ def test_stage_model_runs_on_the_remote_host_against_loopback_gcs_and_hub(sshd_s
             run_task_remotely(ctx, session, "stage-model", bundle=tampered)
     finally:
         session.close()
-    assert _workdirs() == before
+    assert _workdirs(sshd_server) == before
 
 
-def tempfile_root() -> str:
-    return os.path.join(os.environ.get("TMPDIR", "/tmp"), "gptoss-gke.")
+def tempfile_root(server) -> str:
+    return os.path.join(server.tmp, "gptoss-gke.")
 
 
 # ---------------------------------------------------------------------------------------------
