@@ -12,7 +12,7 @@ import pytest
 
 # The fixture modules: every test sees their fixtures without importing them.
 pytest_plugins = (
-    "tests.emulators.gcp",
+    "tests.emulators.gcp.fixtures",
     "tests.emulators.kube.fixtures",
     "tests.emulators.hfhub",
     "tests.emulators.vllm",
@@ -20,6 +20,7 @@ pytest_plugins = (
     "tests.registry",
     "tests.sshd",
     "tests.deploy_world",
+    "tests.pkgdev",
 )
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,6 +10,7 @@ import yaml
 from tests.conftest import run_inv
 from tests.deploy_world import NS
 from tests.envfiles import write_env
+from tests.registry import publish
 
 P, L, C = "test-project", "us-central1", "gptoss"
 
@@ -382,3 +383,46 @@ def test_the_namespace_is_kept_when_anything_of_any_kind_in_it_is_not_ours(deplo
     for obj in theirs:
         assert w.kube.get(obj["kind"], NS, obj["metadata"]["name"]) is not None, obj["kind"]
     assert names(w, "ServiceAccount") == ["default"]  # ours went; theirs and the namespace stayed
+
+
+# ---- images in Artifact Registry --------------------------------------------------------------------------
+
+def test_purge_images_in_artifact_registry_deletes_only_our_tags_and_keeps_what_another_environment_mirrors(
+        deploy_world, docker_hosts):
+    """``registry.host`` unset: the images live in Artifact Registry. skopeo reads them at
+    us-central1-docker.pkg.dev (the loopback registry behind a TLS front) and the real gcloud deletes
+    through Artifact Registry's API (the emulator, on that same registry's storage)."""
+    w = deploy_world
+    front = docker_hosts(w.dst)
+    w.gcp.add_repository(P, L, "gptoss", labels={"managed-by": "gptoss-gke", "gptoss-gke-env": "dev"})
+    w.gcp.serve_docker_images(P, L, "gptoss", w.dst)
+    openai, tpu = f"{P}/gptoss/vllm/vllm-openai", f"{P}/gptoss/vllm/vllm-tpu"
+    publish(w.dst, openai, "v0.12.0", w.tmp)  # l4's mirror (ours)...
+    publish(w.dst, openai, "latest", w.tmp)  # ...the same image, which environment prod mirrors as :latest
+    publish(w.dst, tpu, "nightly", w.tmp, version="2")  # ironwood's mirror (ours alone)
+    shared = w.dst.manifest_digest(openai, "v0.12.0")
+    assert w.dst.manifest_digest(openai, "latest") == shared
+    tpu_digest = w.dst.manifest_digest(tpu, "nightly")
+    dev = {k: v for k, v in w.settings.items() if k != "registry"}  # Artifact Registry, not a registry host
+    write_env(w.tmp, dev, {"targets": {"ironwood": {"image": f"{w.src.host}/vllm/vllm-tpu:nightly"}}})
+    write_env(w.tmp, dev, {"targets": {"l4": {"image": f"{w.src.host}/vllm/vllm-openai:latest"}}}, name="prod")
+
+    proc = w.inv("teardown", "--yes", "--purge-images", env=front.env())
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    dest = f"us-central1-docker.pkg.dev/{openai}"
+    assert f"changed: delete tag {dest}:v0.12.0 (its image stays: also tagged latest)" in out
+    assert f"changed: delete us-central1-docker.pkg.dev/{tpu}:nightly" in out
+    assert "repository gptoss kept: environment prod uses it too" in out
+    # Only our tags went: prod's tag still pulls the same image; ironwood's image is gone with its tag.
+    assert w.dst.tags(openai) == {"latest": shared} and shared in w.dst.digests(openai)
+    assert w.dst.tags(tpu) == {} and tpu_digest not in w.dst.digests(tpu)
+    assert w.gcp.get_repository(P, L, "gptoss") is not None
+    deletes = [r.path.split("/packages/")[1] for r in w.gcp.mutating_requests() if "/packages/" in r.path]
+    assert deletes == ["vllm%2Fvllm-openai/tags/v0.12.0", "vllm%2Fvllm-tpu/tags/nightly",
+                       f"vllm%2Fvllm-tpu/versions/{tpu_digest}"]
+    assert front.connects and front.refused == []  # skopeo read through the front, and asked nothing else
+
+    again = w.inv("teardown", "--yes", "--purge-images", env=front.env())
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"ok: {dest}:v0.12.0 does not exist" in again.stdout and "changed=0" in again.stdout
