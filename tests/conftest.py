@@ -10,6 +10,19 @@ from pathlib import Path
 
 import pytest
 
+# The fixture modules: every test sees their fixtures without importing them.
+pytest_plugins = (
+    "tests.emulators.gcp.fixtures",
+    "tests.emulators.kube.fixtures",
+    "tests.emulators.hfhub",
+    "tests.emulators.vllm",
+    "tests.gcs",
+    "tests.registry",
+    "tests.sshd",
+    "tests.deploy_world",
+    "tests.pkgdev",
+)
+
 REPO = Path(__file__).resolve().parent.parent
 INV = str(Path(sys.executable).with_name("inv"))
 
@@ -66,26 +79,6 @@ def offline_env(tmp_path):
     return offline_gcloud_env(tmp_path)
 
 
-def write_env_file(folder: Path, name: str = "dev", text: str = "") -> Path:
-    """A temporary env/<name>.yaml; returns the folder to put in GPTOSS_ENV_DIR."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.yaml").write_text(text)
-    return folder
-
-
-def kube_env(tmp_path: Path, kube_emulator, extra: str = "") -> Path:
-    """env/dev.yaml for steps run in-process against the Kubernetes API emulator (context ``test``);
-    ``extra``: more top-level YAML. Returns the folder to put in GPTOSS_ENV_DIR."""
-    return write_env_file(tmp_path / "env", "dev", f"""\
-project: test-project
-models: {{bucket: test-project-models}}
-kube:
-  kubeconfig: {kube_emulator.kubeconfig_path}
-  context: test
-  poll_interval_s: 0.02
-""" + extra)
-
-
 def in_process(settings, retry=None):
     """A Context for running steps in-process (real Shell, redactor and printer); returns (ctx, output)."""
     import io
@@ -109,24 +102,10 @@ def gcloud_world(tmp_path, gcp_emulator):
     """The real gcloud pointed at the loopback control plane, plus an environment file for our tool."""
     require_tool("gcloud", "install the Google Cloud CLI (Debian: apt-get install google-cloud-cli)")
     from tests.emulators.gcp import gcloud_env
+    from tests.envfiles import BASE, FAST_RETRY, PROJECT, write_env
 
-    env = gcloud_env(gcp_emulator, tmp_path, "test-project")
-    folder = write_env_file(tmp_path / "env", "dev", f"""\
-project: test-project
-region: us-central1
-zone: us-central1-a
-cluster:
-  name: gptoss
-models:
-  bucket: test-project-models
-kube:
-  kubeconfig: {tmp_path / 'kubeconfig'}
-retry:
-  base_delay_s: 0.05
-  max_delay_s: 0.2
-""")
-    env.update(GPTOSS_ENV_DIR=str(folder), NO_COLOR="1")
+    env = gcloud_env(gcp_emulator, tmp_path, PROJECT)
+    folder = write_env(tmp_path, BASE, {"cluster": {"name": "gptoss"}, "models": {"bucket": f"{PROJECT}-models"},
+                                        "kube": {"kubeconfig": str(tmp_path / "kubeconfig")}}, FAST_RETRY)
+    env.update(GPTOSS_ENV_DIR=folder, NO_COLOR="1")
     return gcp_emulator, env
-
-
-from tests.emulators.gcp import gcp_emulator  # noqa: E402,F401  (fixture)

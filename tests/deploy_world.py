@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import secrets
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from tests.conftest import require_tool, run_inv
 from tests.emulators.gcp import gcloud_env
 from tests.emulators.vllm import FakeVllm
+from tests.envfiles import BASE, FAST_RETRY, kube, merged, registry, write_env
 from tests.registry import publish
 
 P, L, C = "test-project", "us-central1", "gptoss"
@@ -49,6 +49,7 @@ class World:
     dst: object
     env: dict
     token: str
+    settings: dict  # what env/dev.yaml holds
     gcs: object = None
 
     def inv(self, *args: str, env: dict | None = None, stdin: str | None = None):
@@ -87,36 +88,16 @@ def deploy_world(tmp_path, gcp_emulator, kube_emulator, registries, gcs_front):
     src = registries("source")
     dst = registries("dest", credentials=("oauth2accesstoken", token))
     publish(src, SOURCE, "v0.12.0", tmp_path)
+    settings = merged(BASE, registry(dst.host), {"models": {"bucket": f"{P}-models"}},
+                      kube(kube_emulator, poll_interval_s=0.05),
+                      {"targets": {"l4": {"image": f"{src.host}/{SOURCE}:v0.12.0", "load_timeout_s": 30}}}, FAST_RETRY)
+    env.update(GPTOSS_ENV_DIR=write_env(tmp_path, settings), NO_COLOR="1", STORAGE_EMULATOR_HOST=gcs_front.url)
     vllm = SecretKeyedVllm(model_id="openai/gpt-oss-20b")
     vllm.kube = kube_emulator
     vllm.start()
-    vllm.wait_ready()
-    kube_emulator.set_port_forward_target("gptoss-l4", 8000, ("127.0.0.1", vllm.port))
-    envdir = tmp_path / "env"
-    envdir.mkdir()
-    (envdir / "dev.yaml").write_text(textwrap.dedent(f"""\
-        project: {P}
-        region: {L}
-        zone: {L}-a
-        registry:
-          host: "{dst.host}"
-          tls_verify: false
-        models:
-          bucket: {P}-models
-        kube:
-          kubeconfig: {kube_emulator.kubeconfig_path}
-          context: test
-          poll_interval_s: 0.05
-        targets:
-          l4:
-            image: {src.host}/{SOURCE}:v0.12.0
-            load_timeout_s: 30
-        retry:
-          base_delay_s: 0.05
-          max_delay_s: 0.2
-        """))
-    env.update(GPTOSS_ENV_DIR=str(envdir), NO_COLOR="1", STORAGE_EMULATOR_HOST=gcs_front.url)
     try:
-        yield World(tmp_path, gcp_emulator, kube_emulator, vllm, src, dst, env, token, gcs_front)
+        vllm.wait_ready()
+        kube_emulator.set_port_forward_target("gptoss-l4", 8000, ("127.0.0.1", vllm.port))
+        yield World(tmp_path, gcp_emulator, kube_emulator, vllm, src, dst, env, token, settings, gcs_front)
     finally:
         vllm.stop()

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import tarfile
@@ -105,6 +106,30 @@ class Registry:
             if exc.code == 404:
                 return False
             raise
+
+    # ---- its storage as Artifact Registry's REST API sees it (GcpEmulator.serve_docker_images)
+
+    def _manifests(self, name: str) -> Path:
+        return self.root / "root" / "docker" / "registry" / "v2" / "repositories" / name / "_manifests"
+
+    def tags(self, name: str) -> dict[str, str]:
+        """tag → the manifest digest it points at."""
+        folder = self._manifests(name) / "tags"
+        links = [(t.name, t / "current" / "link") for t in folder.iterdir()] if folder.is_dir() else []
+        return {tag: link.read_text().strip() for tag, link in links if link.is_file()}
+
+    def digests(self, name: str) -> set[str]:
+        """Every manifest stored under ``name``, tagged or not."""
+        folder = self._manifests(name) / "revisions" / "sha256"
+        return {f"sha256:{d.name}" for d in folder.iterdir() if (d / "link").is_file()} if folder.is_dir() else set()
+
+    def untag(self, name: str, tag: str) -> None:
+        """Remove one tag, the way the registry does internally (its API deletes manifests, not tags)."""
+        shutil.rmtree(self._manifests(name) / "tags" / tag)
+
+    def delete_manifest(self, name: str, digest: str) -> None:
+        with self._get(f"/v2/{name}/manifests/{digest}", method="DELETE") as resp:
+            assert resp.status == 202, resp.status
 
     def blob_uploads(self, digest: str) -> int:
         """How many times a blob was uploaded (the PUT that completes an upload names its digest)."""

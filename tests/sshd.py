@@ -70,6 +70,12 @@ class SshServer:
         return self.root / "known_hosts"
 
     @property
+    def tmp(self) -> Path:
+        """The "remote" host's temp folder (its sessions' TMPDIR): what a run leaves there is this
+        server's alone, whatever other tests write to this machine's /tmp meanwhile."""
+        return self.root / "tmp"
+
+    @property
     def log(self) -> Path:
         return self.root / "sshd.log"
 
@@ -94,7 +100,22 @@ class SshServer:
         path = self.root / "commands.log"
         if not path.exists():
             return []
-        return [base64.b64decode(line).decode(errors="replace") for line in path.read_text().split()]
+        # Only whole lines: the wrapper may be writing the next one right now.
+        lines = path.read_text().split("\n")[:-1]
+        return [base64.b64decode(line).decode(errors="replace") for line in lines if line]
+
+    def wait_for_command(self, text: str, *, after: int = 0, timeout: float = 60) -> str:
+        """The first command after the first ``after`` ones that contains ``text``, once a session has
+        started it: the login is over and the command runs (the wrapper logs it just before it runs it)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = next((c for c in self.commands()[after:] if text in c), None)
+            if found is not None:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no session started a command containing {text!r} within {timeout}s; "
+                                     f"commands: {self.commands()[after:]}")
+            time.sleep(0.02)
 
     def session_pids(self) -> list[int]:
         """The per-connection sshd processes (children of the listener)."""
@@ -136,7 +157,9 @@ class SshServer:
         keygen(self.client_key, "test-client")
         (self.root / "authorized_keys").write_text((self.root / "client_key.pub").read_text())
         wrapper = self.root / "force-command.sh"
+        self.tmp.mkdir(exist_ok=True)
         wrapper.write_text(f"""#!/bin/sh
+export TMPDIR={self.tmp}
 printf '%s' "$SSH_ORIGINAL_COMMAND" | base64 -w0 >> {self.root}/commands.log
 echo >> {self.root}/commands.log
 if [ "$SSH_ORIGINAL_COMMAND" = internal-sftp ]; then exec {sftp}; fi

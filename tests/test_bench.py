@@ -13,8 +13,6 @@ from gptoss_gke.k8s.portforward import port_forward
 from gptoss_gke.serving.bench import TUTORIAL_TESTS, Bench, BenchJob, parse_bench_summary
 from gptoss_gke.serving.client import Endpoint, request
 from tests.conftest import run_inv
-from tests.emulators.kube import kube_emulator  # noqa: F401  (fixture)
-from tests.emulators.vllm import fake_vllm  # noqa: F401  (fixture)
 from tests.test_smoke import NAMESPACE, inv_env, make_ctx, make_world, run_steps
 
 # How close the figures come to the server's pacing is a benchmark (bench/bench_client_accuracy.py):
@@ -23,7 +21,7 @@ SLACK_S = 0.005  # clock granularity and the server's own timer
 
 
 @pytest.fixture
-def world(kube_emulator, fake_vllm, tmp_path):  # noqa: F811
+def world(kube_emulator, fake_vllm, tmp_path):
     return make_world(kube_emulator, fake_vllm, tmp_path)
 
 

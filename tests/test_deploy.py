@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.deploy_world import NS, deploy_world  # noqa: F401  (fixture)
-from tests.emulators.kube import kube_emulator  # noqa: F401  (fixture)
-from tests.gcs import fake_gcs, gcs_front  # noqa: F401  (fixtures)
-from tests.registry import registries  # noqa: F401  (fixture)
+from tests.deploy_world import NS
 
 OBJECTS = ["Namespace gptoss", "ServiceAccount gptoss/vllm", "Secret gptoss/vllm-api-key",
            "Service gptoss/gptoss-l4-headless", "Service gptoss/gptoss-l4", "StatefulSet gptoss/gptoss-l4"]

@@ -13,14 +13,14 @@ import os
 import secrets
 import signal
 import stat
-import textwrap
 import time
 
 import pytest
 
 from tests.conftest import require_tool, run_inv
-from tests.emulators.gcp import gcloud_env, gcp_emulator  # noqa: F401  (fixture)
-from tests.registry import proxies, publish, registries  # noqa: F401  (fixtures)
+from tests.emulators.gcp import gcloud_env
+from tests.envfiles import mirror_env
+from tests.registry import publish
 from tests.test_interrupts import kill_all, processes_with, start_inv, wait_for
 
 PROJECT = "test-project"
@@ -43,7 +43,7 @@ def files_holding(root, *needles: str) -> list[str]:
 
 
 @pytest.fixture
-def mirror_world(tmp_path, gcp_emulator, registries, proxies):  # noqa: F811
+def mirror_world(tmp_path, gcp_emulator, registries, proxies):
     """`inv mirror-image` against a destination registry behind a proxy that can hold the copy at its end."""
     require_tool("gcloud", "install the Google Cloud CLI")
     require_tool("skopeo", "apt-get install -y skopeo")
@@ -54,22 +54,10 @@ def mirror_world(tmp_path, gcp_emulator, registries, proxies):  # noqa: F811
     dst = registries("dest", credentials=("oauth2accesstoken", token))
     publish(src, NAME, "v1", tmp_path)
     proxy = proxies(dst)
-    envdir = tmp_path / "env"
-    envdir.mkdir()
-    (envdir / "dev.yaml").write_text(textwrap.dedent(f"""\
-        project: {PROJECT}
-        registry:
-          host: "{proxy.host}"
-          tls_verify: false
-        targets:
-          l4:
-            image: {src.host}/{NAME}:v1
-        retry:
-          attempts: 1
-        """))
     run_tmp = tmp_path / "run-tmp"  # the runs' TMPDIR: where their temp files would be left
     run_tmp.mkdir()
-    env.update(GPTOSS_ENV_DIR=str(envdir), NO_COLOR="1", TMPDIR=str(run_tmp))
+    env.update(GPTOSS_ENV_DIR=mirror_env(tmp_path, proxy.host, f"{src.host}/{NAME}:v1"), NO_COLOR="1",
+               TMPDIR=str(run_tmp))
     secrets_ = [token, base64.b64encode(f"oauth2accesstoken:{token}".encode()).decode()]
     return env, proxy, dst, run_tmp, secrets_
 

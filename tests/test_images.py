@@ -10,7 +10,6 @@ import io
 import json
 import secrets
 import shutil
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +25,9 @@ from gptoss_gke.gcp.project import Credentials
 from gptoss_gke.gcp.registry import ArtifactRepository
 from gptoss_gke.images import MirrorImage, mirror_image_steps, pinned_image, purge_image_steps
 from tests.conftest import offline_gcloud_env, require_tool, run_inv
-from tests.emulators.gcp import gcloud_env, gcp_emulator  # noqa: F401  (fixture)
-from tests.registry import Registry, proxies, publish, registries  # noqa: F401  (fixtures)
+from tests.emulators.gcp import gcloud_env
+from tests.envfiles import mirror_env, write_env
+from tests.registry import Registry, publish
 
 PROJECT = "test-project"
 NAME = "vllm/vllm-openai"  # the source path; mirrored under <project>/<repository>/
@@ -76,7 +76,7 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path, gcp_emulator, registries):  # noqa: F811
+def world(tmp_path, gcp_emulator, registries):
     require_tool("gcloud", "install the Google Cloud CLI")
     token = "gptoss-test-token-" + secrets.token_hex(16)  # no known token shape: only our code can hide it
     (tmp_path / "gcloud-token").write_text(token + "\n")
@@ -131,20 +131,7 @@ def assert_no_secret_anywhere(world: World, *texts: str) -> None:
 def test_inv_mirror_image_copies_once_then_rerun_copies_nothing(world):
     image = publish(world.src, NAME, "v1", world.tmp, platforms=BOTH)
     amd64 = image.platforms["linux/amd64"]
-    envdir = world.tmp / "env"
-    envdir.mkdir()
-    (envdir / "dev.yaml").write_text(textwrap.dedent(f"""\
-        project: {PROJECT}
-        registry:
-          host: "{world.dst.host}"
-          tls_verify: false
-        targets:
-          l4:
-            image: {world.src.host}/{NAME}:v1
-        retry:
-          attempts: 1
-        """))
-    env = {**world.env, "GPTOSS_ENV_DIR": str(envdir)}
+    env = {**world.env, "GPTOSS_ENV_DIR": mirror_env(world.tmp, world.dst.host, f"{world.src.host}/{NAME}:v1")}
     report = world.tmp / "report.json"
 
     first = run_inv(["mirror-image", "--target=l4", f"--report={report}"], env)
@@ -190,10 +177,7 @@ def test_inv_mirror_image_copies_once_then_rerun_copies_nothing(world):
 
 
 def test_inv_dry_run_without_credentials_prints_the_plan_unpinned(tmp_path):
-    envdir = tmp_path / "env"
-    envdir.mkdir()
-    (envdir / "dev.yaml").write_text(f"project: {PROJECT}\n")
-    env = {**offline_gcloud_env(tmp_path), "GPTOSS_ENV_DIR": str(envdir)}
+    env = {**offline_gcloud_env(tmp_path), "GPTOSS_ENV_DIR": write_env(tmp_path, {"project": PROJECT})}
     proc = run_inv(["mirror-image", "--target=l4", "--dry-run"], env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
@@ -269,7 +253,7 @@ def test_single_platform_source_of_the_wrong_architecture_is_refused(world):
     assert world.calls("skopeo copy") == []
 
 
-def test_network_cut_mid_copy_fails_clearly_and_the_rerun_sends_no_blob_twice(world, proxies):  # noqa: F811
+def test_network_cut_mid_copy_fails_clearly_and_the_rerun_sends_no_blob_twice(world, proxies):
     proxy = proxies(world.dst)
     settings = world.settings(host=proxy.host)
     our_repository(world, settings)
@@ -295,7 +279,7 @@ def test_network_cut_mid_copy_fails_clearly_and_the_rerun_sends_no_blob_twice(wo
     assert_no_secret_anywhere(world, out, failed.error, failed.fix)
 
 
-def test_destination_permission_denied_is_a_clear_failure(world, proxies):  # noqa: F811
+def test_destination_permission_denied_is_a_clear_failure(world, proxies):
     # A token the registry does not accept: nothing can be read or written.
     (world.tmp / "gcloud-token").write_text("gptoss-test-token-revoked-" + secrets.token_hex(8))
     settings = world.settings()

@@ -16,10 +16,6 @@ import time
 from pathlib import Path
 
 from tests.conftest import INV, LOOPBACK_DEFAULTS, REPO
-from tests.deploy_world import deploy_world  # noqa: F401  (fixture)
-from tests.emulators.kube import kube_emulator  # noqa: F401  (fixture)
-from tests.gcs import fake_gcs, gcs_front  # noqa: F401  (fixtures)
-from tests.registry import registries  # noqa: F401  (fixture)
 
 P, L, C = "test-project", "us-central1", "gptoss"
 

@@ -11,15 +11,15 @@ from gptoss_gke.core import Runner
 from gptoss_gke.core.retry import RetryPolicy
 from gptoss_gke.k8s.objects import KubeObject
 from gptoss_gke.k8s.manifests import render
-from tests.conftest import in_process, kube_env
-from tests.emulators.kube import kube_emulator  # noqa: F401  (fixture)
+from tests.conftest import in_process
+from tests.envfiles import kube_env
 
 IMAGE = "127.0.0.1:5000/test-project/gptoss/vllm/vllm-openai@sha256:" + "a" * 64
 
 
 @pytest.fixture
-def apply(tmp_path, kube_emulator):  # noqa: F811
-    folder = kube_env(tmp_path, kube_emulator, "retry: {attempts: 3, base_delay_s: 0.01, max_delay_s: 0.02}\n")
+def apply(tmp_path, kube_emulator):
+    folder = kube_env(tmp_path, kube_emulator, {"retry": {"attempts": 3, "base_delay_s": 0.01, "max_delay_s": 0.02}})
 
     def run(*sets: str, kinds: tuple[str, ...] = ()):
         settings = load_settings("dev", environ={"GPTOSS_ENV_DIR": str(folder)}, overrides=parse_set(list(sets)))
@@ -32,7 +32,7 @@ def apply(tmp_path, kube_emulator):  # noqa: F811
     return run
 
 
-def test_an_immutable_change_says_what_differs_and_the_commands_and_sends_nothing(apply, kube_emulator):  # noqa: F811
+def test_an_immutable_change_says_what_differs_and_the_commands_and_sends_nothing(apply, kube_emulator):
     results, out = apply()
     assert all(r.status == "changed" for r in results), out
     kube_emulator.tick(3)  # the StatefulSet makes its pod and claim
@@ -50,7 +50,7 @@ def test_an_immutable_change_says_what_differs_and_the_commands_and_sends_nothin
     assert kube_emulator.get("PersistentVolumeClaim", "gptoss", "model-cache-gptoss-l4-0") is not None
 
 
-def test_denied_and_overloaded_apis_are_said_in_words(apply, kube_emulator):  # noqa: F811
+def test_denied_and_overloaded_apis_are_said_in_words(apply, kube_emulator):
     kube_emulator.inject("GET", r"/namespaces/gptoss$", 403, message='namespaces "gptoss" is forbidden: User '
                          '"dev@example.com" cannot get resource "namespaces" in API group "" in the namespace "gptoss"')
     kube_emulator.inject("GET", r"/namespaces/gptoss/serviceaccounts/vllm$", 503, times=3)  # every attempt

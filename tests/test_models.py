@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import textwrap
 import time
 
 import invoke
@@ -30,15 +29,15 @@ from gptoss_gke.staging.state import MANIFEST_NAME
 from gptoss_gke.staging.steps import model_folder, stage_model_steps
 from gptoss_gke.targets import GPTOSS_ALLOW, GPTOSS_IGNORE
 from tests.conftest import INV, REPO
-from tests.emulators.gcp import gcloud_env, gcp_emulator  # noqa: F401 - fixture
-from tests.emulators.hfhub import hf_hub, make_gptoss_like_repo  # noqa: F401 - fixture
-from tests.gcs import PROJECT_NUMBER, fake_gcs, gcs_front  # noqa: F401 - fixtures
+from tests.emulators.gcp import gcloud_env
+from tests.emulators.hfhub import make_gptoss_like_repo
+from tests.envfiles import CHUNK_MIB, MODELS_BUCKET, staging_env
+from tests.gcs import PROJECT_NUMBER
 
 REPO_ID = "openai/gpt-oss-120b"  # the ironwood target's model
-BUCKET = "test-models"
+BUCKET = MODELS_BUCKET
 MiB = 1024 * 1024
 SHARD = 20 * MiB
-CHUNK_MIB = 8
 
 # The root of openai/gpt-oss-20b as the hub lists it (the 120b repo has the same shape, 15 shards).
 GPTOSS_20B_PATHS = [
@@ -59,30 +58,8 @@ VLLM_LOADS = {
 # helpers
 
 
-def write_env(tmp_path, revision: str) -> str:
-    folder = tmp_path / "env"
-    folder.mkdir(exist_ok=True)
-    (folder / "dev.yaml").write_text(textwrap.dedent(f"""\
-        project: test-project
-        region: us-central1
-        zone: us-central1-a
-        models:
-          bucket: {BUCKET}
-          chunk_mib: {CHUNK_MIB}
-          workers: 4
-        targets:
-          ironwood:
-            model_revision: {revision}
-        retry:
-          attempts: 4
-          base_delay_s: 0.01
-          max_delay_s: 0.05
-        """))
-    return str(folder)
-
-
 def settings_for(tmp_path, hub, revision: str, **environ):
-    return load_settings(environ={"GPTOSS_ENV_DIR": write_env(tmp_path, revision), "HF_ENDPOINT": hub.url,
+    return load_settings(environ={"GPTOSS_ENV_DIR": staging_env(tmp_path, revision), "HF_ENDPOINT": hub.url,
                                   **environ})
 
 
@@ -374,7 +351,7 @@ def test_inv_stage_model_killed_mid_transfer_resumes_with_only_what_is_missing(t
     token = hf_hub.token
     gcp_emulator.add_project("test-project", PROJECT_NUMBER)  # the number the bucket reports as its owner
     env = gcloud_env(gcp_emulator, tmp_path, "test-project")
-    env.update(GPTOSS_ENV_DIR=write_env(tmp_path, sha), HF_ENDPOINT=hf_hub.url, HF_TOKEN=token,
+    env.update(GPTOSS_ENV_DIR=staging_env(tmp_path, sha), HF_ENDPOINT=hf_hub.url, HF_TOKEN=token,
                STORAGE_EMULATOR_HOST=gcs_front.url, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1",
                NO_COLOR="1", GPTOSS_MODELS__WORKERS="2")
     folder = f"models/{REPO_ID}/{sha}/"

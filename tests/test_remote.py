@@ -30,14 +30,15 @@ from gptoss_gke.remote.session import RemoteSession, resolve_remote
 from gptoss_gke.remote.shipping import code_bundle
 from gptoss_gke.remote.steps import STAGING_MODULES, RemoteHost, run_task_remotely, stream_command
 from tests.conftest import run_inv
-from tests.emulators.gcp import gcloud_env, gcp_emulator  # noqa: F401 - fixture
-from tests.emulators.hfhub import hf_hub, make_gptoss_like_repo  # noqa: F401 - fixture
-from tests.gcs import PROJECT_NUMBER, fake_gcs, gcs_front  # noqa: F401 - fixtures
-from tests.sshd import ArgvWatch, fingerprint, free_port, keygen, sshd_server  # noqa: F401 - fixture
+from tests.emulators.gcp import gcloud_env
+from tests.emulators.hfhub import make_gptoss_like_repo
+from tests.envfiles import MODELS_BUCKET, staging_env
+from tests.gcs import PROJECT_NUMBER
+from tests.sshd import ArgvWatch, fingerprint, free_port, keygen
 
 MiB = 1024 * 1024
 REPO_ID = "openai/gpt-oss-120b"
-BUCKET = "test-models"
+BUCKET = MODELS_BUCKET
 VLLM_LOADS = {
     "chat_template.jinja", "config.json", "generation_config.json", "model-00000-of-00001.safetensors",
     "model-00001-of-00001.safetensors", "model.safetensors.index.json", "special_tokens_map.json", "tokenizer.json",
@@ -179,12 +180,13 @@ def test_a_dropped_connection_fails_the_command_with_a_message(sshd_server):
                 errors.append(exc)
 
         worker = threading.Thread(target=long_read)
-        started = time.monotonic()
+        logged = len(sshd_server.commands())
         worker.start()
-        time.sleep(0.5)
+        sshd_server.wait_for_command("sleep 30", after=logged)  # logged in: the command runs there now
+        dropped = time.monotonic()
         assert sshd_server.drop_connections() >= 1
         worker.join(timeout=20)
-        assert time.monotonic() - started < 15
+        assert time.monotonic() - dropped < 15  # the drop ends it, not the 30 s sleep
         [err] = errors
         assert isinstance(err, StepError), repr(err)
         assert f"the SSH connection to {session.label} dropped while running `sleep 30`" in err.problem
@@ -323,29 +325,13 @@ def test_missing_remote_python_or_modules_are_reported_with_the_fix(sshd_server,
 def _staging_settings(tmp_path, hub, revision, **environ):
     from gptoss_gke.config import load_settings
 
-    folder = tmp_path / "env"
-    folder.mkdir(exist_ok=True)
-    (folder / "dev.yaml").write_text(f"""\
-project: test-project
-region: us-central1
-zone: us-central1-a
-models:
-  bucket: {BUCKET}
-  chunk_mib: 8
-  workers: 4
-targets:
-  ironwood:
-    model_revision: {revision}
-retry:
-  attempts: 4
-  base_delay_s: 0.01
-  max_delay_s: 0.05
-""")
-    return load_settings(environ={"GPTOSS_ENV_DIR": str(folder), "HF_ENDPOINT": hub.url, **environ})
+    return load_settings(environ={"GPTOSS_ENV_DIR": staging_env(tmp_path, revision), "HF_ENDPOINT": hub.url,
+                                  **environ})
 
 
-def _workdirs() -> set[str]:
-    return set(glob.glob(os.path.join(os.environ.get("TMPDIR", "/tmp"), "gptoss-gke.*")))
+def _workdirs(server) -> set[str]:
+    """What runs left in the remote host's temp folder."""
+    return set(glob.glob(os.path.join(server.tmp, "gptoss-gke.*")))
 
 
 def test_stage_model_runs_on_the_remote_host_against_loopback_gcs_and_hub(sshd_server, tmp_path, hf_hub, gcs_front,
@@ -354,7 +340,7 @@ def test_stage_model_runs_on_the_remote_host_against_loopback_gcs_and_hub(sshd_s
     settings = _staging_settings(tmp_path, hf_hub, sha, HF_TOKEN=hf_hub.token)
     access_token = "ya29.remote-test-" + uuid.uuid4().hex
     session = RemoteSession(sshd_server.remote_settings(python=sys.executable))
-    before = _workdirs()
+    before = _workdirs(sshd_server)
     n_commands = len(sshd_server.commands())
     try:
         redactor = Redactor()
@@ -391,14 +377,14 @@ def test_stage_model_runs_on_the_remote_host_against_loopback_gcs_and_hub(sshd_s
     assert "changed: stage 10 of 10 files" in text or "changed: stage" in text
     bundle = code_bundle()
     assert f"shipping {bundle.describe()} to {session.label}" in text
-    assert f"code from {tempfile_root()}" in text and f"sha256 {bundle.sha256[:12]}" in text
+    assert f"code from {tempfile_root(sshd_server)}" in text and f"sha256 {bundle.sha256[:12]}" in text
 
     # No secret on any command line, in any argv, in the output; nothing left on the host.
     sent = sshd_server.commands()[n_commands:]
     assert sent and not [c for c in sent if hf_hub.token in c or access_token in c]
     assert watch.scans > 2 and not watch.hits
     assert hf_hub.token not in text and access_token not in text
-    assert _workdirs() == before
+    assert _workdirs(sshd_server) == before
 
     # A checkout that differs from what the host imports is refused, not run.
     session = RemoteSession(sshd_server.remote_settings(python=sys.executable))
@@ -409,51 +395,22 @@ def test_stage_model_runs_on_the_remote_host_against_loopback_gcs_and_hub(sshd_s
             run_task_remotely(ctx, session, "stage-model", bundle=tampered)
     finally:
         session.close()
-    assert _workdirs() == before
+    assert _workdirs(sshd_server) == before
 
 
-def tempfile_root() -> str:
-    return os.path.join(os.environ.get("TMPDIR", "/tmp"), "gptoss-gke.")
+def tempfile_root(server) -> str:
+    return os.path.join(server.tmp, "gptoss-gke.")
 
 
 # ---------------------------------------------------------------------------------------------
 # through `inv`
 
 
-def _remote_env_file(tmp_path, server, *, revision: str, known_hosts=None) -> str:
-    folder = tmp_path / "env"
-    folder.mkdir(exist_ok=True)
-    (folder / "dev.yaml").write_text(f"""\
-project: test-project
-region: us-central1
-zone: us-central1-a
-models:
-  bucket: {BUCKET}
-  chunk_mib: 8
-  workers: 2
-targets:
-  ironwood:
-    model_revision: {revision}
-remote:
-  host: 127.0.0.1
-  port: {server.port}
-  user: {server.user}
-  key_file: {server.client_key}
-  known_hosts: {known_hosts or server.known_hosts}
-  python: {sys.executable}
-  connect_timeout_s: 5
-retry:
-  base_delay_s: 0.05
-  max_delay_s: 0.2
-""")
-    return str(folder)
-
-
 def test_inv_stage_model_on_host_end_to_end(sshd_server, tmp_path, hf_hub, gcs_front, fake_gcs, gcp_emulator):
     sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=MiB, n_shards=2, copy_size=MiB, gated="manual")
     gcp_emulator.add_project("test-project", PROJECT_NUMBER)
     env = gcloud_env(gcp_emulator, tmp_path, "test-project")
-    env.update(GPTOSS_ENV_DIR=_remote_env_file(tmp_path, sshd_server, revision=sha), HF_ENDPOINT=hf_hub.url,
+    env.update(GPTOSS_ENV_DIR=staging_env(tmp_path, sha, server=sshd_server), HF_ENDPOINT=hf_hub.url,
                HF_TOKEN=hf_hub.token, STORAGE_EMULATOR_HOST=gcs_front.url, HF_HUB_DISABLE_TELEMETRY="1",
                NO_COLOR="1")
     report = tmp_path / "report.json"
@@ -473,8 +430,7 @@ def test_inv_stage_model_on_host_end_to_end(sshd_server, tmp_path, hf_hub, gcs_f
 def test_inv_doctor_on_an_unknown_host_refuses_once_and_skips_the_checks(sshd_server, tmp_path, offline_env):
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
-    env = {**offline_env, "GPTOSS_ENV_DIR": _remote_env_file(tmp_path, sshd_server, revision="main",
-                                                              known_hosts=empty)}
+    env = {**offline_env, "GPTOSS_ENV_DIR": staging_env(tmp_path, "main", server=sshd_server, known_hosts=empty)}
     proc = run_inv(["doctor", "--on"], env, timeout=60)
     out = proc.stdout
     assert proc.returncode == 1, out + proc.stderr

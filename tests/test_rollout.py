@@ -11,13 +11,13 @@ from gptoss_gke.k8s.objects import KubeObject
 from gptoss_gke.k8s.manifests import render
 from gptoss_gke.k8s.secret import ApiKeySecret
 from gptoss_gke.k8s.wait import Rollout
-from tests.conftest import in_process, kube_env
-from tests.emulators.kube import kube_emulator  # noqa: F401  (fixture)
+from tests.conftest import in_process
+from tests.envfiles import kube_env
 
 
 @pytest.fixture
-def rollout(tmp_path, kube_emulator):  # noqa: F811
-    folder = kube_env(tmp_path, kube_emulator, "targets:\n  l4: {load_timeout_s: 2}\n")
+def rollout(tmp_path, kube_emulator):
+    folder = kube_env(tmp_path, kube_emulator, {"targets": {"l4": {"load_timeout_s": 2}}})
 
     def run(scenario: str | None = None, **params):
         settings = load_settings("dev", environ={"GPTOSS_ENV_DIR": str(folder)}, overrides=parse_set([]))
@@ -51,7 +51,7 @@ def test_fatal_conditions_fail_fast_with_the_fix(rollout, scenario, params, expe
     assert "timed out" not in r.error  # it did not wait out the budget
 
 
-def test_crashloop_shows_the_last_log_lines(rollout, kube_emulator):  # noqa: F811
+def test_crashloop_shows_the_last_log_lines(rollout, kube_emulator):
     kube_emulator.set_logs("gptoss-l4", ["INFO loading", "ValueError: max_model_len 128000 is too large"])
     r, out = rollout("crashloop")
     assert "ValueError: max_model_len 128000 is too large" in r.error
@@ -71,7 +71,7 @@ def test_waiting_for_a_node_times_out_saying_what_it_waited_for(rollout, params,
     assert hint in out
 
 
-def test_loading_phase_comes_from_vllm_log_lines(rollout, kube_emulator):  # noqa: F811
+def test_loading_phase_comes_from_vllm_log_lines(rollout, kube_emulator):
     kube_emulator.set_logs("gptoss-l4", ["INFO [default_loader.py] Loading weights took 73.54 seconds"])
     r, out = rollout("running_not_ready")
     assert "phase: loading weights" in out

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import invoke
 import pytest
-import yaml
 
 from gptoss_gke.config import Settings
 from gptoss_gke.core import Context, Redactor, Runner
@@ -29,8 +28,7 @@ from gptoss_gke.k8s.portforward import port_forward, port_forward_tunnel
 from gptoss_gke.serving.client import Endpoint, request
 from gptoss_gke.serving.smoke import NO_ANSWER, Smoke
 from tests.conftest import run_inv
-from tests.emulators.kube import kube_emulator  # noqa: F401  (fixture)
-from tests.emulators.vllm import fake_vllm  # noqa: F401  (fixture)
+from tests.envfiles import PROJECT, kube, write_env
 
 NAMESPACE = "gptoss"
 POD = "gptoss-l4-0"
@@ -83,19 +81,14 @@ def run_steps(world: World, steps, *, dry_run: bool = False):
 
 def inv_env(world: World) -> dict[str, str]:
     """Environment for an `inv` subprocess whose env file points at the emulator's kubeconfig."""
-    env_dir = world.tmp / "env"
-    env_dir.mkdir(exist_ok=True)
-    (env_dir / "emu.yaml").write_text(yaml.safe_dump({
-        "project": "test-project",
-        "kube": {"kubeconfig": world.emu.kubeconfig_path, "context": "test", "poll_interval_s": 0.05},
-    }))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GPTOSS_", "HF_", "KUBECONFIG"))}
-    env.update(GPTOSS_ENV_DIR=str(env_dir), GPTOSS_ENV="emu", NO_COLOR="1", HOME=str(world.tmp))
+    env.update(GPTOSS_ENV_DIR=write_env(world.tmp, {"project": PROJECT}, kube(world.emu, poll_interval_s=0.05),
+                                        name="emu"), GPTOSS_ENV="emu", NO_COLOR="1", HOME=str(world.tmp))
     return env
 
 
 @pytest.fixture
-def world(kube_emulator, fake_vllm, tmp_path):  # noqa: F811
+def world(kube_emulator, fake_vllm, tmp_path):
     return make_world(kube_emulator, fake_vllm, tmp_path)
 
 
@@ -182,7 +175,7 @@ def test_wrong_model_fails_naming_both_ids(world):
 
 
 @pytest.mark.parametrize("mode", ["refuse", "503"])
-def test_health_never_ready_fails_clearly_within_its_bound(kube_emulator, tmp_path, mode):  # noqa: F811
+def test_health_never_ready_fails_clearly_within_its_bound(kube_emulator, tmp_path, mode):
     from tests.emulators.vllm import FakeVllm
 
     with FakeVllm(never_ready=True, not_ready_mode=mode) as fake:
@@ -199,7 +192,7 @@ def test_health_never_ready_fails_clearly_within_its_bound(kube_emulator, tmp_pa
     assert "kubectl logs -n gptoss gptoss-l4-0 -c vllm" in r.fix
 
 
-def test_no_ready_pod_says_run_deploy(kube_emulator, fake_vllm, tmp_path):  # noqa: F811
+def test_no_ready_pod_says_run_deploy(kube_emulator, fake_vllm, tmp_path):
     w = make_world(kube_emulator, fake_vllm, tmp_path, pod_ready=False)
     [r], _, _ = run_steps(w, [Smoke(w.settings, "l4")])
     assert r.status == "failed"
@@ -286,7 +279,7 @@ class _DroppingPod:
         self.thread.join(5)
 
 
-def test_a_dropped_tunnel_fails_the_request_with_a_message(kube_emulator, tmp_path):  # noqa: F811
+def test_a_dropped_tunnel_fails_the_request_with_a_message(kube_emulator, tmp_path):
     pod = _DroppingPod()
     try:
         w = make_world(kube_emulator, pod, tmp_path)

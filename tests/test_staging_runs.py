@@ -12,24 +12,22 @@ import time
 from pathlib import Path
 
 from tests.conftest import run_inv
-from tests.emulators.gcp import gcloud_env, gcp_emulator  # noqa: F401 - fixture
-from tests.emulators.hfhub import hf_hub, make_gptoss_like_repo  # noqa: F401 - fixture
-from tests.gcs import PROJECT_NUMBER, fake_gcs, gcs_front  # noqa: F401 - fixtures
-from tests.sshd import sshd_server  # noqa: F401 - fixture
+from tests.emulators.gcp import gcloud_env
+from tests.emulators.hfhub import make_gptoss_like_repo
+from tests import envfiles
+from tests.gcs import PROJECT_NUMBER
 from tests.test_interrupts import start_inv
-from tests.test_models import BUCKET, write_env
-from tests.test_remote import _remote_env_file
 
 MiB = 1024 * 1024
 REPO_ID = "openai/gpt-oss-120b"
+BUCKET = envfiles.MODELS_BUCKET
 
 
 def staging_env(tmp_path, hub, gcs, gcp, revision: str, server=None) -> dict:
     gcp.add_project("test-project", PROJECT_NUMBER)  # the number the bucket reports as its owner
     env = gcloud_env(gcp, tmp_path, "test-project")
-    folder = _remote_env_file(tmp_path, server, revision=revision) if server else write_env(tmp_path, revision)
-    env.update(GPTOSS_ENV_DIR=folder, HF_ENDPOINT=hub.url, HF_TOKEN=hub.token,
-               STORAGE_EMULATOR_HOST=gcs.url, HF_HUB_DISABLE_TELEMETRY="1", NO_COLOR="1")
+    env.update(GPTOSS_ENV_DIR=envfiles.staging_env(tmp_path, revision, server=server), HF_ENDPOINT=hub.url,
+               HF_TOKEN=hub.token, STORAGE_EMULATOR_HOST=gcs.url, HF_HUB_DISABLE_TELEMETRY="1", NO_COLOR="1")
     return env
 
 

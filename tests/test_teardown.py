@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import socket
-from pathlib import Path
 
 import yaml
 
 from tests.conftest import run_inv
-from tests.deploy_world import NS, deploy_world  # noqa: F401  (fixture)
-from tests.emulators.kube import kube_emulator  # noqa: F401  (fixture)
-from tests.gcs import fake_gcs, gcs_front  # noqa: F401  (fixtures)
-from tests.registry import registries  # noqa: F401  (fixture)
+from tests.deploy_world import NS
+from tests.envfiles import write_env
+from tests.registry import publish
 
 P, L, C = "test-project", "us-central1", "gptoss"
 
@@ -162,9 +160,7 @@ def test_purge_model_deletes_only_what_this_environment_staged_and_a_grant_no_ot
     bucket.set_iam_policy(policy)
     # Another environment of ours, in another cluster of the same project, serving from the same bucket
     # as the same namespace and service account: the same Workload Identity principal.
-    envdir = Path(w.env["GPTOSS_ENV_DIR"])
-    (envdir / "staging.yaml").write_text((envdir / "dev.yaml").read_text().replace("kube:", "cluster:\n  name: "
-                                                                                   "gptoss-staging\nkube:"))
+    write_env(w.tmp, w.settings, {"cluster": {"name": "gptoss-staging"}}, name="staging")
 
     proc = w.inv("teardown", "--yes", "--purge-model")
     assert proc.returncode == 0, proc.stdout
@@ -179,7 +175,7 @@ def test_purge_model_deletes_only_what_this_environment_staged_and_a_grant_no_ot
     assert f"ok: {member} keeps roles/storage.objectViewer on gs://test-project-models: environment staging " \
            f"uses it too" in proc.stdout
 
-    (envdir / "staging.yaml").unlink()
+    (w.tmp / "env" / "staging.yaml").unlink()
     proc = w.inv("teardown", "--yes", "--purge-model")
     assert proc.returncode == 0, proc.stdout
     members = {m for b in w.gcs.policy("test-project-models").get("bindings", []) for m in b.get("members", [])}
@@ -387,3 +383,46 @@ def test_the_namespace_is_kept_when_anything_of_any_kind_in_it_is_not_ours(deplo
     for obj in theirs:
         assert w.kube.get(obj["kind"], NS, obj["metadata"]["name"]) is not None, obj["kind"]
     assert names(w, "ServiceAccount") == ["default"]  # ours went; theirs and the namespace stayed
+
+
+# ---- images in Artifact Registry --------------------------------------------------------------------------
+
+def test_purge_images_in_artifact_registry_deletes_only_our_tags_and_keeps_what_another_environment_mirrors(
+        deploy_world, docker_hosts):
+    """``registry.host`` unset: the images live in Artifact Registry. skopeo reads them at
+    us-central1-docker.pkg.dev (the loopback registry behind a TLS front) and the real gcloud deletes
+    through Artifact Registry's API (the emulator, on that same registry's storage)."""
+    w = deploy_world
+    front = docker_hosts(w.dst)
+    w.gcp.add_repository(P, L, "gptoss", labels={"managed-by": "gptoss-gke", "gptoss-gke-env": "dev"})
+    w.gcp.serve_docker_images(P, L, "gptoss", w.dst)
+    openai, tpu = f"{P}/gptoss/vllm/vllm-openai", f"{P}/gptoss/vllm/vllm-tpu"
+    publish(w.dst, openai, "v0.12.0", w.tmp)  # l4's mirror (ours)...
+    publish(w.dst, openai, "latest", w.tmp)  # ...the same image, which environment prod mirrors as :latest
+    publish(w.dst, tpu, "nightly", w.tmp, version="2")  # ironwood's mirror (ours alone)
+    shared = w.dst.manifest_digest(openai, "v0.12.0")
+    assert w.dst.manifest_digest(openai, "latest") == shared
+    tpu_digest = w.dst.manifest_digest(tpu, "nightly")
+    dev = {k: v for k, v in w.settings.items() if k != "registry"}  # Artifact Registry, not a registry host
+    write_env(w.tmp, dev, {"targets": {"ironwood": {"image": f"{w.src.host}/vllm/vllm-tpu:nightly"}}})
+    write_env(w.tmp, dev, {"targets": {"l4": {"image": f"{w.src.host}/vllm/vllm-openai:latest"}}}, name="prod")
+
+    proc = w.inv("teardown", "--yes", "--purge-images", env=front.env())
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    dest = f"us-central1-docker.pkg.dev/{openai}"
+    assert f"changed: delete tag {dest}:v0.12.0 (its image stays: also tagged latest)" in out
+    assert f"changed: delete us-central1-docker.pkg.dev/{tpu}:nightly" in out
+    assert "repository gptoss kept: environment prod uses it too" in out
+    # Only our tags went: prod's tag still pulls the same image; ironwood's image is gone with its tag.
+    assert w.dst.tags(openai) == {"latest": shared} and shared in w.dst.digests(openai)
+    assert w.dst.tags(tpu) == {} and tpu_digest not in w.dst.digests(tpu)
+    assert w.gcp.get_repository(P, L, "gptoss") is not None
+    deletes = [r.path.split("/packages/")[1] for r in w.gcp.mutating_requests() if "/packages/" in r.path]
+    assert deletes == ["vllm%2Fvllm-openai/tags/v0.12.0", "vllm%2Fvllm-tpu/tags/nightly",
+                       f"vllm%2Fvllm-tpu/versions/{tpu_digest}"]
+    assert front.connects and front.refused == []  # skopeo read through the front, and asked nothing else
+
+    again = w.inv("teardown", "--yes", "--purge-images", env=front.env())
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"ok: {dest}:v0.12.0 does not exist" in again.stdout and "changed=0" in again.stdout

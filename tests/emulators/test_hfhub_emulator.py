@@ -26,7 +26,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from .hfhub import DEFAULT_TOKEN, HubEmulator, Synthetic, gptoss_like_layout, hf_hub, make_gptoss_like_repo  # noqa: F401
+from .hfhub import DEFAULT_TOKEN, HubEmulator, Synthetic, gptoss_like_layout, make_gptoss_like_repo
 
 REPO = "openai/gpt-oss-mini"
 MiB = 1024 * 1024

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .vllm import FakeVllm, fake_vllm  # noqa: F401  (fixture)
+from .vllm import FakeVllm
 
 MODEL = "openai/gpt-oss-20b"
 KEY = "test-api-key"
