@@ -23,7 +23,6 @@ from gptoss_gke.core.retry import RetryPolicy
 from gptoss_gke.core.shell import Shell
 from gptoss_gke.core.step import Check
 from tests.conftest import INV, REPO, run_inv
-from tests.emulators.kube import kube_emulator  # noqa: F401  (fixture)
 
 # ---------------------------------------------------------------------------------------------
 # tasks.py + tasks/
@@ -269,10 +268,11 @@ def test_a_check_is_ok_or_failed_never_changed_and_its_probe_waits_for_a_real_ru
 
 
 @pytest.mark.parametrize("case", ["show-api-key", "port-forward"])
-def test_access_steps_say_kubernetes_errors_in_words(case, tmp_path, kube_emulator):  # noqa: F811
+def test_access_steps_say_kubernetes_errors_in_words(case, tmp_path, kube_emulator):
     from gptoss_gke.config import load_settings
     from gptoss_gke.serving.access import ForwardSession, ShowApiKey
-    from tests.conftest import in_process, kube_env
+    from tests.conftest import in_process
+    from tests.envfiles import kube_env
 
     folder = kube_env(tmp_path, kube_emulator)
     settings = load_settings("dev", environ={"GPTOSS_ENV_DIR": str(folder)})
