@@ -148,7 +148,7 @@ def test_completion_target_uses_the_tutorial_prompt(world):
 
 def test_dry_run_shows_the_checks_and_contacts_nothing(world):
     [r], out, _ = run_steps(world, [Smoke(world.settings, "l4")], dry_run=True)
-    assert r.status == "changed" and r.reason == "would smoke-test the endpoint through a port-forward"
+    assert r.status == "ok" and r.reason == "would smoke-test the endpoint through a port-forward"  # a check
     assert "GET /v1/models without the key → 401" in out
     assert world.fake.requests == []
     assert not any("portforward" in q.path for q in world.emu.requests)

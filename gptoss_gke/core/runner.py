@@ -319,7 +319,12 @@ class Runner:
         if ctx.dry_run:
             preview = step.preview(ctx)
             if preview is not None:
-                return preview
+                # Listed, not done, and still a check: "ok: would ...", never "changed".
+                for change in preview.changes:
+                    for line in change.detail:
+                        ctx.note(f"    {line}")
+                return Plan(reason="would " + "; ".join(c.summary for c in preview.changes) + preview.note,
+                            facts=preview.facts)
         plan = step.verdict(ctx, step.probe(ctx, current))
         if plan.changes:
             raise ToolError(f"{step.name} is a check but planned a change ({plan.changes[0].summary})",
