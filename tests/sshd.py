@@ -76,6 +76,11 @@ class SshServer:
         return self.root / "tmp"
 
     @property
+    def bin(self) -> Path:
+        """First on the "remote" host's PATH: a test puts a stand-in for a tool there (and removes it)."""
+        return self.root / "bin"
+
+    @property
     def log(self) -> Path:
         return self.root / "sshd.log"
 
@@ -158,8 +163,10 @@ class SshServer:
         (self.root / "authorized_keys").write_text((self.root / "client_key.pub").read_text())
         wrapper = self.root / "force-command.sh"
         self.tmp.mkdir(exist_ok=True)
+        self.bin.mkdir(exist_ok=True)
         wrapper.write_text(f"""#!/bin/sh
 export TMPDIR={self.tmp}
+export PATH={self.bin}:$PATH
 printf '%s' "$SSH_ORIGINAL_COMMAND" | base64 -w0 >> {self.root}/commands.log
 echo >> {self.root}/commands.log
 if [ "$SSH_ORIGINAL_COMMAND" = internal-sftp ]; then exec {sftp}; fi

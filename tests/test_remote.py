@@ -108,7 +108,7 @@ def test_a_step_runs_remotely_and_its_result_is_reported_here_live(sshd_server, 
         # read, write, and the read that verifies it: all on the remote host, recorded as such
         assert [(c.argv.split()[0], c.where) for c in r.commands] == [("cat", session.label), ("sh", session.label),
                                                                         ("cat", session.label)]
-        assert any(c.startswith("cat ") and str(marker) in c for c in sshd_server.commands())
+        assert any("cat " in c and str(marker) in c for c in sshd_server.commands())  # (inside the lifeline wrapper)
         # The write's progress arrived while it ran (it sleeps 1 s between its two lines).
         first = next(t for t, s in out.stamps if "writing on" in s)
         last = next(t for t, s in out.stamps if "| done" in s)
@@ -441,3 +441,79 @@ def test_inv_doctor_on_an_unknown_host_refuses_once_and_skips_the_checks(sshd_se
 
     proc = run_inv(["doctor", "--on", "--set", "remote.host="], env, timeout=60)
     assert proc.returncode == 2 and "remote.host is not set" in proc.stderr
+
+
+def test_ctrl_c_during_doctor_on_a_bastion_stops_the_command_there_too(sshd_server, tmp_path, offline_env):
+    """A check hangs on the bastion (gcloud waiting on a network that never answers): Ctrl-C here ends the
+    run at once, the command on the host is killed with everything it started, and no later check runs."""
+    import signal
+    import subprocess
+
+    from tests.conftest import INV, LOOPBACK_DEFAULTS, REPO
+
+    pidfile = tmp_path / "remote-gcloud.pid"
+    fake = sshd_server.bin / "gcloud"
+    fake.write_text(f"#!/bin/sh\nsleep 300 &\necho $$ $! > {pidfile}.part && mv {pidfile}.part {pidfile}\nwait\n")
+    fake.chmod(0o755)
+    env = {**LOOPBACK_DEFAULTS, **offline_env, "GPTOSS_ENV_DIR": staging_env(tmp_path, "main", server=sshd_server),
+           "NO_COLOR": "1"}
+    proc = subprocess.Popen([INV, "doctor", "--on"], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    remote_pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not pidfile.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pidfile.exists(), proc.communicate(timeout=60)[0] if proc.poll() is not None else "no remote gcloud"
+        remote_pids = [int(p) for p in pidfile.read_text().split()]
+        os.kill(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)  # a hang here is the bug: the run waited for the remote command
+        assert proc.returncode == 130, out
+        assert "RECAP INTERRUPTED by SIGINT" in out, out
+        gone = time.monotonic() + 30
+        while any(_alive(p) for p in remote_pids) and time.monotonic() < gone:
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in remote_pids), f"left running on the host: {remote_pids}"
+        # Whatever else was in flight there (the other checks run concurrently) ended too.
+        while _lifelines(sshd_server) and time.monotonic() < gone:
+            time.sleep(0.1)
+        assert _lifelines(sshd_server) == [], _lifelines(sshd_server)
+    finally:
+        fake.unlink(missing_ok=True)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        for pid in remote_pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _lifelines(server) -> list[str]:
+    """Commands this sshd's sessions still run (each of ours runs under a lifeline wrapper)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                mine = f"TMPDIR={server.tmp}".encode() in f.read().split(b"\0")
+        except OSError:
+            continue
+        if mine and b"gptoss-gke-lifeline" in argv and _alive(int(entry)):
+            found.append(b" ".join(argv).decode(errors="replace")[-80:])
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its sshd) is not running
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

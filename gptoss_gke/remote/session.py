@@ -487,8 +487,14 @@ class RemoteExecutor:
                 inner.append(f"rm -f {shlex.quote(path)}")  # the shell already holds it open
             if inner:
                 command = f"/bin/sh -c {shlex.quote('; '.join(inner + [command]))}{redirect}"
+            from gptoss_gke.core import interrupt
+
+            stop = interrupt.current()
             try:
-                res = conn.run(command, in_stream=False, **kwargs)
+                running = conn.run(_with_lifeline(command), in_stream=False, asynchronous=True, **kwargs)
+                # Closing the channel ends the lifeline: the host then kills the command and its children.
+                with stop.on_interrupt(running.runner.kill):
+                    res = running.join()
             except (EOFError, OSError) as exc:
                 raise session.dropped_error(f"running `{_clip(command)}`") from exc
             except Exception as exc:
@@ -497,6 +503,8 @@ class RemoteExecutor:
                 if type(exc).__name__ == "SSHException" or not session.alive():
                     raise session.dropped_error(f"running `{_clip(command)}`") from exc
                 raise
+            if res.exited in (-1, None) and stop.is_set():
+                return res  # the Shell reports it as interrupted
             if res.exited in (-1, None):
                 if not session.alive():
                     raise session.dropped_error(f"running `{_clip(command)}`")
@@ -505,6 +513,24 @@ class RemoteExecutor:
             return res
         finally:
             session.remove(*files)
+
+
+# The command runs in a session of its own (setsid) while a watcher holds the channel's stdin, which this
+# side never writes or closes. When the channel closes (an interrupt here, this process dying, the
+# connection dropping) the watcher reads EOF and stops the command's whole process group, as an
+# interrupted local run stops its children. Without setsid on the host the command runs as before.
+_LIFELINE = (
+    'command -v setsid >/dev/null 2>&1 || exec /bin/sh -c "$1"; '
+    'exec 3<&0; '
+    'setsid /bin/sh -c "$1" 0</dev/null 3<&- & c=$!; '
+    "setsid /bin/sh -c 'cat >/dev/null; kill -TERM -$0 2>/dev/null; sleep 5; kill -KILL -$0 2>/dev/null' "
+    '"$c" 0<&3 >/dev/null 2>&1 & w=$!; '
+    'exec 3<&-; wait "$c"; rc=$?; kill -KILL -"$w" 2>/dev/null; exit "$rc"'
+)
+
+
+def _with_lifeline(command: str) -> str:
+    return f"/bin/sh -c {shlex.quote(_LIFELINE)} gptoss-gke-lifeline {shlex.quote(command)}"
 
 
 def _clip(text: str, n: int = 120) -> str:
