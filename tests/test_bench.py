@@ -108,7 +108,7 @@ def test_a_failed_request_is_reported_and_left_out_of_the_means(world):
 
 def test_bench_dry_run_shows_the_plan_and_sends_nothing(world):
     [r], out, _ = run_steps(world, [Bench(world.settings, "l4")], dry_run=True)
-    assert r.status == "changed" and r.reason.startswith("would run 3 benchmark tests through a port-forward")
+    assert r.status == "ok" and r.reason.startswith("would run 3 benchmark tests through a port-forward")
     assert r.dry_run
     assert "long: ~8,000-token prompt → 200 tokens" in out and "parallel: 3 parallel requests" in out
     assert world.fake.requests == []
