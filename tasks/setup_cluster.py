@@ -1,9 +1,11 @@
 """`inv setup-cluster`: credentials and project → APIs → cluster → a node pool per target → kubeconfig."""
 
 from gptoss_gke.cli import playbook_task
+from gptoss_gke.flags import Switch
 
 
-@playbook_task(target="many")
+@playbook_task(target="many", yes=Switch("create warm capacity (node_pool.min_nodes or initial_nodes above 0) "
+                                         "without asking; it bills from creation"))
 def setup_cluster(c, f):
     """Auth, APIs, cluster settings, node pool(s) and kubectl credentials, idempotently."""
     from gptoss_gke.gcp.cluster import Cluster, KubeCredentials, NodePool

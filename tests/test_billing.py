@@ -38,7 +38,15 @@ def test_accelerator_pools_are_created_with_zero_nodes_and_the_plan_prices_a_nod
 def test_warm_capacity_is_created_only_when_asked_and_announced_with_its_cost(gcloud_world):
     emu, env = gcloud_world
     env = {**env, "GPTOSS_TARGETS__L4__NODE_POOL__MIN_NODES": "1", "GPTOSS_TARGETS__L4__NODE_POOL__MAX_NODES": "2"}
-    proc = run_inv(["setup-cluster", "--target=l4"], env)
+    # Without a terminal and without --yes, nothing that bills at once is created.
+    refused = run_inv(["setup-cluster", "--target=l4"], env)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "l4-gptoss" not in created_pools(emu)
+    assert ("failed: node pool l4-gptoss not created: it starts 1 node(s) at once ($0.71/h) and that was not "
+            "confirmed") in refused.stdout
+    assert "fix: answer y at the prompt, pass --yes, or set targets.l4.node_pool.min_nodes" in refused.stdout
+
+    proc = run_inv(["setup-cluster", "--target=l4", "--yes"], env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert created_pools(emu)["l4-gptoss"]["initialNodeCount"] == 1
     out = proc.stdout

@@ -217,6 +217,23 @@ class NodePool(GcloudStep):
             cluster.get("currentMasterVersion", "")) >= gke_version(minimum) else None
         return {"cluster": cluster, "pool": pool, "server": server}
 
+    def apply(self, ctx, change) -> None:
+        # Warm capacity bills from the moment the pool exists (a pool scaled to zero does not): a person
+        # agrees to that cost first, or says so up front with --yes.
+        warm = self._nodes_at_creation()
+        if change.action == "create" and warm:
+            _, _, facts = self._billing(ctx)
+            cost = facts["hourly_cost_at_creation"]
+            words = f"${cost:.2f}/h" if cost is not None else "an unknown price"
+            if not ctx.confirm(f"Create node pool {self.pool.name} with {facts['nodes_at_creation']} node(s) "
+                               f"that bill from creation ({words})?"):
+                raise StepError(
+                    f"node pool {self.pool.name} not created: it starts {facts['nodes_at_creation']} node(s) "
+                    f"at once ({words}) and that was not confirmed",
+                    f"answer y at the prompt, pass --yes, or set targets.{self.target_name}.node_pool.min_nodes "
+                    f"and initial_nodes to 0 (the pool then scales up only when a pod needs a node)")
+        super().apply(ctx, change)
+
     # -- what we want, in gcloud's words and in the API's -------------------------------------
     def _labels(self, ctx) -> dict[str, str]:
         return dict(self.pool.labels)
