@@ -79,6 +79,8 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
                  categories=("all",)),
     # A custom resource (GKE installs the Gateway API CRDs with --gateway-api=standard).
     ResourceType("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes", True, (), has_generation=True),
+    # GKE's ComputeClass (cluster-scoped; GKE >= 1.30.3-gke.1451000 serves it).
+    ResourceType("cloud.google.com", "v1", "ComputeClass", "computeclasses", False, ("cc",), has_generation=True),
     # Namespaced and listable, but a live view, not a resident (metrics-server serves it on GKE).
     ResourceType("metrics.k8s.io", "v1beta1", "PodMetrics", "pods", True, (), has_status=False,
                  verbs=("get", "list")),
