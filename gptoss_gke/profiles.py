@@ -30,6 +30,11 @@ SPOT_REPLICAS = 2  # one preemption never leaves the Service without a Ready rep
 PREEMPTION_GRACE_S = 15
 PRESTOP_SLEEP_S = 5  # the pod stays up while its endpoint leaves every kube-proxy, then vLLM drains
 
+# What `inv plan` assumes to price the spot profiles (stated with the figures; none is measured here).
+ASSUMED_PREEMPTIONS_PER_NODE_DAY = 1.0  # GPU spot VMs in busy zones: about one reclaim a day
+ASSUMED_FALLBACK_SHARE = 0.10  # node-hours on the on-demand fallback while spot is unavailable
+ASSUMED_REPLACEMENT_S = 600  # node + image + weights from the bucket + compile, billed before it serves
+
 
 @dataclass(frozen=True)
 class ProfilePool:
