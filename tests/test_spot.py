@@ -5,6 +5,11 @@ client against the Kubernetes API emulator (the deploy world: its cluster's endp
 
 from __future__ import annotations
 
+import threading
+import time
+
+import pytest
+
 from tests.deploy_world import NS
 
 SPOT_FALLBACK = ("--set", "targets.l4.capacity=spot-with-fallback")
@@ -177,3 +182,173 @@ def test_a_target_without_spot_manifests_refuses_a_spot_profile(offline_env):
     proc = run_inv(["render", "--target=ironwood", "--set", "targets.ironwood.capacity=spot"], offline_env)
     assert proc.returncode == 2
     assert "targets.ironwood.capacity" in proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Chaos: preemptions while a client sends requests through the Service
+
+API_KEY = "chaos-test-key"
+
+
+def _api_pools(s) -> list[dict]:
+    """The profile's pools as the GKE API describes them once setup-cluster made them (the bodies the
+    first test checks)."""
+    from gptoss_gke.gcp.cluster import _taint
+    from gptoss_gke.profiles import pools
+
+    return [{"name": p.shape.name, "locations": s.node_locations("l4"),
+             "autoscaling": {"enabled": True, "maxNodeCount": p.shape.max_nodes},
+             "config": {"spot": p.spot, "labels": dict(p.shape.labels), "taints": [_taint(t) for t in p.shape.taints]}}
+            for p in pools(s, "l4")]
+
+
+class _Client(threading.Thread):
+    """Sends requests through the Service without pause; counts the answers that are not 200."""
+
+    def __init__(self, port: int):
+        super().__init__(daemon=True)
+        self.port, self.ok, self.failed, self.errors = port, 0, 0, []
+        self.done = threading.Event()
+
+    def run(self):
+        import http.client
+
+        while not self.done.is_set():
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                conn.request("GET", "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"})
+                resp = conn.getresponse()
+                body = resp.read()
+                conn.close()
+                if resp.status == 200:
+                    self.ok += 1
+                else:
+                    self.failed += 1
+                    self.errors.append(f"{resp.status} {body[:80]!r}")
+            except OSError as exc:
+                self.failed += 1
+                self.errors.append(repr(exc))
+
+
+def _spot_world(kube_emulator, *, prestop_sleep: int | None = None):
+    from gptoss_gke.k8s.computeclass import compute_class
+    from gptoss_gke.k8s.manifests import render, selector
+    from tests.emulators.kube.chaos import ServiceProxy, SpotCluster
+    from tests.emulators.vllm import FakeVllm
+
+    s = _settings("targets.l4.capacity=spot-with-fallback")
+    target = s.target("l4")
+    for obj in render(s, target, "registry.example/vllm@sha256:" + "a" * 64):
+        if obj["kind"] == "Deployment" and prestop_sleep is not None:
+            obj["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1] = \
+                str(prestop_sleep)
+        kube_emulator.seed(obj)
+    kube_emulator.seed(compute_class(s, "l4"))
+
+    def container():
+        backend = FakeVllm(model_id="openai/gpt-oss-20b", api_key=API_KEY)
+        backend.start()
+        backend.wait_ready()
+        return backend
+
+    cluster = SpotCluster(kube_emulator, _api_pools(s), container)
+    proxy = ServiceProxy(cluster, {"matchLabels": selector(target)})
+    return cluster, proxy, selector(target)
+
+
+def _wait(predicate, what: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _serving(cluster, proxy, sel, n=2):
+    return lambda: len(cluster.ready_pods({"matchLabels": sel})) >= n and len(proxy._programmed) >= n
+
+
+def _zone(cluster, pod_name):
+    node = cluster.emu.get("Node", None, cluster.node_of(pod_name))
+    return node["metadata"]["labels"]["topology.kubernetes.io/zone"]
+
+
+def _run_preemptions(kube_emulator, n: int, *, prestop_sleep=None, stockout_at=None):
+    cluster, proxy, sel = _spot_world(kube_emulator, prestop_sleep=prestop_sleep)
+    client = None
+    try:
+        cluster.start()
+        proxy.start()
+        _wait(_serving(cluster, proxy, sel), "two replicas serving")
+        first = [p["metadata"]["name"] for p in cluster.ready_pods({"matchLabels": sel})]
+        assert len({_zone(cluster, p) for p in first}) == 2  # spread over two zones
+        client = _Client(proxy.port)
+        client.start()
+        _wait(lambda: client.ok >= 20, "the client's first answers")
+        for i in range(n):
+            if i == stockout_at:  # spot gone everywhere: replacements come from the class's next priority
+                cluster.unavailable |= {(p["name"], z) for p in cluster.pools.values() if p["config"]["spot"]
+                                        for z in p["locations"]}
+            victim = next(p["metadata"]["name"] for p in cluster.ready_pods({"matchLabels": sel})
+                          if cluster.emu.get("Node", None, p["spec"]["nodeName"])["metadata"]["labels"]
+                          .get("cloud.google.com/gke-spot") == "true")
+            seen = client.ok
+            cluster.preempt(cluster.node_of(victim))
+            _wait(lambda v=victim: cluster.node_of(v) is None, f"preempted pod {victim} gone")
+            _wait(_serving(cluster, proxy, sel), f"two replicas serving after preemption {i + 1}")
+            _wait(lambda s0=seen: client.ok > s0 + 20, "answers after the replacement")
+        client.done.set()
+        client.join(15)
+        return cluster, proxy, client
+    finally:
+        if client is not None:
+            client.done.set()
+        proxy.stop()
+        cluster.stop()
+
+
+def test_preemptions_under_load_never_fail_a_request_and_fall_back_when_spot_is_gone(kube_emulator):
+    cluster, proxy, client = _run_preemptions(kube_emulator, 5, stockout_at=3)
+    print(f"chaos: {client.ok} requests answered, {client.failed} failed, over 5 preemptions; "
+          f"placements {cluster.placements}")
+    assert client.failed == 0, client.errors[:5]
+    assert client.ok >= 200
+    assert proxy.least_endpoints >= 1  # never a moment without a Ready endpoint behind the Service
+    pools = [pool for _, pool, _ in cluster.placements]
+    assert pools[:5] == ["l4-gptoss-spot"] * 5  # two at start, then three replacements on spot
+    assert pools[5:] == ["l4-gptoss-fallback"] * 2  # spot unavailable: the class's next priority
+    last = [zone for _, _, zone in cluster.placements[-2:]]
+    assert len(set(last)) == 2  # still spread over zones
+
+
+def test_without_the_prestop_sleep_preemptions_fail_requests(kube_emulator):
+    """The control: the same world with the container stopping at once loses requests, so the test
+    above can fail."""
+    _, _, client = _run_preemptions(kube_emulator, 2, prestop_sleep=0)
+    assert client.failed > 0
+
+
+def test_the_disruption_budget_refuses_to_evict_the_last_ready_replica(kube_emulator):
+    import kubernetes
+
+    cluster, proxy, sel = _spot_world(kube_emulator)
+    try:
+        cluster.start()
+        proxy.start()
+        _wait(_serving(cluster, proxy, sel), "two replicas serving")
+        api = kubernetes.config.new_client_from_config(config_file=str(kube_emulator.kubeconfig_path), context="test")
+        core = kubernetes.client.CoreV1Api(api)
+        cluster.unavailable |= {(p["name"], z) for p in cluster.pools.values() for z in p["locations"]}  # no room
+        first, second = [p["metadata"]["name"] for p in cluster.ready_pods({"matchLabels": sel})]
+
+        def evict(name):
+            body = kubernetes.client.V1Eviction(metadata=kubernetes.client.V1ObjectMeta(name=name, namespace=NS))
+            return core.create_namespaced_pod_eviction(name, NS, body)
+
+        evict(first)  # a drain may take one of two: the other still serves
+        with pytest.raises(kubernetes.client.ApiException) as refused:
+            evict(second)
+        assert refused.value.status == 429 and "disruption budget" in refused.value.body
+        assert second in [p["metadata"]["name"] for p in cluster.ready_pods({"matchLabels": sel})]
+    finally:
+        proxy.stop()
+        cluster.stop()
