@@ -352,3 +352,46 @@ def test_the_disruption_budget_refuses_to_evict_the_last_ready_replica(kube_emul
     finally:
         proxy.stop()
         cluster.stop()
+
+
+def test_setup_cluster_and_deploy_l4_spot_with_fallback_end_to_end(deploy_world, hf_hub):
+    """setup-cluster makes the pools and the class; deploy stages the weights into the bucket, applies the
+    Deployment, its claim on the bucket and the budget; GKE's autoscaler (emulated) places the replicas by
+    the class in two zones of the pools setup-cluster created; the rollout and the smoke test pass."""
+    from tests.emulators.hfhub import make_gptoss_like_repo
+    from tests.emulators.kube.chaos import SpotCluster
+    from tests.gcs import PROJECT_NUMBER
+
+    w = deploy_world
+    w.gcp.add_project("test-project", PROJECT_NUMBER)
+    sha = make_gptoss_like_repo(hf_hub, "openai/gpt-oss-20b", shard_size=1024 * 1024, n_shards=2,
+                                copy_size=1024 * 1024)
+    env = {"HF_ENDPOINT": hf_hub.url, "HF_TOKEN": hf_hub.token, "HF_HUB_DISABLE_TELEMETRY": "1"}
+    sets = [*SPOT_FALLBACK, "--set", f"targets.l4.model_revision={sha}"]
+    setup = w.inv("setup-cluster", "--target=l4", *sets, env=env)
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+    pools = [w.gcp.get_nodepool("test-project", "us-central1", "gptoss", n) for n in ("l4-gptoss-spot", "l4-gptoss-fallback")]
+
+    class Container:  # the smoke test reaches the world's vLLM through the port-forward
+        def stop(self):
+            pass
+
+    cluster = SpotCluster(w.kube, pools, Container).start()
+    try:
+        deploy = w.inv("deploy", "--target=l4", *sets, env=env)
+        out = deploy.stdout
+        assert deploy.returncode == 0, out + deploy.stderr
+        assert "changed: create Deployment gptoss/gptoss-l4" in out
+        assert "changed: create PodDisruptionBudget gptoss/gptoss-l4" in out
+        assert "ok: openai/gpt-oss-20b answered" in out
+        staged = {b.name for b in w.gcs.backend.client().list_blobs("test-project-models")}
+        d = w.kube.get("Deployment", NS, "gptoss-l4")
+        assert d["spec"]["replicas"] == 2
+        assert w.kube.get("StatefulSet", NS, "gptoss-l4") is None  # the on-demand workload is not made
+        zones = {zone for _, _, zone in cluster.placements}
+        assert len(zones) == 2 and {pool for _, pool, _ in cluster.placements} == {"l4-gptoss-spot"}
+        # The weights the pods mount came through the verified staging, without the original/ copy.
+        assert any(n.endswith(".safetensors") and sha in n for n in staged)
+        assert not any("/original/" in n for n in staged)
+    finally:
+        cluster.stop()
