@@ -384,6 +384,8 @@ def test_setup_cluster_and_deploy_l4_spot_with_fallback_end_to_end(deploy_world,
         assert "changed: create Deployment gptoss/gptoss-l4" in out
         assert "changed: create PodDisruptionBudget gptoss/gptoss-l4" in out
         assert "ok: openai/gpt-oss-20b answered" in out
+        # What clients see: the Service routes to both replicas, in two zones.
+        assert "ok: Service gptoss/gptoss-l4 routes to 2 Ready endpoints in us-central1-" in out
         staged = {b.name for b in w.gcs.backend.client().list_blobs("test-project-models")}
         d = w.kube.get("Deployment", NS, "gptoss-l4")
         assert d["spec"]["replicas"] == 2

@@ -69,6 +69,8 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
     # Kinds a namespace may hold that the playbooks never create: teardown must see them before it
     # deletes a namespace (it asks discovery for every namespaced, listable kind).
     ResourceType("", "v1", "Endpoints", "endpoints", True, ("ep",), has_status=False),
+    # Made by the emulator's EndpointSlice controller (endpointslices.py) for every Service with a selector.
+    ResourceType("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", True, (), has_status=False),
     ResourceType("apps", "v1", "ControllerRevision", "controllerrevisions", True, (), has_status=False),
     ResourceType("batch", "v1", "CronJob", "cronjobs", True, ("cj",), categories=("all",)),
     ResourceType("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", True, ("netpol",),
