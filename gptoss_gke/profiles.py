@@ -109,8 +109,8 @@ def pools(settings, target_name: str) -> list[ProfilePool]:
 
 
 def every_pool_name(settings, target_name: str) -> list[str]:
-    """Every pool any profile of the target makes: teardown removes them all, whichever profile is set now
-    (a profile changed since setup-cluster must not leave its old pools billing)."""
+    """Every pool any profile of the target makes, the on-demand pool first: teardown removes them all,
+    whichever profile is set now (a profile changed since setup-cluster must not leave its old pools billing)."""
     target = settings.target(target_name)
     names = [target.node_pool.name]
     if target.spot_manifests:

@@ -99,10 +99,13 @@ def teardown_chain(settings, targets: list[str], f, others: dict) -> list:
     if f.delete_cluster:
         steps.append(DeleteCluster(settings, kube_steps=after_kube, force=f.force))
     else:
-        # Every pool of every capacity profile: one changed since setup-cluster must not leave pools billing.
+        steps += [DeleteNodePool(settings, t, scale_to_zero=f.scale_to_zero, kube_steps=after_kube, force=f.force)
+                  for t in targets]
+        # The spot profiles' pools, whichever profile is set now: one changed since setup-cluster must not
+        # leave pools billing.
         steps += [DeleteNodePool(settings, t, scale_to_zero=f.scale_to_zero, kube_steps=after_kube, force=f.force,
-                                 pool_name=None if name == settings.target(t).node_pool.name else name)
-                  for t in targets for name in every_pool_name(settings, t)]
+                                 pool_name=name)
+                  for t in targets for name in every_pool_name(settings, t)[1:]]
     return steps
 
 

@@ -49,9 +49,14 @@ def test_setup_cluster_creates_spot_and_fallback_pools_and_the_compute_class_tea
     assert w.gcp.mutating_requests() == [] and w.kube.writes() == []
     assert "changed:" not in again.stdout
 
+    # Another environment's class (same tool, env "prod") is not ours to delete.
+    w.kube.seed({"apiVersion": "cloud.google.com/v1", "kind": "ComputeClass",
+                 "metadata": {"name": "prod-class", "labels": {"app.kubernetes.io/managed-by": "gptoss-gke",
+                                                               "gptoss-gke/env": "prod", "gptoss-gke/target": "l4"}},
+                 "spec": {"priorities": [{"spot": True}]}})
     down = w.inv("teardown", "--target=l4", "--yes", *SPOT_FALLBACK)
     assert down.returncode == 0, down.stdout + down.stderr
-    assert w.kube.objects("ComputeClass") == []
+    assert [c["metadata"]["name"] for c in w.kube.objects("ComputeClass")] == ["prod-class"]
     for name in ("l4-gptoss", "l4-gptoss-spot", "l4-gptoss-fallback"):
         assert w.gcp.get_nodepool("test-project", "us-central1", "gptoss", name) is None, name
     assert w.gcp.get_nodepool("test-project", "us-central1", "gptoss", "ironwood-gptoss") is not None  # not l4's
