@@ -235,7 +235,7 @@ class _Client(threading.Thread):
                 self.errors.append(repr(exc))
 
 
-def _spot_world(kube_emulator, *, prestop_sleep: int | None = None):
+def _spot_world(kube_emulator, *, prestop_sleep: int | None = None, spread: bool = True):
     from gptoss_gke.k8s.computeclass import compute_class
     from gptoss_gke.k8s.manifests import render, selector
     from tests.emulators.kube.chaos import ServiceProxy, SpotCluster
@@ -247,6 +247,8 @@ def _spot_world(kube_emulator, *, prestop_sleep: int | None = None):
         if obj["kind"] == "Deployment" and prestop_sleep is not None:
             obj["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1] = \
                 str(prestop_sleep)
+        if obj["kind"] == "Deployment" and not spread:
+            del obj["spec"]["template"]["spec"]["topologySpreadConstraints"]
         kube_emulator.seed(obj)
     kube_emulator.seed(compute_class(s, "l4"))
 
@@ -256,7 +258,11 @@ def _spot_world(kube_emulator, *, prestop_sleep: int | None = None):
         backend.wait_ready()
         return backend
 
-    cluster = SpotCluster(kube_emulator, _api_pools(s), container)
+    pools = _api_pools(s)
+    if not spread:  # room for both replicas in the first zone
+        for pool in pools:
+            pool["autoscaling"]["maxNodeCount"] = 2
+    cluster = SpotCluster(kube_emulator, pools, container)
     proxy = ServiceProxy(cluster, {"matchLabels": selector(target)})
     return cluster, proxy, selector(target)
 
@@ -402,3 +408,34 @@ def test_setup_cluster_and_deploy_l4_spot_with_fallback_end_to_end(deploy_world,
         assert not any("/original/" in n for n in staged)
     finally:
         cluster.stop()
+
+
+def test_the_service_endpoint_check_fails_when_both_replicas_share_a_zone(kube_emulator):
+    """Deploy's check of what the Service routes to: passes for the rendered Deployment, fails (with the
+    zone named) when the replicas lose their zone spread."""
+    from gptoss_gke.errors import StepError
+    from gptoss_gke.k8s.endpoints import ServiceEndpoints
+    from tests.conftest import in_process
+
+    sets = ("targets.l4.capacity=spot-with-fallback", f"kube.kubeconfig={kube_emulator.kubeconfig_path}",
+            "kube.context=test", "kube.poll_interval_s=0.05")
+    for spread in (True, False):
+        cluster, proxy, sel = _spot_world(kube_emulator, spread=spread)
+        try:
+            cluster.start()
+            _wait(lambda: len(cluster.ready_pods({"matchLabels": sel})) >= 2, "two replicas ready")
+            ctx, _ = in_process(_settings(*sets))
+            step = ServiceEndpoints(ctx.settings, "l4")
+            if spread:
+                plan = step.verdict(ctx, step.probe(ctx, None))
+                assert "routes to 2 Ready endpoints in us-central1-a, us-central1-b" in plan.reason
+            else:
+                with pytest.raises(StepError) as err:
+                    step.verdict(ctx, step._read(ctx))
+                assert "are all in us-central1-a: one zonal spot reclaim takes every replica" in str(err.value.problem)
+        finally:
+            cluster.stop()
+            proxy.server.server_close()  # never started here
+        for kind in ("Deployment", "ReplicaSet", "Pod", "Node"):  # a fresh workload for the next round
+            for obj in kube_emulator.objects(kind, None):
+                kube_emulator.remove(kind, obj["metadata"].get("namespace"), obj["metadata"]["name"])
