@@ -84,6 +84,9 @@ class Target:
     assumed_tokens_per_s: float = 0.0
     ignore_patterns: tuple[str, ...] = GPTOSS_IGNORE
     allow_patterns: tuple[str, ...] = GPTOSS_ALLOW
+    # The folder the spot capacity profiles render (weights from the bucket, replicas across zones);
+    # None: the target offers only on-demand capacity (gptoss_gke/profiles.py).
+    spot_manifests: str | None = None
 
     def with_overrides(self, **changes) -> "Target":
         pool = changes.pop("node_pool", None)
@@ -123,6 +126,7 @@ L4 = Target(
     ),
     weights="pvc",
     manifests="l4",
+    spot_manifests="l4-spot",
     service_port=80,  # the L4 tutorial's Service
     load_budget_s=1200,
     smoke="chat",

@@ -22,7 +22,9 @@ def deploy_chain(s, targets: list[str], f) -> list:
     from gptoss_gke.gcp.cluster import ClusterReady
     from gptoss_gke.gcp.project import Credentials
     from gptoss_gke.images import mirror_image_steps
+    from gptoss_gke.k8s.endpoints import ServiceEndpoints
     from gptoss_gke.k8s.wait import Rollout
+    from gptoss_gke.profiles import is_spot
     from gptoss_gke.serving.smoke import Smoke
     from gptoss_gke.staging.steps import stage_model_steps
 
@@ -41,6 +43,8 @@ def deploy_chain(s, targets: list[str], f) -> list:
                 steps.append(step)
         steps.append(Rollout(s, name))
         if not f.skip_smoke:
+            if is_spot(s, name):  # what clients of the Service see: a replica per zone behind it
+                steps.append(ServiceEndpoints(s, name))
             steps.append(Smoke(s, name))
     return steps
 

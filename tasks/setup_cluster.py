@@ -10,7 +10,9 @@ def setup_cluster(c, f):
     """Auth, APIs, cluster settings, node pool(s) and kubectl credentials, idempotently."""
     from gptoss_gke.gcp.cluster import Cluster, KubeCredentials, NodePool
     from gptoss_gke.gcp.project import Apis, Project
+    from gptoss_gke.k8s.computeclass import compute_class_steps
     from gptoss_gke.playbook import playbook
+    from gptoss_gke.profiles import pools
 
     with playbook(c, "setup-cluster", f) as pb:
         s, targets = pb.settings, pb.ctx.targets
@@ -18,6 +20,7 @@ def setup_cluster(c, f):
             Project(),  # credentials and project: a gate, nothing else is read before it
             Apis(),
             Cluster(s),
-            *[NodePool(s, t) for t in targets],
+            *[NodePool(s, t, p) for t in targets for p in pools(s, t)],  # the capacity profile's pools
             KubeCredentials(),
+            *compute_class_steps(s, targets),  # spot profiles: the ComputeClass that ranks their pools
         ])

@@ -77,7 +77,9 @@ def teardown_chain(settings, targets: list[str], f, others: dict) -> list:
     from gptoss_gke.gcp.project import Credentials
     from gptoss_gke.images import purge_image_steps
     from gptoss_gke.k8s.client import KubernetesApi
+    from gptoss_gke.k8s.computeclass import DeleteComputeClasses
     from gptoss_gke.k8s.objects import DELETE_ORDER, DeleteKubeObjects
+    from gptoss_gke.profiles import every_pool_name
     from gptoss_gke.staging.steps import purge_model_steps
 
     steps = [Credentials(), KubernetesApi(settings, force=f.force)]
@@ -92,11 +94,18 @@ def teardown_chain(settings, targets: list[str], f, others: dict) -> list:
         steps += purge_image_steps(settings, targets, others)
     # Never while the objects on them could not be seen (unless --force says so).
     after_kube = tuple(step.key for step in kube)
+    if not f.delete_cluster:  # the cluster takes its ComputeClasses with it
+        steps.append(DeleteComputeClasses(settings, targets, kube_steps=after_kube))
     if f.delete_cluster:
         steps.append(DeleteCluster(settings, kube_steps=after_kube, force=f.force))
     else:
         steps += [DeleteNodePool(settings, t, scale_to_zero=f.scale_to_zero, kube_steps=after_kube, force=f.force)
                   for t in targets]
+        # The spot profiles' pools, whichever profile is set now: one changed since setup-cluster must not
+        # leave pools billing.
+        steps += [DeleteNodePool(settings, t, scale_to_zero=f.scale_to_zero, kube_steps=after_kube, force=f.force,
+                                 pool_name=name)
+                  for t in targets for name in every_pool_name(settings, t)[1:]]
     return steps
 
 

@@ -112,6 +112,14 @@ def _accelerators_fit_machine(s: Settings):
                 f"accelerator_type: {gpu}"
 
 
+@reads("targets")
+def _capacity_offered(s: Settings):
+    for name, t in s.targets.items():
+        if t.capacity != "on-demand" and not CATALOGUE[name].spot_manifests:
+            yield (("targets", name, "capacity"), f"target {name} offers no spot capacity profile",
+                   "capacity: on-demand")
+
+
 @reads("targets", "zone")
 def _replicas_fit_pool(s: Settings):
     for name, t in s.targets.items():
@@ -238,7 +246,7 @@ def task_problems(settings: Settings, *, targets: list[str], dry_run: bool, need
         problems.append(problem_at(layers, ("project",), "required value missing", project_id.allowed,
                                  "set project: in the environment file, or GPTOSS_PROJECT=<your project>"))
     for name in targets:
-        if CATALOGUE[name].weights == "bucket" and not settings.models.bucket and ("models", "bucket") not in failed:
+        if settings.target(name).weights == "bucket" and not settings.models.bucket and ("models", "bucket") not in failed:
             problems.append(problem_at(layers, ("models", "bucket"), f"required for target {name} (its weights are "
                                      f"served from Cloud Storage)", bucket_name.allowed,
                                      "set models.bucket: in the environment file, or GPTOSS_MODELS__BUCKET"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from gptoss_gke.config.rules import (_ZONE, AcceleratorType, BucketName, Dns1123Subdomain, FilePattern, GcpLabels,
                                      GkeName, HttpUrl, ImageReference, IngressHost, KubeLabels, Location, MachineType,
@@ -59,12 +59,25 @@ class TargetSettings(_Strict):
     image: ImageReference | None = None  # upstream image to mirror
     max_model_len: int | None = Field(default=None, ge=1)  # at most the model's context: a rule below
     vllm_extra_args: VllmArgs = Field(default_factory=list)
-    replicas: int = Field(default=1, ge=0, le=100)
+    replicas: int = Field(default=1, ge=0, le=100)  # spot profiles: 2 unless set (gptoss_gke/profiles.py)
+    # on-demand: one pool, weights in a zonal claim. spot / spot-with-fallback: spot pools across zones
+    # (+ an on-demand fallback) ranked by a GKE ComputeClass, weights from the bucket.
+    capacity: Literal["on-demand", "spot", "spot-with-fallback"] = "on-demand"
     load_timeout_s: int | None = Field(default=None, ge=1, le=24 * 3600)
     expose: Literal["cluster-ip", "load-balancer", "ingress"] = "cluster-ip"
     ingress_host: IngressHost | None = None
     pvc_size_gi: int = Field(default=60, ge=1, le=65536)  # l4 model cache; at least the weights: a rule below
     storage_class: Dns1123Subdomain = "standard-rwo"
+
+    @model_validator(mode="after")
+    def _spot_replicas(self):
+        from gptoss_gke.profiles import ON_DEMAND, SPOT_REPLICAS
+
+        # Spot capacity is only safe with a second replica in another zone; an explicit value wins
+        # (replicas: 1 is the cheapest way, accepting a gap while a replacement loads).
+        if self.capacity != ON_DEMAND and "replicas" not in self.model_fields_set:
+            self.__dict__["replicas"] = SPOT_REPLICAS
+        return self
 
 
 class ClusterSettings(_Strict):
@@ -263,9 +276,11 @@ class Settings(_Strict):
             pool["labels"] = {**base.node_pool.labels, **pool["labels"]}
         patterns = {k: tuple(v) for k, v in (("allow_patterns", t.allow_patterns),
                                                 ("ignore_patterns", t.ignore_patterns)) if v is not None}
-        return base.with_overrides(model_revision=t.model_revision, image=t.image, **patterns,
-                                   max_model_len=t.max_model_len, load_budget_s=t.load_timeout_s,
-                                   node_pool=pool)
+        from gptoss_gke.profiles import serving_target
+
+        return serving_target(base.with_overrides(model_revision=t.model_revision, image=t.image, **patterns,
+                                                  max_model_len=t.max_model_len, load_budget_s=t.load_timeout_s,
+                                                  node_pool=pool), t.capacity)
 
     def hourly_price(self, machine_type: str, *, spot: bool = False) -> float | None:
         """USD per node-hour from ``prices.<machine type>``; None when not known (never guessed)."""
@@ -281,7 +296,13 @@ class Settings(_Strict):
         return [n for n in CATALOGUE if self.target_settings(n).enabled]
 
     def node_locations(self, name: str) -> list[str]:
-        return self.target_settings(name).node_pool.node_locations or [self.zone]
+        from gptoss_gke.profiles import ON_DEMAND, default_zones
+
+        configured = self.target_settings(name).node_pool.node_locations
+        if configured:
+            return configured
+        # Spot capacity spreads over the region's zones that offer the accelerator.
+        return default_zones(self, CATALOGUE[name]) if self.target_settings(name).capacity != ON_DEMAND else [self.zone]
 
 
 class _LocatedError(ValueError):

@@ -20,7 +20,8 @@ from gptoss_gke.core.step import Change, Check, Plan, noop
 from gptoss_gke.errors import CannotObserve, StepError
 from gptoss_gke.gcp import gcloud
 from gptoss_gke.gcp.project import Credentials, GcloudStep
-from gptoss_gke.k8s.client import KUBE_CLIENT_FACT, MAY_BE_ORPHANED, KubernetesApi, context_server, kube_for_cluster
+from gptoss_gke.k8s.client import (KUBE_CLIENT_FACT, MAY_BE_ORPHANED, KubernetesApi, context_server, host_port,
+                                   kube_for_cluster)
 from gptoss_gke.ownership import gcp_owner_problem
 
 CLUSTER_FACT = "gke.cluster"
@@ -197,13 +198,19 @@ class NodePool(GcloudStep):
     section = "node pools"
     invalidates = (CLUSTER_FACT,)
 
-    def __init__(self, settings, target_name: str):
-        self.key = f"gke.node-pool.{target_name}"
+    def __init__(self, settings, target_name: str, profile_pool=None):
+        """``profile_pool``: one pool of a spot capacity profile (gptoss_gke/profiles.py); default the
+        target's own pool."""
         self.target_name = target_name
         self.target = settings.target(target_name)
         self.options = settings.target_settings(target_name).node_pool
-        self.pool = self.target.node_pool
-        self.name = f"node pool {self.pool.name} ({target_name})"
+        self.pool = profile_pool.shape if profile_pool else self.target.node_pool
+        self.spot = profile_pool.spot if profile_pool else self.options.spot
+        # A reservation holds on-demand capacity: spot pools never consume it.
+        self.reservation = None if self.spot else self.options.reservation
+        role = profile_pool.role if profile_pool and profile_pool.role != "on-demand" else None
+        self.key = f"gke.node-pool.{target_name}" + (f".{role}" if role else "")
+        self.name = f"node pool {self.pool.name} ({target_name}{', ' + role if role else ''})"
 
     def observe(self, ctx):
         cluster = describe_cluster(ctx)
@@ -277,10 +284,10 @@ class NodePool(GcloudStep):
             flags.append(f"--node-taints={','.join(p.taints)}")
         flags += ["--workload-metadata=GKE_METADATA", "--scopes=cloud-platform",
                   f"--labels={gcloud.label_flag(s.gcp_labels)}"]
-        if self.options.spot:
+        if self.spot:
             flags.append("--spot")
-        if self.options.reservation:  # both flags only when a reservation is configured (errata)
-            flags += ["--reservation-affinity=specific", f"--reservation={self.options.reservation}"]
+        if self.reservation:  # both flags only when a reservation is configured (errata)
+            flags += ["--reservation-affinity=specific", f"--reservation={self.reservation}"]
         return gcloud.argv(ctx, "container", "node-pools", "create", p.name, *flags)
 
     def _update_argv(self, ctx, *flags: str) -> list[str]:
@@ -332,10 +339,10 @@ class NodePool(GcloudStep):
         topo = pool.get("placementPolicy", {}).get("tpuTopology")
         if p.tpu_topology and topo and topo != p.tpu_topology:
             drift.append(f"TPU topology is {topo}, want {p.tpu_topology}")
-        if bool(cfg.get("spot")) != self.options.spot:
-            drift.append(f"spot is {bool(cfg.get('spot'))}, want {self.options.spot}")
+        if bool(cfg.get("spot")) != self.spot:
+            drift.append(f"spot is {bool(cfg.get('spot'))}, want {self.spot}")
         ra = cfg.get("reservationAffinity") or {}
-        want_res = self.options.reservation
+        want_res = self.reservation
         # A local reservation may be written as its name or its path, a shared one only as its path
         # (projects/P/reservations/R): compare the paths, so both spellings converge.
         project = ctx.settings.project
@@ -464,8 +471,8 @@ class NodePool(GcloudStep):
         s, p = ctx.settings, self.pool
         zones = len(s.node_locations(self.target_name))
         now, most = self._nodes_at_creation() * zones, p.max_nodes * zones
-        price = s.hourly_price(p.machine_type, spot=self.options.spot)
-        each = price_words(s, p.machine_type, spot=self.options.spot)
+        price = s.hourly_price(p.machine_type, spot=self.spot)
+        each = price_words(s, p.machine_type, spot=self.spot)
 
         def cost(n: int) -> str:
             return f"${price * n:.2f}/h" if price is not None else "price unknown"
@@ -507,7 +514,8 @@ class KubeCredentials(GcloudStep):
         s = ctx.settings
         current = current or {"endpoint": None, "server": None}
         want = f"https://{current['endpoint']}" if current["endpoint"] else None
-        if current["server"] and (want is None or current["server"] == want):
+        # Compared as host:port, as kube_for_cluster does (a plain-http loopback API has no https scheme).
+        if current["server"] and (want is None or host_port(current["server"]) == host_port(want)):
             return noop(f"context {s.kube_context} in {s.kubeconfig_shown} points at {current['server']}")
         # The DNS endpoint is a name with a publicly trusted certificate, checked by IAM: no bastion.
         dns = ["--dns-endpoint"] if s.cluster.control_plane == "dns" else []
@@ -524,24 +532,27 @@ class ClusterReady(Check):
     key = "gke.cluster-ready"
 
     def __init__(self, settings, targets: list[str]):
-        self.pools = {t: settings.target(t).node_pool.name for t in targets}
-        self.name = f"cluster {settings.cluster.name} and node pool(s) {', '.join(self.pools.values())}"
+        from gptoss_gke.profiles import pools
+
+        self.targets = targets
+        self.pools = [p.shape.name for t in targets for p in pools(settings, t)]
+        self.name = f"cluster {settings.cluster.name} and node pool(s) {', '.join(self.pools)}"
 
     def observe(self, ctx):
         return describe_cluster(ctx)
 
     def verdict(self, ctx, current) -> Plan:
         s = ctx.settings
-        fix = f"run `inv setup-cluster --target={','.join(self.pools)}` first"
+        fix = f"run `inv setup-cluster --target={','.join(self.targets)}` first"
         if current is None:
             if ctx.dry_run:
                 return noop("cluster not observed; setup-cluster creates it")
             raise StepError(f"cluster {s.cluster.name} not found in {s.cluster_location}", fix)
         have = {p.get("name") for p in current.get("nodePools", [])}
-        missing = [p for p in self.pools.values() if p not in have]
+        missing = [p for p in self.pools if p not in have]
         if missing:
             raise StepError(f"node pool(s) {', '.join(missing)} missing from cluster {s.cluster.name}", fix)
-        return noop(f"cluster {s.cluster.name} has node pool(s) {', '.join(self.pools.values())}")
+        return noop(f"cluster {s.cluster.name} has node pool(s) {', '.join(self.pools)}")
 
 
 
@@ -559,9 +570,10 @@ class DeleteNodePool(GcloudStep):
     invalidates = (CLUSTER_FACT,)
 
     def __init__(self, settings, target_name: str, *, scale_to_zero: bool, kube_steps: tuple[str, ...] = (),
-                 force: bool = False):
-        self.key = f"gke.node-pool.{target_name}.delete"
-        self.pool = settings.target(target_name).node_pool.name
+                 force: bool = False, pool_name: str | None = None):
+        """``pool_name``: one of the target's capacity-profile pools; default the target's own pool."""
+        self.pool = pool_name or settings.target(target_name).node_pool.name
+        self.key = f"gke.node-pool.{target_name}.delete" + (f".{self.pool}" if pool_name else "")
         self.scale_to_zero = scale_to_zero
         self.force = force
         self.name = f"node pool {self.pool}"

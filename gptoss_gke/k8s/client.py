@@ -184,7 +184,7 @@ def context_server(settings) -> tuple[str | None, str | None]:
     return clusters.get(entry.get("cluster"), {}).get("server"), entry.get("cluster")
 
 
-def _host_port(address: str, default_port: int = 443) -> str:
+def host_port(address: str, default_port: int = 443) -> str:
     parts = urlsplit(address if "//" in address else f"//{address}")
     port = parts.port or (80 if parts.scheme == "http" else default_port)
     return f"{parts.hostname}:{port}"
@@ -198,7 +198,7 @@ def cluster_endpoints(cluster: dict) -> set[str]:
     found = [cluster.get("endpoint"), private.get("privateEndpoint"), private.get("publicEndpoint"),
              (endpoints.get("dnsEndpointConfig") or {}).get("endpoint"), ips.get("publicEndpoint"),
              ips.get("privateEndpoint")]
-    return {_host_port(e) for e in found if e}
+    return {host_port(e) for e in found if e}
 
 
 def kube_for_cluster(ctx, cluster: dict) -> Kube:
@@ -209,7 +209,7 @@ def kube_for_cluster(ctx, cluster: dict) -> Kube:
     if server is None:
         raise CannotObserve(f"kubeconfig {s.kubeconfig_shown} has no context {s.kube_context}", CONTEXT_FIX)
     endpoints = cluster_endpoints(cluster)
-    if endpoints and _host_port(server) not in endpoints:
+    if endpoints and host_port(server) not in endpoints:
         raise CannotObserve(
             f"kube.context {s.kube_context} points at {server} (kubeconfig cluster {entry}), not at cluster "
             f"{s.cluster.name} (endpoint {', '.join(sorted(endpoints))})",

@@ -22,7 +22,7 @@ _PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
 # Apply in this order, delete in reverse (dependencies first: a pod needs its namespace, account,
 # secret and claim before it can start).
 KIND_ORDER = ["Namespace", "ServiceAccount", "Secret", "ConfigMap", "PersistentVolume", "PersistentVolumeClaim",
-              "Service", "StatefulSet", "Deployment", "Job", "Ingress"]
+              "Service", "PodDisruptionBudget", "StatefulSet", "Deployment", "Job", "Ingress"]
 
 
 def kind_rank(obj: dict) -> int:
@@ -109,7 +109,16 @@ def render_vars(settings, target, image: str) -> dict[str, Any]:
         "pv_name": f"{settings.kube.namespace}-{target.name}-weights",
         "pvc_name": f"{target.name}-weights",
         "ingress_host": ts.ingress_host or "",
+        **profile_vars(target),
     }
+
+
+def profile_vars(target) -> dict[str, Any]:
+    """What the spot capacity profiles' manifests fill in (gptoss_gke/profiles.py)."""
+    from gptoss_gke.profiles import PREEMPTION_GRACE_S, PRESTOP_SLEEP_S, compute_class_name
+
+    return {"compute_class": compute_class_name(target), "termination_grace_s": PREEMPTION_GRACE_S,
+            "prestop_sleep_s": str(PRESTOP_SLEEP_S)}
 
 
 def _fill(text: str, values: dict[str, Any], source: str) -> str:
@@ -126,6 +135,8 @@ def _fill(text: str, values: dict[str, Any], source: str) -> str:
 def _wanted(path: Path, settings, target) -> bool:
     if not path.name.startswith("optional-"):
         return True
+    if path.name.startswith("optional-replicated-"):  # a disruption budget means nothing for one replica
+        return settings.target_settings(target.name).replicas >= 2
     expose = settings.target_settings(target.name).expose
     return path.name.startswith(f"optional-{expose}-")
 

@@ -300,6 +300,7 @@ KINDS = [
     ("v1", "PersistentVolume", False),
     ("v1", "PersistentVolumeClaim", True),
     ("v1", "Service", True),
+    ("policy/v1", "PodDisruptionBudget", True),
     ("apps/v1", "StatefulSet", True),
     ("apps/v1", "Deployment", True),
     ("batch/v1", "Job", True),

@@ -17,6 +17,7 @@ from gptoss_gke.errors import ConfigError, StepError
 
 GIB = 1 << 30
 HOURS_PER_MONTH = 730
+TUTORIAL_MONTHLY_USD = 506  # the L4 tutorial's figure for its one on-demand g2-standard-4
 INDEX_FILE = "model.safetensors.index.json"
 
 
@@ -225,7 +226,24 @@ class CapacityPlan(Check):
                              + (f", ${c['spot_hourly']:.2f}/h spot" if c.get("spot_hourly") is not None else "")
                              + (f"; {c['tokens_per_dollar']:,.0f} output tokens per $ at {self.throughput:g} tok/s"
                                 if c.get("tokens_per_dollar") else ""))
+            self._print_profiles(ctx, c)
         return verdict
+
+    def _print_profiles(self, ctx, cost: dict) -> None:
+        profiles = cost.get("profiles")
+        if not profiles:
+            return
+        p = ctx.printer
+        a = cost["profile_assumptions"]
+        p.line(f"  capacity profiles, per month (the tutorial: ${TUTORIAL_MONTHLY_USD}/month for one on-demand node); "
+               f"assumed: {a['preemptions_per_node_day']:g} preemption per spot node a day, each replacement billed "
+               f"{a['replacement_s'] / 60:.0f} min before it serves, {a['fallback_share']:.0%} of node-hours on the "
+               f"on-demand fallback", "dim")
+        for row in profiles:
+            mark = " <- targets.{}.capacity".format(self.target.name) if row["current"] else ""
+            tokens = f", {row['tokens_per_dollar']:,.0f} tokens/$" if row.get("tokens_per_dollar") else ""
+            p.line(f"    {row['profile']:<18} {row['replicas']} replica(s): ${row['monthly']:,.0f}/month "
+                   f"({row['vs_tutorial']:.2f}x the tutorial{tokens}) - {row['guarantee']}{mark}", "dim")
 
     def _cost(self, ctx) -> dict | None:
         machine = self.target.node_pool.machine_type
@@ -241,4 +259,41 @@ class CapacityPlan(Check):
                 "assumed_tokens_per_s": self.throughput or None}
         if self.throughput and on_demand:
             cost["tokens_per_dollar"] = self.throughput * 3600 / on_demand
+        if spot is not None and self.target.spot_manifests:
+            cost.update(profile_costs(ctx.settings, self.target.name, on_demand, spot, self.throughput))
         return cost
+
+
+def profile_costs(settings, target_name: str, on_demand: float, spot: float, throughput: float) -> dict:
+    """Monthly cost of each capacity profile, and what each guarantees, under stated assumptions.
+
+    A spot node costs its spot price, plus the node-hours a replacement is billed before it serves
+    (preemptions x replacement time); the fallback profile pays on-demand for its fallback share."""
+    from gptoss_gke import profiles as pr
+
+    overhead = 1 + pr.ASSUMED_PREEMPTIONS_PER_NODE_DAY * pr.ASSUMED_REPLACEMENT_S / 86400
+    spot_hour = spot * overhead
+    mixed_hour = (1 - pr.ASSUMED_FALLBACK_SHARE) * spot_hour + pr.ASSUMED_FALLBACK_SHARE * on_demand
+    gap = f"a gap of ~{pr.ASSUMED_REPLACEMENT_S / 60:.0f} min per preemption while the replacement loads"
+    rows = [
+        (pr.ON_DEMAND, 1, on_demand, "one replica, never preempted; a zonal claim holds the weights"),
+        (pr.SPOT, pr.SPOT_REPLICAS, spot_hour,
+         "one preemption leaves a replica serving (zones spread, PDB); with no spot left its replacement "
+         "waits, and a second preemption then leaves none"),
+        (pr.SPOT_WITH_FALLBACK, pr.SPOT_REPLICAS, mixed_hour,
+         "never without a serving replica on one preemption; replacements fall back to on-demand when spot "
+         "is unavailable"),
+        (pr.SPOT_WITH_FALLBACK, 1, mixed_hour,
+         f"the tutorial's 'about 3x cheaper': {gap} (replicas: 1)"),
+    ]
+    ts = settings.target_settings(target_name)
+    out = []
+    for name, replicas, hourly, guarantee in rows:
+        monthly = replicas * hourly * HOURS_PER_MONTH
+        out.append({"profile": name, "replicas": replicas, "hourly_per_node": round(hourly, 4),
+                    "monthly": round(monthly, 2), "vs_tutorial": round(monthly / TUTORIAL_MONTHLY_USD, 3),
+                    "tokens_per_dollar": round(throughput * 3600 / hourly) if throughput else None,
+                    "guarantee": guarantee, "current": ts.capacity == name and ts.replicas == replicas})
+    return {"profiles": out, "profile_assumptions": {
+        "preemptions_per_node_day": pr.ASSUMED_PREEMPTIONS_PER_NODE_DAY, "replacement_s": pr.ASSUMED_REPLACEMENT_S,
+        "fallback_share": pr.ASSUMED_FALLBACK_SHARE, "tutorial_monthly": TUTORIAL_MONTHLY_USD}}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 
 from .cloud import Cloud
+from .endpointslices import reconcile_endpoint_slices
 from .kubelet import Kubelet
 from .objects import now, terminating
 from .store import Store
@@ -40,6 +41,7 @@ class Controllers:
         self.cloud.load_balancers_and_disks()
         self.kubelet.advance_pods()
         self.workloads.update_status()
+        reconcile_endpoint_slices(self.store)
 
     def _remove_terminated_pods(self) -> None:
         for key, o in list(self.store.objects.items()):

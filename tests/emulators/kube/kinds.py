@@ -53,7 +53,8 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "Service", "services", True, ("svc",), delete_returns_object=True,
                  categories=("all",)),
     ResourceType("", "v1", "Pod", "pods", True, ("po",),
-                 (("log", "Pod", ("get",)), ("portforward", "PodPortForwardOptions", ("create", "get"))),
+                 (("log", "Pod", ("get",)), ("portforward", "PodPortForwardOptions", ("create", "get")),
+                  ("eviction", "Eviction", ("create",))),
                  delete_returns_object=True, categories=("all",)),
     ResourceType("", "v1", "Event", "events", True, ("ev",), has_status=False),
     ResourceType("", "v1", "Node", "nodes", False, ("no",)),
@@ -68,6 +69,8 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
     # Kinds a namespace may hold that the playbooks never create: teardown must see them before it
     # deletes a namespace (it asks discovery for every namespaced, listable kind).
     ResourceType("", "v1", "Endpoints", "endpoints", True, ("ep",), has_status=False),
+    # Made by the emulator's EndpointSlice controller (endpointslices.py) for every Service with a selector.
+    ResourceType("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", True, (), has_status=False),
     ResourceType("apps", "v1", "ControllerRevision", "controllerrevisions", True, (), has_status=False),
     ResourceType("batch", "v1", "CronJob", "cronjobs", True, ("cj",), categories=("all",)),
     ResourceType("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", True, ("netpol",),
@@ -79,6 +82,8 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
                  categories=("all",)),
     # A custom resource (GKE installs the Gateway API CRDs with --gateway-api=standard).
     ResourceType("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes", True, (), has_generation=True),
+    # GKE's ComputeClass (cluster-scoped; GKE >= 1.30.3-gke.1451000 serves it).
+    ResourceType("cloud.google.com", "v1", "ComputeClass", "computeclasses", False, ("cc",), has_generation=True),
     # Namespaced and listable, but a live view, not a resident (metrics-server serves it on GKE).
     ResourceType("metrics.k8s.io", "v1beta1", "PodMetrics", "pods", True, (), has_status=False,
                  verbs=("get", "list")),

@@ -393,6 +393,10 @@ class KubeEmulator(LoopbackAioServer):
             if sub == "log":
                 return 200, self.kubelet.pod_logs(ns, name, query)
             return 200, copy.deepcopy(self.api.get(rt, ns, name))
+        if method == "POST" and sub == "eviction":  # the PodDisruptionBudget-honouring delete
+            from .chaos import evict
+
+            return evict(self.store, self.api, ns, name, parse_body(raw, ctype) if raw else {}, dry)
         if sub is not None:
             raise not_emulated(f"{method} on the {sub} subresource")
         if method == "POST":
