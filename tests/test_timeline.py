@@ -1,0 +1,151 @@
+"""The startup timeline: the Kubernetes API emulator plays a cold start with known event, condition and log
+timings on the pod's own clock (``tests/emulators/kube/startup.py``); the rollout reports each phase as it
+ends, then the timeline with the durations of the script, and remembers it on the workload."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gptoss_gke.config import load_settings, parse_set
+from gptoss_gke.core import Runner
+from gptoss_gke.k8s.manifests import render
+from gptoss_gke.k8s.objects import KubeObject
+from gptoss_gke.k8s.secret import ApiKeySecret
+from gptoss_gke.k8s.timeline import chart, startup_timeline
+from gptoss_gke.k8s.wait import LAST_STARTUP, Rollout
+from tests.conftest import in_process
+from tests.envfiles import kube_env
+
+NS = "gptoss"
+IMAGE = "127.0.0.1:5000/test-project/gptoss/vllm/vllm-openai@sha256:" + "a" * 64
+
+# A first L4 start: the pool wakes from zero, the image is pulled in full, the init container downloads the
+# weights, vLLM loads them and compiles. Offsets in seconds from the pod's creation.
+L4_COLD = dict(
+    milestones={"scale_up": 3, "scheduled": 95, "pulling": 96, "pulled": 158, "init_started": 159,
+                "initialized": 700, "started": 702, "ready": 1191},
+    logs=[(704, "INFO [model.py] Resolved architecture: GptOssForCausalLM"),
+          (880, "INFO [default_loader.py] Loading weights took 73.54 seconds"),
+          (911, "INFO [gpu_model_runner.py] Model loading took 13.7193 GiB memory and 104.729963 seconds"),
+          (1101, "INFO [monitor.py] torch.compile takes 96.20 s in total"),
+          (1180, "INFO:     Application startup complete.")],
+    image_bytes=9_812_345_678)
+
+
+@pytest.fixture
+def world(tmp_path, kube_emulator):
+    layers = {"targets": {"l4": {}, "ironwood": {"enabled": True}}}
+    folder = kube_env(tmp_path, kube_emulator, layers)
+
+    def run(target: str, **script):
+        settings = load_settings("dev", environ={"GPTOSS_ENV_DIR": str(folder)}, overrides=parse_set([]))
+        ctx, out = in_process(settings)
+        if script:  # a new script starts the pod's start over
+            kube_emulator.script_pods(f"gptoss-{target}", "startup", **script)
+        steps = [KubeObject(obj) for obj in render(settings, settings.target(target), IMAGE)]
+        results = Runner(ctx).run([*steps, ApiKeySecret(settings), Rollout(settings, target)])
+        return results[-1], out.getvalue()
+
+    return run
+
+
+def seconds(result) -> dict:
+    return {p["name"]: p["seconds"] for p in result.facts["startup_timeline"]["phases"]}
+
+
+def test_a_cold_l4_start_is_measured_phase_by_phase(world, kube_emulator):
+    r, out = world("l4", **L4_COLD)
+    assert r.status == "changed", out
+    # The wake-up is said, with what the node costs.
+    assert "changed: wake node pool l4-gptoss from 0 nodes (a g2-standard-4 node bills $0.71/h per node on " \
+           "demand until the pool scales back to zero), then wait up to 20m00s" in out
+    got = seconds(r)
+    want = {"node": 95, "image": 62, "init": 541, "start": 2, "weights": 209, "compile": 190, "ready": 90}
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        assert got[name] == pytest.approx(value, abs=1), name
+    timeline = r.facts["startup_timeline"]
+    assert timeline["total_s"] == pytest.approx(1191, abs=1) and timeline["slowest"] == "init"
+    image = next(p for p in timeline["phases"] if p["name"] == "image")
+    assert image["facts"] == {"cached": False, "streamed": False, "bytes": 9_812_345_678, "pull_s": 62.0}
+    weights = next(p for p in timeline["phases"] if p["name"] == "weights")
+    assert weights["facts"]["gib"] == 13.7193 and weights["facts"]["loading_weights_s"] == 73.54
+    # Live, phase by phase, then the chart with the slowest phase and the tutorial's figures beside it.
+    for line in ("done: node requested → ready in 1m35s (scale-up 0->1 (gke-gptoss-pool-grp))",
+                 "done: image pulled in 1m02s (9.8 GB)",
+                 "done: init containers in 9m01s", "done: weights loaded in 3m29s"):
+        assert line in out, line
+    assert "startup timeline of pod gptoss-l4-0: 19m51s from pod created to Ready" in out
+    assert "slowest: init containers, 9m01s (45% of the start)" in out
+    assert "the L4 tutorial: ~20 min first start, incl. the 13 GB download (20m00s)" in out
+    assert "[the L4 tutorial: 1m44s]" in out  # beside the weights phase
+    # Remembered on the workload, where the next rollout's budget reads it.
+    sts = kube_emulator.get("StatefulSet", NS, "gptoss-l4")
+    last = json.loads(sts["metadata"]["annotations"][LAST_STARTUP])
+    assert last["pod"] == "gptoss-l4-0" and last["total_s"] == pytest.approx(1191, abs=1)
+
+
+def test_a_warm_ironwood_start_with_image_streaming_and_no_compile_line(world, kube_emulator):
+    # The node is there (no scale-up), image streaming serves the image, the Run:ai streamer loads the
+    # weights from the GCS FUSE mount; this vLLM logs no compile line, so that phase is unknown, not zero.
+    r, out = world("ironwood", milestones={"scheduled": 2, "pulling": 3, "pulled": 9, "started": 11, "ready": 641},
+                   logs=[(130, "[RunAI Streamer] Overall time to stream 60.8 GiB of all files: 101.5s, 613.4 MiB/s"),
+                         (131, "INFO [tpu_runner.py] Model loading took 60.8 GiB memory and 118.2 seconds"),
+                         (636, "(APIServer pid=1) INFO:     Application startup complete.")],
+                   streamed=True, image_bytes=12_000_000_000, resource="google.com/tpu")
+    assert r.status == "changed", out
+    got = seconds(r)
+    assert got["compile"] is None  # unknown, never 0
+    assert got["node"] == pytest.approx(2, abs=1) and got["image"] == pytest.approx(6, abs=1)
+    assert got["weights"] == pytest.approx(120, abs=1) and got["ready"] == pytest.approx(510, abs=1)
+    image = next(p for p in r.facts["startup_timeline"]["phases"] if p["name"] == "image")
+    assert image["facts"]["streamed"] is True and "image streaming" in image["detail"]
+    compile_line = next(ln for ln in out.splitlines() if "compile / warm-up" in ln)
+    assert "unknown" in compile_line
+    assert "unknown (no event, condition or log line for it): compile / warm-up" in out
+    assert "the Ironwood tutorial: publishes no startup times" in out
+
+
+def test_a_compile_cache_hit_and_a_cached_image_are_named(world):
+    r, out = world("l4", milestones={"scheduled": 1, "pulled": 2, "init_started": 3, "initialized": 5,
+                                     "started": 6, "ready": 150},
+                   logs=[(60, "INFO Model loading took 13.7193 GiB memory and 53.1 seconds"),
+                         (70, "INFO [backends.py] Directly load the compiled graph(s) for compile range (1, 8128) "
+                              "from the cache, took 4.212 s"),
+                         (75, "INFO [monitor.py] torch.compile takes 13.67 s in total"),
+                         (140, "INFO:     Application startup complete.")],
+                   cached=True)
+    phases = {p["name"]: p for p in r.facts["startup_timeline"]["phases"]}
+    assert phases["image"]["facts"] == {"cached": True} and phases["image"]["detail"] == "already on the node"
+    assert phases["compile"]["facts"]["cache_hit"] is True
+    assert phases["compile"]["detail"] == "torch.compile 13.7s, from the compile cache"
+    assert phases["compile"]["seconds"] == pytest.approx(15, abs=1)
+    assert "wake node pool" in out  # no node of the pool was listed
+
+
+def test_a_second_rollout_reports_the_running_pods_timeline_and_writes_nothing(world, kube_emulator):
+    world("l4", **L4_COLD)
+    kube_emulator.clear_log()
+    r, out = world("l4")
+    assert r.status == "ok" and kube_emulator.writes() == []
+    assert "ready (generation 1); started in 19m51s (slowest: init containers, 9m01s)" in r.reason
+    assert seconds(r)["weights"] == pytest.approx(209, abs=1)
+
+
+def test_a_missing_phase_is_unknown_in_the_chart_not_zero():
+    pod = {"metadata": {"name": "p", "creationTimestamp": "2026-01-01T00:00:00Z"},
+           "spec": {"containers": [{"name": "vllm", "image": "img"}]},
+           "status": {"conditions": [{"type": "PodScheduled", "status": "True",
+                                      "lastTransitionTime": "2026-01-01T00:00:10Z"},
+                                     {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:05:00Z"}],
+                      "containerStatuses": [{"name": "vllm", "state": {"running": {
+                          "startedAt": "2026-01-01T00:00:30Z"}}}]}}
+    t = startup_timeline(pod, [], [], node_events=[])
+    by = {p.name: p.seconds for p in t.phases}
+    assert by["image"] is None and by["weights"] is None and by["compile"] is None
+    assert by["node"] == 10 and by["ready"] == 270  # from the last measured end (the container start)
+    text = "\n".join(chart(t))
+    assert "unknown (no event, condition or log line for it): image pulled, weights loaded, compile / warm-up" in text
+    assert " 0.0s" not in text
