@@ -149,3 +149,45 @@ def test_a_missing_phase_is_unknown_in_the_chart_not_zero():
     text = "\n".join(chart(t))
     assert "unknown (no event, condition or log line for it): image pulled, weights loaded, compile / warm-up" in text
     assert " 0.0s" not in text
+
+
+def test_status_of_a_start_in_progress_names_the_phase_and_the_sleeping_pool(tmp_path, kube_emulator):
+    from gptoss_gke.k8s.wait import RolloutStatus
+
+    folder = kube_env(tmp_path, kube_emulator)
+    settings = load_settings("dev", environ={"GPTOSS_ENV_DIR": str(folder)}, overrides=parse_set([]))
+    ctx, out = in_process(settings)
+    [r] = Runner(ctx).run([RolloutStatus(settings, "l4")])
+    assert r.status == "ok" and r.reason == ("StatefulSet gptoss-l4 is not deployed "
+                                             "(`inv deploy --target=l4` deploys it)")
+    kube_emulator.script_pods("gptoss-l4", "unschedulable",
+                              scale_up="pod triggered scale-up: [{l4-gptoss 0->1 (max: 1)}]")
+    ctx, out = in_process(settings)
+    steps = [KubeObject(obj) for obj in render(settings, settings.target("l4"), IMAGE)]
+    results = Runner(ctx).run([*steps, RolloutStatus(settings, "l4")])
+    r = results[-1]
+    assert r.status == "ok", out
+    assert r.reason == ("not ready: waiting for a node (scale-up triggered); node pool l4-gptoss has 0 nodes "
+                        "(scaled to zero: `inv deploy --target=l4` wakes it)")
+    assert r.facts["phase"] == "waiting for a node (scale-up triggered)"
+
+
+def test_deploy_prints_the_timeline_reports_it_and_status_shows_it_later(deploy_world, tmp_path):
+    w = deploy_world
+    w.kube.script_pods("gptoss-l4", "startup", **L4_COLD)
+    report = tmp_path / "deploy.json"
+    proc = w.inv("deploy", "--target=l4", "--skip-smoke", f"--report={report}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "wake node pool l4-gptoss from 0 nodes" in proc.stdout
+    assert "startup timeline of pod gptoss-l4-0: 19m51s from pod created to Ready" in proc.stdout
+    step = next(s for s in json.loads(report.read_text())["steps"] if s["key"] == "rollout.l4")
+    assert step["facts"]["startup_timeline"]["total_s"] == pytest.approx(1191, abs=1)
+
+    report = tmp_path / "status.json"
+    proc = w.inv("status", "--target=l4", f"--report={report}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "startup timeline of pod gptoss-l4-0: 19m51s from pod created to Ready" in proc.stdout
+    assert "ok: ready; started in 19m51s (slowest: init containers, 9m01s)" in proc.stdout
+    [step] = json.loads(report.read_text())["steps"]
+    phases = {p["name"]: p for p in step["facts"]["startup_timeline"]["phases"]}
+    assert phases["init"]["seconds"] == pytest.approx(541, abs=1) and phases["compile"]["status"] == "measured"

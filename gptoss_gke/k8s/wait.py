@@ -15,7 +15,7 @@ from gptoss_gke.core.retry import is_transient_exception, short_reason
 from gptoss_gke.core.step import Change, Plan, noop
 from gptoss_gke.errors import StepError
 from gptoss_gke.gcp.cluster import price_words
-from gptoss_gke.k8s.client import KubeStep, kube
+from gptoss_gke.k8s.client import KubeCheck, KubeStep, kube
 from gptoss_gke.k8s.manifests import selector, workload_name
 from gptoss_gke.k8s.timeline import (TITLES, chart, last_startup_annotation, pod_log, read_pod_timeline,
                                      split_log_line, startup_timeline, summary)
@@ -298,6 +298,61 @@ class Rollout(KubeStep):
                 continue
             return pod_log(kube(ctx), ctx.settings.kube.namespace, pod["metadata"]["name"], tail_lines=50)
         return []
+
+
+class RolloutStatus(KubeCheck):
+    """`inv status`: the running pod's startup timeline, or where a start is now (the phase, the pool's nodes,
+    the phases done so far)."""
+
+    section = "status"
+
+    def __init__(self, settings, target_name: str):
+        self.rollout = Rollout(settings, target_name)
+        self.name = f"{self.rollout.kind} {settings.kube.namespace}/{self.rollout.workload}"
+        self.key = f"status.{target_name}"
+
+    def observe(self, ctx):
+        return None  # everything is read at the check's turn, in one go
+
+    def probe(self, ctx, current):
+        r, k, ns = self.rollout, kube(ctx), ctx.settings.kube.namespace
+        workload = r._workload(ctx)
+        if workload is None:
+            return {"workload": None}
+        pods = r._pods(ctx)
+        pod = _newest_ready(pods) if ready(workload) else \
+            max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", default=None)
+        found = {"workload": workload, "ready": ready(workload), "pod": pod, "timeline": None, "phase": None}
+        if pod is not None:
+            tail = r._log_tail(ctx, [pod])
+            found["timeline"] = read_pod_timeline(k, ns, pod, log_lines=None if found["ready"] else tail)
+        if not found["ready"]:
+            events = [k.api_client.sanitize_for_serialization(e) for e in k.core.list_namespaced_event(ns).items]
+            names = {p["metadata"]["name"] for p in pods} | {r.workload}
+            events = [e for e in events if (e.get("involvedObject") or {}).get("name") in names]
+            tail = r._log_tail(ctx, pods)
+            found["phase"] = diagnose(r.target, r.target.node_pool.name, pods, events,
+                                      [split_log_line(line)[1] for line in tail])
+            found["pool_nodes"] = len(k.core.list_node(
+                label_selector=f"cloud.google.com/gke-nodepool={r.target.node_pool.name}").items)
+        if found["timeline"] is not None:
+            for line in chart(found["timeline"], r.target.startup_figures, r.target.startup_source):
+                ctx.printer.line(f"  {line}")
+        return found
+
+    def verdict(self, ctx, found) -> Plan:
+        r = self.rollout
+        if found["workload"] is None:
+            return noop(f"{r.kind} {r.workload} is not deployed (`inv deploy --target={r.target.name}` deploys it)")
+        facts = {"startup_timeline": found["timeline"].to_json()} if found["timeline"] else {}
+        if found["ready"]:
+            return noop(f"ready; {summary(found['timeline'])}" if found["timeline"] else "ready", **facts)
+        d = found["phase"]
+        state = f"not ready: {d.phase}" + (f" ({d.hint})" if d.hint else "")
+        if found["pool_nodes"] == 0:
+            state += (f"; node pool {r.target.node_pool.name} has 0 nodes (scaled to zero: "
+                      f"`inv deploy --target={r.target.name}` wakes it)")
+        return noop(state, phase=d.phase, **facts)
 
 
 def _newest_ready(pods: list[dict]) -> dict | None:
