@@ -109,7 +109,22 @@ def render_vars(settings, target, image: str) -> dict[str, Any]:
         "pv_name": f"{settings.kube.namespace}-{target.name}-weights",
         "pvc_name": f"{target.name}-weights",
         "ingress_host": ts.ingress_host or "",
+        **compile_cache_vars(settings, target),
     }
+
+
+def compile_cache_vars(settings, target) -> dict[str, Any]:
+    """The XLA compilation cache's volume (bucket targets; see gptoss_gke/serving/compile_cache.py)."""
+    from gptoss_gke.serving import compile_cache
+
+    if not compile_cache.enabled(target):
+        return {}
+    prefix = compile_cache.prefix(settings, target)
+    return {"compile_cache_pv_name": f"{settings.kube.namespace}-{target.name}-compile-cache",
+            "compile_cache_pvc_name": f"{target.name}-compile-cache",
+            "compile_cache_only_dir": f"only-dir={prefix.rstrip('/')}",
+            "compile_cache_mount": compile_cache.MOUNT,
+            "compile_cache_path": compile_cache.cache_path(settings, target)}
 
 
 def _fill(text: str, values: dict[str, Any], source: str) -> str:
