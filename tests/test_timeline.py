@@ -59,8 +59,8 @@ def test_a_cold_l4_start_is_measured_phase_by_phase(world, kube_emulator):
     r, out = world("l4", **L4_COLD)
     assert r.status == "changed", out
     # The wake-up is said, with what the node costs.
-    assert "changed: wake node pool l4-gptoss from 0 nodes (a g2-standard-4 node bills $0.71/h per node on " \
-           "demand until the pool scales back to zero), then wait up to 20m00s" in out
+    assert "changed: wake node pool l4-gptoss from 0 nodes (one g2-standard-4 node, billed until the pool scales " \
+           "back to zero: $0.71/h per node on demand), then wait up to 20m00s" in out
     got = seconds(r)
     want = {"node": 95, "image": 62, "init": 541, "start": 2, "weights": 209, "compile": 190, "ready": 90}
     assert got.keys() == want.keys()
@@ -191,3 +191,58 @@ def test_deploy_prints_the_timeline_reports_it_and_status_shows_it_later(deploy_
     [step] = json.loads(report.read_text())["steps"]
     phases = {p["name"]: p for p in step["facts"]["startup_timeline"]["phases"]}
     assert phases["init"]["seconds"] == pytest.approx(541, abs=1) and phases["compile"]["status"] == "measured"
+
+
+def test_ironwood_deploy_end_to_end_prints_the_timeline_on_loopback(deploy_world, hf_hub, tmp_path):
+    """`inv deploy --target=ironwood`: image mirrored, weights staged, the compile cache's prefix granted,
+    objects applied, then the scripted start's timeline (image streaming, no compile line)."""
+    from tests.emulators.hfhub import make_gptoss_like_repo
+    from tests.envfiles import merged, write_env
+    from tests.gcs import PROJECT_NUMBER
+    from tests.registry import publish
+
+    w = deploy_world
+    sha = make_gptoss_like_repo(hf_hub, "openai/gpt-oss-120b", shard_size=2 * 2**20, n_shards=2, copy_size=2**20)
+    w.gcp.add_project("test-project", PROJECT_NUMBER)  # the number the bucket reports as its owner
+    publish(w.src, "vllm/vllm-tpu", "nightly", tmp_path)
+    settings = merged(w.settings, {"targets": {"ironwood": {
+        "enabled": True, "image": f"{w.src.host}/vllm/vllm-tpu:nightly", "model_revision": sha,
+        "load_timeout_s": 30}}})
+    env = {"GPTOSS_ENV_DIR": write_env(tmp_path / "ironwood", settings), "HF_ENDPOINT": hf_hub.url,
+           "HF_TOKEN": hf_hub.token, "HF_HUB_DISABLE_TELEMETRY": "1"}
+    w.kube.script_pods("gptoss-ironwood", "startup", streamed=True, resource="google.com/tpu",
+                       milestones={"scale_up": 1, "scheduled": 300, "pulling": 301, "pulled": 341, "started": 343,
+                                   "ready": 1500},
+                       logs=[(470, "INFO Model loading took 60.8 GiB memory and 125.3 seconds"),
+                             (1490, "INFO:     Application startup complete.")])
+    proc = w.inv("deploy", "--target=ironwood", "--skip-smoke", env=env)
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert "changed: grant roles/storage.objectUser on gs://test-project-models/compile-cache/dev/ironwood/ to " \
+           "principal://" in out and "only under the prefix" in out
+    # Said before the phases, with the price or where to give it.
+    waking = out.index("  waking node pool ironwood-gptoss from 0 nodes (one tpu7x-standard-4t node, billed until "
+                       "the pool scales back to zero: price unknown for tpu7x-standard-4t: add "
+                       "prices.tpu7x-standard-4t.on_demand")
+    assert waking < out.index("done: node requested → ready in 5m00s")
+    assert "startup timeline of pod gptoss-ironwood-" in out and "25m00s from pod created to Ready" in out
+    assert "9.8 GB, image streaming" in out
+    assert "slowest: server up → Ready" in out  # the compile phase is unknown here, and said so
+    assert "unknown (no event, condition or log line for it): compile / warm-up" in out
+
+
+def test_the_next_rollout_waits_twice_the_measured_start_when_that_beats_the_catalogue(world):
+    world("l4", **L4_COLD)  # 19m51s, remembered on the StatefulSet
+    r, out = world("l4", **L4_COLD)  # the pod starts over
+    assert r.status == "changed", out
+    assert "wait up to 39m42s for StatefulSet gptoss-l4 to become ready" in out  # 2 x 1191 s > the 20m first-start
+
+
+def test_an_explicit_load_timeout_is_used_as_given():
+    from gptoss_gke.k8s.wait import rollout_budget
+    from gptoss_gke.targets import L4
+
+    assert rollout_budget(L4, False, None) == L4.load_budget_s  # first time: the catalogue's figure
+    assert rollout_budget(L4, False, {"total_s": 180}) == L4.load_budget_s  # a warm restart never shrinks it
+    assert rollout_budget(L4, False, {"total_s": 1500}) == 3000
+    assert rollout_budget(L4, True, {"total_s": 1500}) == L4.load_budget_s  # targets.l4.load_timeout_s wins

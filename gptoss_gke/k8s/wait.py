@@ -212,16 +212,19 @@ class Rollout(KubeStep):
         wake = ""
         if current["pool_nodes"] == 0:
             pool = self.target.node_pool
-            wake = (f"wake node pool {pool.name} from 0 nodes (a {pool.machine_type} node bills "
-                    f"{price_words(ctx.settings, pool.machine_type)} until the pool scales back to zero), then ")
-        return Plan([Change(f"{wake}wait up to {format_duration(budget)} for {self.kind} {self.workload} to "
-                            f"become ready", "update", apply=lambda c: self.wait(c, budget))])
+            wake = (f"node pool {pool.name} from 0 nodes (one {pool.machine_type} node, billed until the pool "
+                    f"scales back to zero: {price_words(ctx.settings, pool.machine_type)})")
+        return Plan([Change(("wake " + wake + ", then " if wake else "") + f"wait up to {format_duration(budget)} "
+                            f"for {self.kind} {self.workload} to become ready", "update",
+                            apply=lambda c: self.wait(c, budget, waking=wake))])
 
-    def wait(self, ctx, budget: float | None = None) -> None:
+    def wait(self, ctx, budget: float | None = None, waking: str = "") -> None:
         s = ctx.settings
         ns = s.kube.namespace
         k = kube(ctx)
         budget = budget if budget is not None else float(self.budget)
+        if waking:  # the pod's request is what wakes the pool: the autoscaler adds the node
+            ctx.printer.line(f"  waking {waking}")
         started = time.monotonic()
         shown = None
         done_phases: set[str] = set()
