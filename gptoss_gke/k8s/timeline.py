@@ -129,7 +129,7 @@ def _scale_up_words(event: dict) -> str:
     return f"scale-up {m.group(2)} ({m.group(1)})" if m else "scale-up triggered"
 
 
-def _image_detail(pulled: dict | None, image: str, streaming: bool | None) -> tuple[str, dict]:
+def _image_detail(pulled: dict | None, streaming: bool | None) -> tuple[str, dict]:
     if pulled is None:
         return "", {}
     message = pulled.get("message", "")
@@ -149,7 +149,7 @@ def _image_detail(pulled: dict | None, image: str, streaming: bool | None) -> tu
     return ", ".join(parts), facts
 
 
-def _streamed(image: str, node: str | None, node_events: list[dict], pod: dict) -> bool:
+def _streamed(image: str, node: str | None, node_events: list[dict]) -> bool:
     """GKE reports an image served by image streaming as an ``ImageStreaming`` event on the node:
     "Image <ref> is backed by image streaming." (GKE docs, "Use Image streaming to pull container images")."""
     bare = image.split("@")[0]
@@ -164,7 +164,8 @@ def _streamed(image: str, node: str | None, node_events: list[dict], pod: dict) 
 
 
 def _scan_log(lines: list[str]) -> dict:
-    """The first time each marker appears, with what the line says."""
+    """Where each marker appears, with what the line says: the last time (with data parallelism every engine
+    loads and compiles; the phase ends when the last one has), except the server coming up (the first)."""
     found: dict = {}
     for line in lines:
         stamp, text = split_log_line(line)
@@ -174,7 +175,7 @@ def _scan_log(lines: list[str]) -> dict:
                              ("torch_compile", _TORCH_COMPILE), ("xla_compile", _XLA_COMPILE),
                              ("engine_init", _ENGINE_INIT), ("up", _SERVER_UP)):
             m = pattern.search(text)
-            if m and (key not in found or key == "xla_compile"):  # the last XLA compilation ends the phase
+            if m and (key not in found or key != "up"):
                 found[key] = (stamp, m)
         if _COMPILE_CACHE_HIT.search(text):
             found.setdefault("cache_hit", (stamp, None))
@@ -200,8 +201,8 @@ def startup_timeline(pod: dict, events: list[dict], log_lines: list[str], *, con
     # Image: the first pull the pod waited for (the init container's, when it has one of the same image).
     image = next((c.get("image", "") for c in spec.get("containers") or [] if c.get("name") == container), "")
     pulling, pulled = _first(events, "Pulling"), _first(events, "Pulled")
-    streaming = None if node_events is None else _streamed(image, spec.get("nodeName"), node_events, pod)
-    detail, facts = _image_detail(pulled, image, streaming)
+    streaming = None if node_events is None else _streamed(image, spec.get("nodeName"), node_events)
+    detail, facts = _image_detail(pulled, streaming)
     start = _event_time(pulling) if pulling else (_event_time(pulled) if pulled and facts.get("cached") else None)
     phases["image"] = Phase("image", start, _event_time(pulled) if pulled else None, detail,
                             "Pulling/Pulled events", facts)
