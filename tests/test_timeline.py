@@ -108,7 +108,9 @@ def test_a_warm_ironwood_start_with_image_streaming_and_no_compile_line(world, k
     assert "the Ironwood tutorial: publishes no startup times" in out
 
 
-def test_a_compile_cache_hit_and_a_cached_image_are_named(world):
+def test_a_compile_cache_hit_and_a_cached_image_are_named(world, kube_emulator):
+    # An account that may not list nodes: the wake-up goes unsaid, the rollout goes on.
+    kube_emulator.inject("GET", r"^/api/v1/nodes$", 403, times=50)
     r, out = world("l4", milestones={"scheduled": 1, "pulled": 2, "init_started": 3, "initialized": 5,
                                      "started": 6, "ready": 150},
                    logs=[(60, "INFO Model loading took 13.7193 GiB memory and 53.1 seconds"),
@@ -122,7 +124,7 @@ def test_a_compile_cache_hit_and_a_cached_image_are_named(world):
     assert phases["compile"]["facts"]["cache_hit"] is True
     assert phases["compile"]["detail"] == "torch.compile 13.7s, from the compile cache"
     assert phases["compile"]["seconds"] == pytest.approx(15, abs=1)
-    assert "wake node pool" in out  # no node of the pool was listed
+    assert r.status == "changed" and "wake node pool" not in out
 
 
 def test_a_second_rollout_reports_the_running_pods_timeline_and_writes_nothing(world, kube_emulator):
@@ -229,6 +231,19 @@ def test_ironwood_deploy_end_to_end_prints_the_timeline_on_loopback(deploy_world
     assert "9.8 GB, image streaming" in out
     assert "slowest: server up → Ready" in out  # the compile phase is unknown here, and said so
     assert "unknown (no event, condition or log line for it): compile / warm-up" in out
+
+    def cache_grants():
+        return [b for b in w.gcs.policy("test-project-models")["bindings"]
+                if b["role"] == "roles/storage.objectUser"
+                and "compile-cache/dev/ironwood/" in (b.get("condition") or {}).get("expression", "")]
+
+    [grant] = cache_grants()  # on the prefix only: no unconditioned objectUser anywhere
+    assert not [b for b in w.gcs.policy("test-project-models")["bindings"]
+                if b["role"] == "roles/storage.objectUser" and not b.get("condition")]
+    proc = w.inv("teardown", "--target=ironwood", "--yes", "--purge-model", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert cache_grants() == [] and "revoke roles/storage.objectUser on gs://test-project-models/compile-cache" \
+        in proc.stdout
 
 
 def test_the_next_rollout_waits_twice_the_measured_start_when_that_beats_the_catalogue(world):

@@ -194,9 +194,7 @@ class Rollout(KubeStep):
             if pod is not None:
                 state["timeline"] = read_pod_timeline(kube(ctx), ctx.settings.kube.namespace, pod)
         else:
-            pool = self.target.node_pool.name
-            state["pool_nodes"] = len(kube(ctx).core.list_node(
-                label_selector=f"cloud.google.com/gke-nodepool={pool}").items)
+            state["pool_nodes"] = pool_node_count(ctx, self.target.node_pool.name)
         return state
 
     def plan(self, ctx, current) -> Plan:
@@ -336,8 +334,7 @@ class RolloutStatus(KubeCheck):
             tail = r._log_tail(ctx, pods)
             found["phase"] = diagnose(r.target, r.target.node_pool.name, pods, events,
                                       [split_log_line(line)[1] for line in tail])
-            found["pool_nodes"] = len(k.core.list_node(
-                label_selector=f"cloud.google.com/gke-nodepool={r.target.node_pool.name}").items)
+            found["pool_nodes"] = pool_node_count(ctx, r.target.node_pool.name)
         if found["timeline"] is not None:
             for line in chart(found["timeline"], r.target.startup_figures, r.target.startup_source):
                 ctx.printer.line(f"  {line}")
@@ -356,6 +353,19 @@ class RolloutStatus(KubeCheck):
             state += (f"; node pool {r.target.node_pool.name} has 0 nodes (scaled to zero: "
                       f"`inv deploy --target={r.target.name}` wakes it)")
         return noop(state, phase=d.phase, **facts)
+
+
+def pool_node_count(ctx, pool: str) -> int | None:
+    """Nodes of ``pool`` now; None when listing nodes is not allowed (a namespace-scoped account): then
+    the wake-up is not announced, and the wait goes on as before."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return len(kube(ctx).core.list_node(label_selector=f"cloud.google.com/gke-nodepool={pool}").items)
+    except ApiException as exc:
+        if exc.status == 403:
+            return None
+        raise
 
 
 def _newest_ready(pods: list[dict]) -> dict | None:
