@@ -285,6 +285,7 @@ class Rollout(KubeStep):
         if timeline.total_s is None or (last_startup(workload) or {}).get("pod") == timeline.pod:
             return
         # Our own field manager, so the manifest's server-side apply neither owns nor removes it.
+        ctx.interrupt.check("before: remembering the startup timeline on the workload")
         meta = workload["metadata"]
         kube(ctx).resource("apps/v1", self.kind).server_side_apply(
             body={"apiVersion": "apps/v1", "kind": self.kind,
