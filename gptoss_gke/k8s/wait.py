@@ -170,7 +170,7 @@ class Rollout(KubeStep):
         self.name = f"{self.kind} {settings.kube.namespace}/{self.workload} ready"
         self.key = f"rollout.{target_name}"
 
-    def _workload(self, ctx):
+    def read_workload(self, ctx):
         from kubernetes.dynamic.exceptions import NotFoundError
 
         try:
@@ -179,7 +179,7 @@ class Rollout(KubeStep):
         except NotFoundError:
             return None
 
-    def _pods(self, ctx) -> list[dict]:
+    def read_pods(self, ctx) -> list[dict]:
         k = kube(ctx)
         label_selector = ",".join(f"{a}={b}" for a, b in selector(self.target).items())
         # sanitize_for_serialization gives the API's camelCase JSON, which diagnose() reads.
@@ -187,10 +187,10 @@ class Rollout(KubeStep):
                 for p in k.core.list_namespaced_pod(ctx.settings.kube.namespace, label_selector=label_selector).items]
 
     def observe(self, ctx):
-        workload = self._workload(ctx)
+        workload = self.read_workload(ctx)
         state = {"workload": workload, "pool_nodes": None, "timeline": None}
         if ready(workload):
-            pod = _newest_ready(self._pods(ctx))
+            pod = _newest_ready(self.read_pods(ctx))
             if pod is not None:
                 state["timeline"] = read_pod_timeline(kube(ctx), ctx.settings.kube.namespace, pod)
         else:
@@ -229,16 +229,16 @@ class Rollout(KubeStep):
         last = Diagnosis("starting")
         while True:
             try:
-                workload = self._workload(ctx)
+                workload = self.read_workload(ctx)
                 if ready(workload):
                     ctx.printer.line(f"  ready after {format_duration(time.monotonic() - started)}")
                     self._record(ctx, workload)
                     return
-                pods = self._pods(ctx)
+                pods = self.read_pods(ctx)
                 names = {p["metadata"]["name"] for p in pods} | {self.workload}
                 events = [k.api_client.sanitize_for_serialization(e) for e in k.core.list_namespaced_event(ns).items]
                 events = [e for e in events if (e.get("involvedObject") or {}).get("name") in names]
-                tail = self._log_tail(ctx, pods)
+                tail = self.log_tail(ctx, pods)
                 last = diagnose(self.target, self.target.node_pool.name, pods, events,
                                 [split_log_line(line)[1] for line in tail])
                 self._show_phases(ctx, pods, events, tail, done_phases)
@@ -276,7 +276,7 @@ class Rollout(KubeStep):
 
     def _record(self, ctx, workload: dict) -> None:
         """Print the ready pod's timeline and remember it on the workload for the next rollout's budget."""
-        pod = _newest_ready(self._pods(ctx))
+        pod = _newest_ready(self.read_pods(ctx))
         if pod is None:
             return
         timeline = read_pod_timeline(kube(ctx), ctx.settings.kube.namespace, pod)
@@ -294,7 +294,7 @@ class Rollout(KubeStep):
             name=meta["name"], namespace=meta["namespace"],
             field_manager=f"{ctx.settings.kube.field_manager}-startup", force_conflicts=True)
 
-    def _log_tail(self, ctx, pods: list[dict]) -> list[str]:
+    def log_tail(self, ctx, pods: list[dict]) -> list[str]:
         for pod in pods:
             if (pod.get("status") or {}).get("phase") != "Running":
                 continue
@@ -318,21 +318,21 @@ class RolloutStatus(KubeCheck):
 
     def probe(self, ctx, current):
         r, k, ns = self.rollout, kube(ctx), ctx.settings.kube.namespace
-        workload = r._workload(ctx)
+        workload = r.read_workload(ctx)
         if workload is None:
             return {"workload": None}
-        pods = r._pods(ctx)
+        pods = r.read_pods(ctx)
         pod = _newest_ready(pods) if ready(workload) else \
             max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", default=None)
         found = {"workload": workload, "ready": ready(workload), "pod": pod, "timeline": None, "phase": None}
         if pod is not None:
-            tail = r._log_tail(ctx, [pod])
+            tail = r.log_tail(ctx, [pod])
             found["timeline"] = read_pod_timeline(k, ns, pod, log_lines=None if found["ready"] else tail)
         if not found["ready"]:
             events = [k.api_client.sanitize_for_serialization(e) for e in k.core.list_namespaced_event(ns).items]
             names = {p["metadata"]["name"] for p in pods} | {r.workload}
             events = [e for e in events if (e.get("involvedObject") or {}).get("name") in names]
-            tail = r._log_tail(ctx, pods)
+            tail = r.log_tail(ctx, pods)
             found["phase"] = diagnose(r.target, r.target.node_pool.name, pods, events,
                                       [split_log_line(line)[1] for line in tail])
             found["pool_nodes"] = pool_node_count(ctx, r.target.node_pool.name)
