@@ -92,14 +92,20 @@ def test_a_warm_ironwood_start_with_image_streaming_and_no_compile_line(world, k
     # weights from the GCS FUSE mount; this vLLM logs no compile line, so that phase is unknown, not zero.
     r, out = world("ironwood", milestones={"scheduled": 2, "pulling": 3, "pulled": 9, "started": 11, "ready": 641},
                    logs=[(130, "[RunAI Streamer] Overall time to stream 60.8 GiB of all files: 101.5s, 613.4 MiB/s"),
-                         (131, "INFO [tpu_runner.py] Model loading took 60.8 GiB memory and 118.2 seconds"),
+                         (131, "INFO [default_loader.py] Loading weights took 118.20 seconds"),
+                         (140, "INFO [tpu_runner.py:1264] Init model | hbm=[(15.2, 95.74), (15.2, 95.74), "
+                               "(15.2, 95.74), (15.2, 95.74)]GiB"),
                          (636, "(APIServer pid=1) INFO:     Application startup complete.")],
                    streamed=True, image_bytes=12_000_000_000, resource="google.com/tpu")
     assert r.status == "changed", out
     got = seconds(r)
     assert got["compile"] is None  # unknown, never 0
     assert got["node"] == pytest.approx(2, abs=1) and got["image"] == pytest.approx(6, abs=1)
-    assert got["weights"] == pytest.approx(120, abs=1) and got["ready"] == pytest.approx(510, abs=1)
+    # The weights are on the chips at "Init model": the last step of the load.
+    assert got["weights"] == pytest.approx(129, abs=1) and got["ready"] == pytest.approx(501, abs=1)
+    weights = next(p for p in r.facts["startup_timeline"]["phases"] if p["name"] == "weights")
+    assert weights["facts"]["hbm_used_gib"] == 60.8 and weights["facts"]["stream_s"] == 101.5
+    assert weights["facts"]["gib"] == pytest.approx(60.8)
     image = next(p for p in r.facts["startup_timeline"]["phases"] if p["name"] == "image")
     assert image["facts"]["streamed"] is True and "image streaming" in image["detail"]
     compile_line = next(ln for ln in out.splitlines() if "compile / warm-up" in ln)

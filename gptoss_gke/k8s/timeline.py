@@ -20,6 +20,8 @@ from gptoss_gke.core.report import format_duration, format_size
 # 41.2s, 1.5 GiB/s" (runai_streamer).
 _WEIGHTS_DONE = re.compile(r"Model loading took (?P<gib>[\d.]+) GiB(?: memory)? and (?P<s>[\d.]+) s")
 _LOADING_WEIGHTS = re.compile(r"Loading weights took (?P<s>[\d.]+) s")
+# TPU (tpu-inference): "Init model | hbm=[(13.06, 95.74), ...]GiB" once the weights are on the chips.
+_TPU_INIT_MODEL = re.compile(r"Init model \| hbm=\[(?P<hbm>.*?)\]\s*GiB")
 _STREAMED = re.compile(r"Overall time to stream (?P<size>[\d.]+) (?P<unit>[KMGT]i?B)\b.*?: (?P<s>[\d.]+)s")
 # Compile / warm-up: torch.compile (GPU) and the XLA precompile (TPU), then the engine's own total.
 _TORCH_COMPILE = re.compile(r"torch\.compile (?:takes|took|and initial profiling run took) (?P<s>[\d.]+) s")
@@ -172,6 +174,7 @@ def _scan_log(lines: list[str]) -> dict:
         if stamp is None:
             continue
         for key, pattern in (("weights", _WEIGHTS_DONE), ("loading", _LOADING_WEIGHTS), ("streamed", _STREAMED),
+                             ("tpu_init", _TPU_INIT_MODEL),
                              ("torch_compile", _TORCH_COMPILE), ("xla_compile", _XLA_COMPILE),
                              ("engine_init", _ENGINE_INIT), ("up", _SERVER_UP)):
             m = pattern.search(text)
@@ -224,19 +227,24 @@ def startup_timeline(pod: dict, events: list[dict], log_lines: list[str], *, con
 
     # Weights, compile, ready: vLLM's own lines.
     log = _scan_log(log_lines)
-    weights_end, wfacts, wdetail = None, {}, ""
+    wfacts, wdetail = {}, ""
     if "weights" in log:
-        weights_end, m = log["weights"]
+        m = log["weights"][1]
         wfacts = {"gib": float(m.group("gib")), "model_loading_s": float(m.group("s"))}
     if "streamed" in log:
-        stamp, m = log["streamed"]
-        weights_end = weights_end or stamp
+        m = log["streamed"][1]
         wfacts.setdefault("gib", float(m.group("size")) * _UNITS[m.group("unit")] / 2**30)
         wfacts["stream_s"] = float(m.group("s"))
     if "loading" in log:
-        stamp, m = log["loading"]
-        weights_end = weights_end or stamp
-        wfacts["loading_weights_s"] = float(m.group("s"))
+        wfacts["loading_weights_s"] = float(log["loading"][1].group("s"))
+    if "tpu_init" in log:
+        used = [float(x) for x in re.findall(r"\(([\d.]+),", log["tpu_init"][1].group("hbm"))]
+        if used:  # HBM in use once the weights are there (before the KV cache): the weights, near enough
+            wfacts["hbm_used_gib"] = round(sum(used), 2)
+            wfacts.setdefault("gib", wfacts["hbm_used_gib"])
+    # Every marker is a step of the load; the last one is when the weights are on the accelerator.
+    ends = [log[k][0] for k in ("weights", "streamed", "loading", "tpu_init") if k in log]
+    weights_end = max(ends, key=parse_time) if ends else None
     if wfacts:
         wfacts["bytes"] = int(wfacts["gib"] * 2**30) if "gib" in wfacts else None
         took = wfacts.get("loading_weights_s") or wfacts.get("stream_s") or wfacts.get("model_loading_s")
