@@ -9,11 +9,11 @@ __path__ = [str(Path(__file__).with_name("tasks"))]
 
 from gptoss_gke.cli import collection, install_excepthook  # noqa: E402
 from tasks import (auth, deploy, doctor, mirror_image, plan, render, serving, setup_cluster, stage_model,  # noqa: E402
-                   teardown)
+                   status, teardown)
 
 install_excepthook()  # no traceback reaches a person, not even from invoke's own output (`inv --list | head`)
 ns = collection(
     setup_cluster.setup_cluster, deploy.deploy, teardown.teardown, stage_model.stage_model,
     mirror_image.mirror_image, serving.smoke, serving.bench, serving.port_forward, serving.show_api_key,
-    plan.plan, render.render, doctor.doctor, auth.auth,
+    plan.plan, render.render, doctor.doctor, auth.auth, status.status,
 )

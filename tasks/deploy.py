@@ -25,6 +25,7 @@ def deploy_chain(s, targets: list[str], f) -> list:
     from gptoss_gke.k8s.endpoints import ServiceEndpoints
     from gptoss_gke.k8s.wait import Rollout
     from gptoss_gke.profiles import is_spot
+    from gptoss_gke.serving import compile_cache
     from gptoss_gke.serving.smoke import Smoke
     from gptoss_gke.staging.steps import stage_model_steps
 
@@ -34,6 +35,7 @@ def deploy_chain(s, targets: list[str], f) -> list:
         *mirror_image_steps(s, targets),  # the repository, then each target's image, pinned by digest
         # the bucket, its IAM grant and the weights, for targets served from a bucket
         *stage_model_steps(s, [t for t in targets if s.target(t).weights == "bucket"]),
+        *compile_cache.grant_steps(s, targets),  # the XLA cache's prefix of the bucket, writable by the pods only
     ]
     applied: set[str] = set()
     for i, name in enumerate(targets):

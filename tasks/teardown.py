@@ -80,6 +80,7 @@ def teardown_chain(settings, targets: list[str], f, others: dict) -> list:
     from gptoss_gke.k8s.computeclass import DeleteComputeClasses
     from gptoss_gke.k8s.objects import DELETE_ORDER, DeleteKubeObjects
     from gptoss_gke.profiles import every_pool_name
+    from gptoss_gke.serving import compile_cache
     from gptoss_gke.staging.steps import purge_model_steps
 
     steps = [Credentials(), KubernetesApi(settings, force=f.force)]
@@ -89,7 +90,7 @@ def teardown_chain(settings, targets: list[str], f, others: dict) -> list:
             for api_version, kind, namespaced in DELETE_ORDER]
     steps += kube
     if f.purge_model:
-        steps += purge_model_steps(settings, targets, others)
+        steps += purge_model_steps(settings, targets, others) + compile_cache.revoke_steps(settings, targets, others)
     if f.purge_images:
         steps += purge_image_steps(settings, targets, others)
     # Never while the objects on them could not be seen (unless --force says so).

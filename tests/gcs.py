@@ -11,8 +11,9 @@ port that implements exactly those parts of the JSON API with the real service's
 every other request to fake-gcs-server unchanged:
 
 * ``GET/PUT /storage/v1/b/{b}/iam``: a policy per bucket with an ``etag``; a PUT whose ``etag`` is not the
-  current one gets ``412 conditionNotMet``, as GCS does. ``race(bucket)`` makes someone else change the
-  policy just before our next PUT.
+  current one gets ``412 conditionNotMet``, as GCS does. Conditional bindings are accepted only at policy
+  version 3 on a bucket with uniform bucket-level access, and shown only to a version-3 reader.
+  ``race(bucket)`` makes someone else change the policy just before our next PUT.
 * bucket insert / get / patch: ``location``, ``labels``, ``iamConfiguration`` and ``projectNumber`` are
   kept here and merged into fake-gcs-server's replies.
 * ``foreign(bucket)``: the bucket belongs to another project we cannot read (403 on everything), and
@@ -578,7 +579,12 @@ class GcsFront:
             return self._reply(h, 404, _error(404, "The specified bucket does not exist.", "notFound"))
         with self.lock:
             policy = self._policy(bucket)
+            conditional = any(b.get("condition") for b in policy["bindings"])
             if h.command == "GET":
+                asked = parse_qs(urlsplit(h.path).query).get("optionsRequestedPolicyVersion", ["1"])[-1]
+                if conditional and asked != "3":  # GCS refuses to show conditional bindings to an older reader
+                    return self._reply(h, 400, _error(400, "Bucket IAM policy contains conditions: request "
+                                                           "policy version 3", "invalid"))
                 return self._reply(h, 200, json.dumps(policy).encode())
             if h.command != "PUT":
                 return self._reply(h, 405, _error(405, "method not allowed", "methodNotAllowed"))
@@ -587,6 +593,12 @@ class GcsFront:
                 policy["bindings"].append(race)
                 self._bump(policy)
             req = json.loads(body or b"{}")
+            if any(b.get("condition") for b in req.get("bindings", [])):
+                # IAM Conditions on a bucket: only at policy version 3, only with uniform bucket-level access.
+                ubla = self._overlay(bucket)["iamConfiguration"]["uniformBucketLevelAccess"]["enabled"]
+                if req.get("version") != 3 or not ubla:
+                    return self._reply(h, 400, _error(400, "IAM conditions need policy version 3 and uniform "
+                                                           "bucket-level access on the bucket", "invalid"))
             if req.get("etag") and req["etag"] != policy["etag"]:
                 self.iam_rejected += 1
                 return self._reply(h, 412, _error(412, "Precondition Failed", "conditionNotMet"))

@@ -125,6 +125,8 @@ def test_readme_offline_plan_for_ironwood_exits_0_and_is_complete(offline_env, t
         "would stage openai/gpt-oss-120b@b5c939de8f75",
         "would create PersistentVolume gptoss-ironwood-weights",
         "would create Deployment gptoss/gptoss-ironwood",
+        "would grant roles/storage.objectUser on gs://example-project-gptoss-models/compile-cache/dev/ironwood/",
+        "would create PersistentVolume gptoss-ironwood-compile-cache",
         "would wait up to 1h00m",
         "would smoke-test the endpoint",
         "NOT pinned",

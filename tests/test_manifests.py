@@ -149,7 +149,7 @@ def test_ironwood_weights_mount_is_tuned_for_a_65_gb_streamed_load():
     s = settings_for("dev")
     k = _kinds(render(s, s.target("ironwood"), IMAGE))
     options = k["PersistentVolume"]["spec"]["mountOptions"]
-    for wanted in ("file-cache:max-size-mb:-1", "file-cache:cache-file-for-range-read:true",
+    for wanted in ("file-cache:max-size-mb:70000", "file-cache:cache-file-for-range-read:true",
                    "file-cache:enable-parallel-downloads:true", "metadata-cache:ttl-secs:-1",
                    "metadata-cache:negative-ttl-secs:0", "implicit-dirs"):
         assert wanted in options
@@ -159,7 +159,7 @@ def test_ironwood_weights_mount_is_tuned_for_a_65_gb_streamed_load():
     assert annotations["gke-gcsfuse/volumes"] == "true"
     assert {annotations[f"gke-gcsfuse/{r}-limit"] for r in ("cpu", "memory", "ephemeral-storage")} == {"0"}
     cache = next(v for v in pod["spec"]["volumes"] if v["name"] == "gke-gcsfuse-cache")
-    assert cache == {"name": "gke-gcsfuse-cache", "emptyDir": {"medium": "Memory"}}
+    assert cache == {"name": "gke-gcsfuse-cache", "emptyDir": {"medium": "Memory", "sizeLimit": "72Gi"}}
 
 
 def test_inv_render_prints_what_deploy_applies_offline_and_writes_files(offline_env, tmp_path):

@@ -18,6 +18,7 @@ inside functions: ``inv --list`` must not load it.
 from __future__ import annotations
 
 import base64
+import json
 import datetime as _dt
 import os
 
@@ -37,10 +38,12 @@ GCS_SDK = ("requests", "urllib3", "google.auth.credentials", "google.auth.except
            "google.resumable_media", "google_crc32c")
 
 
-def workload_principal(settings, project_number: str) -> str:
-    """The Workload Identity principal of the serving pods' Kubernetes service account."""
+def workload_principal(settings, project_number: str, service_account: str | None = None) -> str:
+    """The Workload Identity principal of a Kubernetes service account in our namespace (by default the
+    serving pods' one)."""
+    ksa = service_account or settings.kube.service_account
     return (f"principal://iam.googleapis.com/projects/{project_number}/locations/global/workloadIdentityPools/"
-            f"{settings.workload_pool}/subject/ns/{settings.kube.namespace}/sa/{settings.kube.service_account}")
+            f"{settings.workload_pool}/subject/ns/{settings.kube.namespace}/sa/{ksa}")
 
 
 def b64_crc32c(value: int) -> str:
@@ -357,6 +360,45 @@ class Bucket(Step):
 # IAM
 
 
+def read_bucket_policy(ctx, bucket: str):
+    """The bucket's policy at version 3 (conditional bindings included), or None when there is no bucket."""
+    from google.api_core import exceptions as gexc
+
+    b = gcs_client(ctx).bucket(bucket)
+    try:
+        return ctx.retrying(lambda: b.get_iam_policy(requested_policy_version=3, retry=None),
+                            "reading the bucket policy")
+    except gexc.NotFound:
+        return None
+    except Exception as exc:  # noqa: BLE001
+        raise gcs_error(exc, bucket=bucket, doing="reading the IAM policy of") from None
+
+
+def edit_bucket_policy(ctx, bucket: str, edit) -> None:
+    """Read-modify-write of the bucket policy; ``edit(policy)`` changes it in place and returns whether it
+    did. The policy carries the etag we read, so GCS answers 412 if someone changed it meanwhile: read
+    again and redo the edit (at most 5 times)."""
+    from google.api_core import exceptions as gexc
+
+    b = gcs_client(ctx).bucket(bucket)
+    for _attempt in range(5):
+        try:
+            policy = ctx.retrying(lambda: b.get_iam_policy(requested_policy_version=3, retry=None),
+                                  "reading the bucket policy")
+            if not edit(policy):
+                return
+            policy.version = 3  # conditional bindings are only kept (and only readable) at version 3
+            ctx.retrying(lambda: b.set_iam_policy(policy, retry=None), "writing the bucket policy")
+            return
+        except gexc.PreconditionFailed:
+            ctx.printer.line("    the bucket policy changed while we edited it; reading it again", "dim")
+            continue
+        except Exception as exc:  # noqa: BLE001
+            raise gcs_error(exc, bucket=bucket, doing="setting the IAM policy of") from None
+    raise StepError(f"the IAM policy of gs://{bucket} kept changing under us (5 attempts)",
+                    "re-run when whoever else edits it is done")
+
+
 class BucketIamBinding(Step):
     section = "models"
     key = "gcs.bucket-grant"
@@ -372,18 +414,11 @@ class BucketIamBinding(Step):
         return workload_principal(ctx.settings, project_number(ctx))
 
     def observe(self, ctx):
-        from google.api_core import exceptions as gexc
-
         ctx.shell.check_online()
         member = self._member(ctx)
-        bucket = gcs_client(ctx).bucket(self.bucket)
-        try:
-            policy = ctx.retrying(lambda: bucket.get_iam_policy(requested_policy_version=3, retry=None),
-                            "reading the bucket policy")
-        except gexc.NotFound:
+        policy = read_bucket_policy(ctx, self.bucket)
+        if policy is None:
             return {"member": member, "present": False, "bucket": False}
-        except Exception as exc:  # noqa: BLE001
-            raise gcs_error(exc, bucket=self.bucket, doing="reading the IAM policy of") from None
         return {"member": member, "present": _has_binding(policy, member), "bucket": True}
 
     def plan(self, ctx, current) -> Plan:
@@ -405,28 +440,8 @@ class BucketIamBinding(Step):
         self._edit_policy(ctx, add)
 
     def _edit_policy(self, ctx, edit) -> None:
-        """Read-modify-write of the bucket policy. The policy carries the etag we read, so GCS answers 412
-        if someone changed it meanwhile: read again and redo the edit (at most 5 times)."""
-        from google.api_core import exceptions as gexc
-
         member = self._member(ctx)
-        bucket = gcs_client(ctx).bucket(self.bucket)
-        for _attempt in range(5):
-            try:
-                policy = ctx.retrying(lambda: bucket.get_iam_policy(requested_policy_version=3, retry=None),
-                                      "reading the bucket policy")
-                if not edit(policy, member):
-                    return
-                policy.version = 3
-                ctx.retrying(lambda: bucket.set_iam_policy(policy, retry=None), "writing the bucket policy")
-                return
-            except gexc.PreconditionFailed:
-                ctx.printer.line("    the bucket policy changed while we edited it; reading it again", "dim")
-                continue
-            except Exception as exc:  # noqa: BLE001
-                raise gcs_error(exc, bucket=self.bucket, doing="setting the IAM policy of") from None
-        raise StepError(f"the IAM policy of gs://{self.bucket} kept changing under us (5 attempts)",
-                        "re-run when whoever else edits it is done")
+        edit_bucket_policy(ctx, self.bucket, lambda policy: edit(policy, member))
 
 
 class RevokeBucketIamBinding(BucketIamBinding):
@@ -477,3 +492,154 @@ def _has_binding(policy, member: str) -> bool:
         if b.get("role") == VIEWER_ROLE and not b.get("condition") and member in set(b.get("members") or ()):
             return True
     return False
+
+
+# ---------------------------------------------------------------------------------------------
+# A role on one prefix of the bucket
+
+
+def prefix_condition(bucket: str, prefix: str) -> str:
+    """The CEL condition that limits a bucket binding to the objects under ``prefix`` (and to listing them).
+
+    Object permissions are checked against ``projects/_/buckets/<b>/objects/<name>``, so
+    ``resource.name.startsWith`` confines reads and writes. A list (``storage.objects.list``) is checked
+    against the bucket itself, where that clause never matches; the ``objectListPrefix`` request attribute
+    (the ``prefix=`` of the list call) admits lists that stay inside the prefix, so no unconditioned grant
+    (which would let the member list the whole bucket) is needed.
+    """
+    return (f"resource.name.startsWith({json.dumps(f'projects/_/buckets/{bucket}/objects/{prefix}')}) || "
+            f"api.getAttribute({json.dumps('storage.googleapis.com/objectListPrefix')}, \"\")"
+            f".startsWith({json.dumps(prefix)})")
+
+
+class PrefixGrant(Step):
+    """``role`` on the objects under ``prefix`` of THIS bucket (and listing them), for ``member`` only.
+
+    One conditional binding in the bucket's own policy (IAM Conditions: policy version 3, which GCS accepts
+    only on buckets with uniform bucket-level access, as :class:`Bucket` creates them). The binding is ours
+    when it has our ``title``, ``role`` and ``member``; a different condition under that title is drift and
+    is replaced. ``member``: a principal, or a function of the context that returns one (a Workload
+    Identity principal needs the project number). ``prefix`` must end with ``/``, so ``models/a/`` never
+    covers ``models/ab``. Removed by :class:`RevokePrefixGrant` with the same arguments.
+    """
+
+    section = "models"
+    sdk_modules = GCS_SDK
+
+    def __init__(self, settings, *, member, role: str, prefix: str, title: str, key: str | None = None,
+                 name: str | None = None):
+        if not prefix.endswith("/") or prefix.startswith("/"):
+            raise ValueError(f"a grant's prefix is a folder (`a/b/`), got {prefix!r}")
+        if len(title) > 100:  # the IAM limit on a condition's title
+            raise ValueError(f"condition title over 100 characters: {title!r}")
+        self.bucket = settings.models.bucket
+        self.member = member
+        self.role = role
+        self.prefix = prefix
+        self.title = title
+        self.expression = prefix_condition(self.bucket, prefix)
+        self.key = key or f"gcs.prefix-grant.{title}"
+        self.name = name or f"bucket IAM: {role.rsplit('/', 1)[-1]} on gs://{self.bucket}/{prefix}"
+        self.needs = (Bucket.key,)
+
+    def _member(self, ctx) -> str:
+        return self.member(ctx) if callable(self.member) else self.member
+
+    def condition(self) -> dict:
+        return {"title": self.title, "description": f"objects under gs://{self.bucket}/{self.prefix} (gptoss-gke)",
+                "expression": self.expression}
+
+    def _ours(self, binding: dict, member: str) -> bool:
+        cond = binding.get("condition") or {}
+        return (binding.get("role") == self.role and cond.get("title") == self.title
+                and member in set(binding.get("members") or ()))
+
+    def observe(self, ctx):
+        ctx.shell.check_online()
+        member = self._member(ctx)
+        policy = read_bucket_policy(ctx, self.bucket)
+        found = [dict(b.get("condition") or {}) for b in (policy.bindings if policy is not None else ())
+                 if self._ours(b, member)]
+        return {"member": member, "bucket": policy is not None, "conditions": found}
+
+    def plan(self, ctx, current) -> Plan:
+        what = f"{self.role} on gs://{self.bucket}/{self.prefix}"
+        if current is None:  # not observed (dry-run offline)
+            return Plan([Change(f"grant {what} (condition: objects under the prefix)", "create", apply=self._grant)])
+        member, found = current["member"], current["conditions"]
+        if [c.get("expression") for c in found] == [self.expression]:
+            return noop(f"{member} already has {what} (condition {self.title!r})")
+        if not found:
+            return Plan([Change(f"grant {what} to {member}, only under the prefix", "create", apply=self._grant)],
+                        diff={"bindings": {self.role: {"add": [member], "condition": self.expression}}})
+        return Plan([Change(f"replace the condition {self.title!r} of {member} on gs://{self.bucket} (drift: "
+                            f"{'; '.join(str(c.get('expression')) for c in found)})", "update", apply=self._grant)],
+                    diff={"condition": {"from": [c.get("expression") for c in found], "to": self.expression}})
+
+    def _grant(self, ctx) -> None:
+        member = self._member(ctx)
+        want = self.condition()
+
+        def edit(policy) -> bool:
+            before = _bindings_key(policy.bindings)
+            kept = []
+            for b in policy.bindings:
+                cond = b.get("condition") or {}
+                if self._ours(b, member) and cond.get("expression") != self.expression:
+                    b = {**b, "members": set(b.get("members") or ()) - {member}}  # drifted: replaced below
+                elif b.get("role") == self.role and cond == want:  # IAM merges equal bindings: join it
+                    b = {**b, "members": set(b.get("members") or ()) | {member}}
+                if b.get("members"):
+                    kept.append(b)
+            if not any(b.get("role") == self.role and (b.get("condition") or {}) == want for b in kept):
+                kept.append({"role": self.role, "members": {member}, "condition": want})
+            policy.bindings = kept
+            return _bindings_key(kept) != before  # someone may have made the same change meanwhile
+
+        edit_bucket_policy(ctx, self.bucket, edit)
+
+
+def _bindings_key(bindings) -> list:
+    return [(b.get("role"), sorted(b.get("members") or ()), json.dumps(b.get("condition"), sort_keys=True))
+            for b in bindings]
+
+
+class RevokePrefixGrant(PrefixGrant):
+    """Teardown: take ``member`` out of the bindings with our title and role (whatever their condition),
+    unless ``shared(other_settings)`` says another environment (``others``: name → Settings, or the error
+    loading it) still relies on the same grant. Bindings left without members go."""
+
+    def __init__(self, settings, *, others: dict | None = None, shared=None, **grant):
+        super().__init__(settings, **grant)
+        self.others = others or {}
+        self.shared = shared
+        self.key = f"{self.key}.revoke"
+        self.name = f"bucket IAM: revoke {self.role.rsplit('/', 1)[-1]} on gs://{self.bucket}/{self.prefix}"
+        self.needs = (Credentials.key,)  # teardown: what is already gone must not stop the rest
+
+    def plan(self, ctx, current) -> Plan:
+        what = f"{self.role} on gs://{self.bucket}/{self.prefix}"
+        if current is None:
+            return Plan([Change(f"revoke {what}", "delete", apply=self._revoke)])
+        if not current["conditions"]:
+            return noop(f"{current['member']} holds no {what} (condition {self.title!r})")
+        kept = kept_for(self.others, self.shared) if self.shared else None
+        if kept:
+            return noop(f"{current['member']} keeps {what}: {kept}")
+        return Plan([Change(f"revoke {what} from {current['member']}", "delete", apply=self._revoke)],
+                    diff={"bindings": {self.role: {"remove": [current["member"]], "condition": self.title}}})
+
+    def _revoke(self, ctx) -> None:
+        member = self._member(ctx)
+
+        def edit(policy) -> bool:
+            kept, changed = [], False
+            for b in policy.bindings:
+                if self._ours(b, member):
+                    b, changed = {**b, "members": set(b.get("members") or ()) - {member}}, True
+                if b.get("members"):
+                    kept.append(b)
+            policy.bindings = kept
+            return changed
+
+        edit_bucket_policy(ctx, self.bucket, edit)

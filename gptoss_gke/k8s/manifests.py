@@ -110,6 +110,7 @@ def render_vars(settings, target, image: str) -> dict[str, Any]:
         "pvc_name": f"{target.name}-weights",
         "ingress_host": ts.ingress_host or "",
         **profile_vars(target),
+        **compile_cache_vars(settings, target),
     }
 
 
@@ -119,6 +120,20 @@ def profile_vars(target) -> dict[str, Any]:
 
     return {"compute_class": compute_class_name(target), "termination_grace_s": PREEMPTION_GRACE_S,
             "prestop_sleep_s": str(PRESTOP_SLEEP_S)}
+
+
+def compile_cache_vars(settings, target) -> dict[str, Any]:
+    """The XLA compilation cache's volume (bucket targets; see gptoss_gke/serving/compile_cache.py)."""
+    from gptoss_gke.serving import compile_cache
+
+    if not compile_cache.enabled(target):
+        return {}
+    prefix = compile_cache.prefix(settings, target)
+    return {"compile_cache_pv_name": f"{settings.kube.namespace}-{target.name}-compile-cache",
+            "compile_cache_pvc_name": f"{target.name}-compile-cache",
+            "compile_cache_only_dir": f"only-dir={prefix.rstrip('/')}",
+            "compile_cache_mount": compile_cache.MOUNT,
+            "compile_cache_path": compile_cache.cache_path(settings, target)}
 
 
 def _fill(text: str, values: dict[str, Any], source: str) -> str:

@@ -18,6 +18,7 @@ module              what it is
 ``controllers``     the tick: namespaces, garbage collection, pvc-protection, then ``workloads``
                     (Deployment/ReplicaSet/StatefulSet/Job), ``cloud`` (load balancers, disks) and the
                     ``kubelet`` (pods follow ``scenarios``; logs; ``events``)
+``startup``         scripted cold starts: milestones and vLLM log lines on the pod's own clock
 ``portforward``     the port-forward WebSocket, relayed to a loopback TCP target
 ``fixtures``        the ``kube_emulator`` pytest fixture
 ==================  ==========================================================================================
@@ -49,6 +50,7 @@ Nothing here opens a socket to anything but 127.0.0.1.
 from .errors import ApiError
 from .kinds import RESOURCE_TYPES
 from .scenarios import SCENARIOS
+from . import startup  # noqa: F401  (registers the "startup" scenario: scripted cold starts)
 from .selectors import match_label_selector, parse_label_selector
 from .server import KubeEmulator, RecordedRequest
 

@@ -30,6 +30,10 @@ def _default_container(c: dict) -> None:
     c.setdefault("terminationMessagePath", "/dev/termination-log")
     c.setdefault("terminationMessagePolicy", "File")
     c.setdefault("resources", {})
+    for kind in ("requests", "limits"):  # a Quantity is sent as a number or a string, always read back as a string
+        for name, value in list((c["resources"].get(kind) or {}).items()):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                c["resources"][kind][name] = str(value)
     for p in c.get("ports") or []:
         p.setdefault("protocol", "TCP")
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):

@@ -15,8 +15,8 @@ _CONTAINER_REASONS = ("Pulling", "Pulled", "Created", "Started", "BackOff", "Fai
 
 
 def record_event(store: Store, obj: dict, typ: str, reason: str, message: str, source: str, *,
-                 count: int = 1) -> dict:
-    """Record (or count up) an Event about ``obj``; returns the stored Event."""
+                 count: int = 1, at: str | None = None) -> dict:
+    """Record (or count up) an Event about ``obj`` (``at``: when, if not now); returns the stored Event."""
     meta = obj["metadata"]
     ns = meta.get("namespace") or "default"
     for key, ev in store.objects.items():
@@ -25,7 +25,7 @@ def record_event(store: Store, obj: dict, typ: str, reason: str, message: str, s
                 and ev.get("reason") == reason and ev.get("message") == message and ev.get("type") == typ:
             n = copy.deepcopy(ev)
             n["count"] = int(n.get("count") or 1) + count
-            n["lastTimestamp"] = now()
+            n["lastTimestamp"] = at or now()
             return store.put(key, n)
     name = f"{meta['name']}.{(time.time_ns() + next(store.event_seq)):x}"[:253]
     src = {"component": source}
@@ -39,7 +39,7 @@ def record_event(store: Store, obj: dict, typ: str, reason: str, message: str, s
         cname = ((obj.get("spec") or {}).get("containers") or [{}])[0].get("name")
         if cname:
             involved["fieldPath"] = f"spec.containers{{{cname}}}"
-    stamp = now()
+    stamp = at or now()
     ev = {"apiVersion": "v1", "kind": "Event",
           "metadata": {"name": name, "namespace": ns, "uid": store.uid(), "creationTimestamp": stamp},
           "involvedObject": involved, "reason": reason, "message": message, "source": src,

@@ -101,6 +101,12 @@ class Kubelet:
             raise bad_request(f"container {container} is not valid for pod {name}")
         previous = query.get("previous") in ("true", "1")
         lines = self._find_logs(pod, container, previous)
+        scripted = (self._states.get(pod["metadata"].get("uid")) or {}).get("logs")
+        if scripted is not None and not previous and lines is None:
+            lines = [text for _, text in scripted]
+            stamps = [stamp for stamp, _ in scripted]
+        else:
+            stamps = None
         cs = next((s for s in (pod.get("status") or {}).get("containerStatuses") or []
                    if s.get("name") == container), None)
         if previous:
@@ -112,12 +118,12 @@ class Kubelet:
                 raise bad_request(f'container "{container}" in pod "{name}" is waiting to start: '
                                   f'{waiting.get("reason", "ContainerCreating")}')
         lines = list(lines or [])
+        if query.get("timestamps") in ("true", "1"):
+            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
+            lines = [f"{stamps[i] if stamps else stamp} {line}" for i, line in enumerate(lines)]
         if query.get("tailLines") not in (None, ""):
             n = int(query["tailLines"])
             lines = lines[-n:] if n > 0 else []
-        if query.get("timestamps") in ("true", "1"):
-            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
-            lines = [f"{stamp} {line}" for line in lines]
         text = "".join(line + "\n" for line in lines)
         if query.get("limitBytes"):
             text = text.encode()[: int(query["limitBytes"])].decode("utf-8", "ignore")
@@ -155,23 +161,29 @@ class Kubelet:
         if st["sid"] != sid:
             st["sid"], st["since"], st["since_t"] = sid, st["age"], time.monotonic()
         view = SCENARIOS[scenario](pod, st["age"] - st["since"], time.monotonic() - st["since_t"], params)
+        st["clock"] = view.clock  # a scripted startup's own time; stamps below use it
+        if view.logs is not None:
+            st["logs"] = view.logs
         new = copy.deepcopy(pod)
         node = self.store.node_name
         if view.scheduled and not new["spec"].get("nodeName"):
             new["spec"]["nodeName"] = node
             record_event(self.store, pod, "Normal", "Scheduled", f"Successfully assigned {key[1]}/{key[2]} to {node}",
-                         "default-scheduler")
+                         "default-scheduler", at=view.clock)
         new["status"] = self._render_status(new, view, st, params)
         self.store.set(key, new)
-        for typ, reason, message, source in view.events:
+        for typ, reason, message, source, *when in view.events:
             sig = (typ, reason, message)
             if sig not in st["emitted"]:
                 st["emitted"].add(sig)
-                record_event(self.store, self.store.objects[key], typ, reason, message, source)
+                at, about = (when + [None, None])[:2]
+                subject = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "uid": ""}} \
+                    if about == "node" else self.store.objects[key]
+                record_event(self.store, subject, typ, reason, message, source, at=at)
 
     @staticmethod
     def _stamp(st: dict, name: str) -> str:
-        return st["times"].setdefault(name, now())
+        return st["times"].setdefault(name, st.get("clock") or now())
 
     def _render_status(self, pod: dict, v: PodView, st: dict, params: dict) -> dict:
         old = pod.get("status") or {}
@@ -219,7 +231,8 @@ class Kubelet:
         conds = []
         if v.scheduled:
             conds.append(("PodReadyToStartContainers", sandbox, None, None))
-            conds.append(("Initialized", True, None, None))
+            conds.append(("Initialized", v.initialized, None if v.initialized else "ContainersNotInitialized",
+                          None))
             if finished:
                 conds.append(("Ready", False, "PodCompleted", None))
                 conds.append(("ContainersReady", False, "PodCompleted", None))
@@ -238,7 +251,8 @@ class Kubelet:
             c = {"type": typ, "status": s}
             if typ != "PodReadyToStartContainers":
                 c["lastProbeTime"] = None
-            c["lastTransitionTime"] = prev["lastTransitionTime"] if prev and prev.get("status") == s else now()
+            c["lastTransitionTime"] = prev["lastTransitionTime"] if prev and prev.get("status") == s \
+                else st.get("clock") or now()
             if reason:
                 c["reason"] = reason
             if message:
@@ -255,6 +269,7 @@ class Kubelet:
             status["startTime"] = self._stamp(st, "startTime")
             status["containerStatuses"] = cstatuses
         status["qosClass"] = qos_class(pod)
+        status.update(v.extra_status)
         return status
 
     @staticmethod

@@ -27,7 +27,14 @@ class PodView:
     others_running: bool = False
     others_ready: bool | None = None  # None: same as ``ready``
     sandbox: bool | None = None  # PodReadyToStartContainers; None: once any container started
-    events: list = field(default_factory=list)  # (type, reason, message, source component)
+    events: list = field(default_factory=list)  # (type, reason, message, source component[, at, about])
+    # Scripted startups (:mod:`.startup`): the pod's own clock for this tick (RFC 3339; None: the wall
+    # clock), whether init containers are done, extra status fields, and the log lines so far as
+    # (stamp, text) pairs.
+    clock: str | None = None
+    initialized: bool = True
+    extra_status: dict = field(default_factory=dict)
+    logs: list | None = None
 
 
 def first_container(pod: dict, params: dict) -> dict:
