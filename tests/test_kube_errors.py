@@ -129,3 +129,34 @@ def test_a_removed_env_var_or_annotation_is_a_change_on_either_side_and_applying
     assert f"~ {env_path}: (absent) → {env_shown}" in out
     assert f"~ metadata.annotations.{EXTRA_ANNOTATION[0]}: (absent) → {EXTRA_ANNOTATION[1]}" in out
     assert extras_on(kube_emulator) == (True, True)
+
+
+def test_a_stalled_api_is_retried_like_a_503_and_a_persistent_stall_is_said_in_words(apply, kube_emulator,
+                                                                                      monkeypatch):
+    """A control plane that stops answering (an upgrade, an overloaded etcd) makes the client's read time
+    out: that is retried like a 503, on reads and on server-side apply; one that never answers is a
+    failure with the cause and the fix."""
+    from gptoss_gke.k8s import client
+
+    monkeypatch.setattr(client, "REQUEST_TIMEOUT_S", (5, 0.5))  # the real read timeout is a minute
+    sa = r"/namespaces/gptoss/serviceaccounts/vllm$"
+    kube_emulator.inject("GET", sa, None, delay_s=3)  # stalled, then answered: too late for the client
+    kube_emulator.inject("PATCH", sa, None, delay_s=3, dry_run=False)
+    results, out = apply(kinds=("Namespace", "ServiceAccount"))
+    assert [r.status for r in results] == ["changed", "changed"], out
+    assert kube_emulator.faults_left() == 0
+    assert "retrying GET /api/v1/namespaces/gptoss/serviceaccounts/vllm" in out
+    assert "retrying PATCH /api/v1/namespaces/gptoss/serviceaccounts/vllm" in out
+    assert kube_emulator.get("ServiceAccount", "gptoss", "vllm") is not None
+
+    kube_emulator.inject("GET", sa, None, times=3, delay_s=3)  # every attempt
+    [result], out = apply(kinds=("ServiceAccount",))
+    assert result.status == "failed", out
+    assert result.error.startswith(f"cannot reach the Kubernetes API of context test at {kube_emulator.url}"), \
+        result.error
+    assert "timed out" in result.error
+    assert result.fix == "check the cluster is running and the network path to its control plane"
+    assert out.count("retrying GET /api/v1/namespaces/gptoss/serviceaccounts/vllm") == 2
+    for text in (out, result.error):
+        for raw in ("HTTPConnectionPool", "urllib3", "Traceback", "ApiException"):
+            assert raw not in text, text
