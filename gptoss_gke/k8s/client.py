@@ -205,11 +205,8 @@ def kube_for_cluster(ctx, cluster: dict) -> Kube:
     """The client, once kube.context is known to reach ``cluster``: nothing is ever deleted through a
     context that points at another cluster. CannotObserve (with which cluster it points at) if not."""
     s = ctx.settings
-    get_credentials = (f"run `gcloud container clusters get-credentials {s.cluster.name} "
-                       f"--location={s.cluster_location} --project={s.project}` (or `inv setup-cluster`)")
-    if not os.path.exists(s.kubeconfig_path):
-        # Said as what it is: a missing file is not a file that lacks the context.
-        raise CannotObserve(f"no kubeconfig at {s.kubeconfig_shown}", f"{get_credentials}, or set kube.kubeconfig")
+    if not os.path.exists(s.kubeconfig_path):  # said as what it is, not as a file that lacks the context
+        raise CannotObserve(f"no kubeconfig at {s.kubeconfig_shown}", CONTEXT_FIX)
     server, entry = context_server(s)
     if server is None:
         raise CannotObserve(f"kubeconfig {s.kubeconfig_shown} has no context {s.kube_context}", CONTEXT_FIX)
@@ -218,7 +215,8 @@ def kube_for_cluster(ctx, cluster: dict) -> Kube:
         raise CannotObserve(
             f"kube.context {s.kube_context} points at {server} (kubeconfig cluster {entry}), not at cluster "
             f"{s.cluster.name} (endpoint {', '.join(sorted(endpoints))})",
-            f"{get_credentials}, or set kube.context to that cluster's context")
+            f"run `gcloud container clusters get-credentials {s.cluster.name} --location={s.cluster_location} "
+            f"--project={s.project}` (or `inv setup-cluster`), or set kube.context to that cluster's context")
     return kube(ctx)
 
 
