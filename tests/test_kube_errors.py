@@ -138,10 +138,11 @@ def test_a_stalled_api_is_retried_like_a_503_and_a_persistent_stall_is_said_in_w
     failure with the cause and the fix."""
     from gptoss_gke.k8s import client
 
-    monkeypatch.setattr(client, "REQUEST_TIMEOUT_S", (5, 0.5))  # the real read timeout is a minute
+    # The real read timeout is a minute; a second still leaves a loaded machine room for every other answer.
+    monkeypatch.setattr(client, "REQUEST_TIMEOUT_S", (5, 1.0))
     sa = r"/namespaces/gptoss/serviceaccounts/vllm$"
-    kube_emulator.inject("GET", sa, None, delay_s=3)  # stalled, then answered: too late for the client
-    kube_emulator.inject("PATCH", sa, None, delay_s=3, dry_run=False)
+    kube_emulator.inject("GET", sa, None, delay_s=4)  # stalled, then answered: too late for the client
+    kube_emulator.inject("PATCH", sa, None, delay_s=4, dry_run=False)
     results, out = apply(kinds=("Namespace", "ServiceAccount"))
     assert [r.status for r in results] == ["changed", "changed"], out
     assert kube_emulator.faults_left() == 0
@@ -149,7 +150,7 @@ def test_a_stalled_api_is_retried_like_a_503_and_a_persistent_stall_is_said_in_w
     assert "retrying PATCH /api/v1/namespaces/gptoss/serviceaccounts/vllm" in out
     assert kube_emulator.get("ServiceAccount", "gptoss", "vllm") is not None
 
-    kube_emulator.inject("GET", sa, None, times=3, delay_s=3)  # every attempt
+    kube_emulator.inject("GET", sa, None, times=3, delay_s=4)  # every attempt
     [result], out = apply(kinds=("ServiceAccount",))
     assert result.status == "failed", out
     assert result.error.startswith(f"cannot reach the Kubernetes API of context test at {kube_emulator.url}"), \
