@@ -241,13 +241,32 @@ def test_doctor_flags_placeholders_and_prints_each_fix_once(offline_env):
     assert out.count("GPTOSS_PROJECT=<your project>") == 1 and out.count("fix: run `inv auth`") == 1
 
 
+# TODO(issue 19): tests/test_capacity.py still calls the L4 tutorial by its workspace name (three comments
+# and one test's name); it is being edited for issue 19 right now. Rename those there, then drop this.
+NOT_YET_GUARDED = {"tests/test_capacity.py"}
+
+
 def test_tutorials_are_named_in_words_a_user_knows():
+    """Users know the tutorials by what they do (gpt-oss-20b on one L4 with vLLM 0.12), never by the
+    names our workspace gave them; nor may anything point into that workspace. In any case and spelling."""
+    import inspect
     import re
 
-    internal = re.compile(r"\bseed 0\d\d\b|\btutorial 00\d\b|shared/design|\.\./shared")
-    for path in [REPO / "README.md", *REPO.glob("docs/*.md"), *REPO.glob("env/*"), *REPO.rglob("gptoss_gke/**/*.py"),
-                 *REPO.glob("manifests/**/*.yaml"), *REPO.glob("tests/*.py")]:
+    internal = re.compile(r"(?<![a-z])(?:seed|tutorial)[ _-]?0\d\d(?!\d)|\bthe seed'?s\b|shared/(?:design|seeds)"
+                          r"|\.\./shared|\bseeds/", re.IGNORECASE)
+    for spelling in ("seed 000", "Tutorial 001", "TUTORIAL-000", "test_tutorial_000_figures", "The seed's ratio",
+                     "../shared/x", "shared/design/notes.md", "shared/seeds/x.md"):
+        assert internal.search(spelling), spelling  # the guard catches every way these were written
+    paths = [*REPO.glob("*.md"), *REPO.glob("*.toml"), REPO / "tasks.py", *REPO.rglob("tasks/**/*.py"),
+             *REPO.glob("docs/*.md"), *REPO.glob("env/*"), *REPO.rglob("gptoss_gke/**/*.py"),
+             *REPO.glob("manifests/**/*.yaml"), *REPO.glob("manifests/**/*.md"), *REPO.rglob("bench/**/*.py"),
+             *REPO.glob("scripts/*"), *REPO.glob("tests/*.py"), *REPO.rglob("tests/emulators/**/*.py")]
+    assert len({p.parent for p in paths}) >= 10  # every folder above is really read
+    for path in paths:
+        shown = str(path.relative_to(REPO))
+        if shown in NOT_YET_GUARDED or not path.is_file():
+            continue
         text = path.read_text()
-        if path.name == "test_cli.py":
-            text = text.replace(internal.pattern, "")
-        assert not internal.search(text), f"{path.relative_to(REPO)}: {internal.search(text).group(0)}"
+        if path.name == "test_cli.py":  # this guard spells what it forbids
+            text = text.replace(inspect.getsource(test_tutorials_are_named_in_words_a_user_knows), "")
+        assert not internal.search(text), f"{shown}: {internal.search(text).group(0)}"

@@ -138,3 +138,26 @@ def test_invoke_dry_is_refused_before_anything_is_read(gcloud_world):
     assert "use --dry-run" in proc.stderr and "fakes every command" in proc.stderr
     assert "RECAP" not in proc.stdout
     assert emu.requests == [] and time.monotonic() - started < 120
+
+
+def test_a_copy_that_fails_leaves_no_auth_file(mirror_world):
+    """Not a signal this time: skopeo itself fails (the network goes away after the blobs, at the
+    manifest). The auth file it was given must go with the failed run, not wait for a sweep."""
+    from gptoss_gke.core.private_files import PREFIX
+
+    env, proxy, dst, run_tmp, token_forms = mirror_world
+    proxy.cut_on_manifest_put()
+    try:
+        proc = run_inv(["mirror-image", "--target=l4"], env)
+    finally:
+        proxy.restore()
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert proxy.cuts == 1  # skopeo got as far as the manifest upload: it used the auth file
+    assert f"failed: the connection broke while copying to {proxy.host}/" in out
+    assert dst.manifest_digest(f"{PROJECT}/gptoss/{NAME}", "v1") is None  # the copy really failed
+    assert processes_with("TMPDIR", str(run_tmp)) == []
+    # Nothing of ours is left where temp files go, and no file there holds the token in any form.
+    assert [p.name for p in run_tmp.iterdir() if p.name.startswith(PREFIX)] == []
+    assert files_holding(run_tmp, *token_forms) == []
+    assert not any(t in out for t in token_forms)

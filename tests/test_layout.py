@@ -320,3 +320,70 @@ def test_a_quiet_pass_shows_a_steps_retries_under_its_own_header():
     text = out.getvalue()
     assert "retrying reading the flaky thing" in text
     assert text.index("TASK [test : flaky]") < text.index("retrying reading the flaky thing"), text
+
+
+# ---------------------------------------------------------------------------------------------
+# The layout the docs draw is the layout on disk
+
+_PATH_LIKE = re.compile(r"[\w.-]+(?:/[\w.-]+)*/?")
+_FILE_SUFFIXES = (".py", ".md", ".yaml", ".yml", ".sh", ".toml")
+
+
+def _path_like(token: str) -> bool:
+    return bool(_PATH_LIKE.fullmatch(token)) and ("/" in token or token.endswith(_FILE_SUFFIXES)) \
+        and not token.startswith(".")
+
+
+def _dirs_named(tokens: list[str]) -> list[str]:
+    """The folders a line's paths are in: a bare name beside them (a table row's `runner.py` next to
+    `gptoss_gke/core/`) is in one of those."""
+    return [t if t.endswith("/") else t.rsplit("/", 1)[0] + "/" for t in tokens if "/" in t]
+
+
+def named_paths(markdown: str) -> list[tuple[str, tuple[str, ...]]]:
+    """Every file or folder a piece of markdown names, with the folders it may be relative to: the code
+    spans of each line, and inside fenced blocks a README-style tree (a folder at the margin, what is in
+    it indented two spaces, its modules listed by name in parentheses) or a diagram's paths."""
+    found: list[tuple[str, tuple[str, ...]]] = []
+    in_block, top = False, ""
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            in_block, top = not in_block, ""
+            continue
+        if in_block:
+            words = line.split()
+            indent = len(line) - len(line.lstrip(" "))
+            if words and indent == 0 and _path_like(words[0]):  # a tree's top level
+                top = words[0] if words[0].endswith("/") else ""
+                found.append((words[0], ()))
+            elif words and indent == 2 and top and _path_like(words[0]):
+                found.append((top + words[0], ()))
+            elif line.strip().startswith("(") and top:  # "(setup_cluster, deploy, ...)": modules of `top`
+                found += [(f"{top}{name}.py", ()) for name in re.findall(r"\w+", line)]
+            else:  # a diagram: any path in it
+                found += [(t, ()) for t in re.findall(r"[\w-]+(?:/[\w.-]+)+/?|[\w-]+\.py\b", line) if _path_like(t)]
+            continue
+        tokens = [w.strip("(),;:") for span in re.findall(r"`([^`]+)`", line) for w in span.split()]
+        tokens = [t for t in tokens if _path_like(t)]
+        found += [(t, tuple(_dirs_named(tokens))) for t in tokens]
+    return found
+
+
+def missing_paths(markdown: str) -> list[str]:
+    def exists(name: str, bases: tuple[str, ...]) -> bool:
+        return any((REPO / base / name).exists() for base in ("", "gptoss_gke/", *bases))
+
+    return [name for name, bases in named_paths(markdown) if not exists(name, bases)]
+
+
+def test_every_file_the_readme_layout_and_the_architecture_name_exists():
+    readme = (REPO / "README.md").read_text()
+    layout = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    architecture = (REPO / "docs" / "architecture.md").read_text()
+    for name, text in (("README.md (Layout)", layout), ("docs/architecture.md", architecture)):
+        assert len(named_paths(text)) >= 25, f"{name}: the guard no longer finds the names it should check"
+        assert missing_paths(text) == [], f"{name} names what is not in the repository"
+    # The guard can fail: a renamed module, a folder that went, a playbook listed that does not exist.
+    assert missing_paths("```\ngptoss_gke/\n  nowhere.py      gone\ntasks/\n                (deploy, undeploy)\n```\n"
+                         "| box | `gptoss_gke/core/` | `runner.py`, `planner.py` |\n") == \
+        ["gptoss_gke/nowhere.py", "tasks/undeploy.py", "planner.py"]

@@ -342,3 +342,33 @@ def test_shared_reservation_given_as_a_path_converges(gcloud_world):
     proc = converge(emu, env, "--target=ironwood")  # the second run compares the whole path: nothing to do
     assert "ok: node pool ironwood-gptoss is tpu7x-standard-4t" in proc.stdout
     assert not emu.find_requests("POST", r"/nodePools") and not emu.find_requests("PUT", r"/nodePools")
+
+
+def test_a_pool_bound_to_another_reservation_than_configured_fails_with_the_fix_and_sends_nothing(gcloud_world):
+    """The affinity cannot change in place: a pool consuming reservation B while the settings name A
+    must not be 'ok' (its nodes bill against B, or fail to come up when B runs out). Also when the
+    other reservation has the same name in another project (a shared one)."""
+    emu, env = gcloud_world
+    env = {**env, "GPTOSS_TARGETS__IRONWOOD__NODE_POOL__RESERVATION": "tpu-res-a"}
+    seed_cluster(emu, currentMasterVersion="1.34.1-gke.1829001")  # new enough for Ironwood
+    key = (P, L, C, "ironwood-gptoss")
+    for bound, shown in (("projects/test-project/reservations/tpu-res-b", "tpu-res-b"),
+                         ("projects/tpu-owner-project/reservations/tpu-res-a",
+                          "projects/tpu-owner-project/reservations/tpu-res-a")):
+        with emu.lock:
+            emu.state.nodepools.pop(key, None)
+        emu.add_nodepool(P, L, C, "ironwood-gptoss", version="1.34.1-gke.1829001", config={
+            "machineType": "tpu7x-standard-4t", "oauthScopes": CLOUD_PLATFORM,
+            "reservationAffinity": {"consumeReservationType": "SPECIFIC_RESERVATION",
+                                    "key": "compute.googleapis.com/reservation-name", "values": [bound]}})
+        emu.clear_log()
+        proc = setup(env, "--target=ironwood")
+        assert proc.returncode == 1, proc.stdout
+        assert ("failed: node pool ironwood-gptoss differs in what cannot change in place: "
+                f"reservation is {shown}, want tpu-res-a") in proc.stdout, proc.stdout
+        assert "fix: we never recreate a pool silently" in proc.stdout
+        assert "gcloud container node-pools delete ironwood-gptoss --cluster=gptoss --location=us-central1" \
+            in proc.stdout
+        # Nothing was written: the pool still consumes the reservation it was bound to.
+        assert emu.mutating_requests() == []
+        assert emu.get_nodepool(*key)["config"]["reservationAffinity"]["values"] == [bound]

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import time
+import uuid
 from pathlib import Path
 
 from tests.conftest import run_inv
@@ -16,7 +17,9 @@ from tests.emulators.gcp import gcloud_env
 from tests.emulators.hfhub import make_gptoss_like_repo
 from tests import envfiles
 from tests.gcs import PROJECT_NUMBER
+from tests.test_files_written import files_holding
 from tests.test_interrupts import start_inv
+from tests.test_remote import _workdirs
 
 MiB = 1024 * 1024
 REPO_ID = "openai/gpt-oss-120b"
@@ -63,7 +66,13 @@ def remote_runs(server) -> list[int]:
 def test_interrupting_stage_model_on_a_host_stops_the_transfer_there(sshd_server, tmp_path, hf_hub, gcs_front,
                                                                      fake_gcs, gcp_emulator):
     sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=16 * MiB, n_shards=2, copy_size=MiB)
+    access_token = f"ya29.interrupted-{uuid.uuid4().hex}"  # ours alone: found only where this run put it
+    (tmp_path / "gcloud-token").write_text(access_token + "\n")
     env = staging_env(tmp_path, hf_hub, gcs_front, gcp_emulator, sha, sshd_server)
+    local_tmp = tmp_path / "run-tmp"  # the local run's TMPDIR
+    local_tmp.mkdir()
+    env["TMPDIR"] = str(local_tmp)
+    remote_before = _workdirs(sshd_server)
     marker = f"models/{REPO_ID}/{sha}.partial/.in-progress"
     report = tmp_path / "report.json"
     hf_hub.slow(4 * MiB)  # per response: the transfer takes long enough to be interrupted mid-way
@@ -74,6 +83,7 @@ def test_interrupting_stage_model_on_a_host_stops_the_transfer_there(sshd_server
             assert proc.poll() is None, proc.stdout.read()
             assert time.monotonic() < deadline, "the remote transfer did not start"
             time.sleep(0.1)
+        assert _workdirs(sshd_server) - remote_before, "precondition: the run has its folder on the host"
         os.kill(proc.pid, signal.SIGINT)
         out = proc.communicate(timeout=120)[0]
         deadline = time.monotonic() + 30  # generous: the remote process exits right after its report
@@ -98,6 +108,12 @@ def test_interrupting_stage_model_on_a_host_stops_the_transfer_there(sshd_server
     [stage] = [s for s in doc["steps"] if s["name"] == f"stage {REPO_ID} (ironwood)"]
     assert stage["interrupted"] and stage["facts"]["ran_on"].endswith(f"@127.0.0.1:{sshd_server.port}")
     assert "RECAP INTERRUPTED by SIGINT" in out and hf_hub.token not in out
+    # Nothing holding a secret outlives the interrupted run, on the host or here: the host's private
+    # folders (the shipped code, the env files of remote commands) are gone, and no file holds a token.
+    assert _workdirs(sshd_server) == remote_before
+    assert files_holding(sshd_server.tmp, hf_hub.token, access_token) == []
+    assert files_holding(local_tmp, hf_hub.token, access_token) == []
+    assert access_token not in out
 
 
 def _seed_marker(fake_gcs, sha: str, **doc) -> str:

@@ -426,3 +426,35 @@ def test_purge_images_in_artifact_registry_deletes_only_our_tags_and_keeps_what_
     again = w.inv("teardown", "--yes", "--purge-images", env=front.env())
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"ok: {dest}:v0.12.0 does not exist" in again.stdout and "changed=0" in again.stdout
+
+
+def test_a_missing_kubeconfig_is_blind_and_nothing_is_deleted(deploy_world):
+    """The first blind case users meet: the kubeconfig named by the settings is not there (a new
+    machine, a cleaned home). Teardown cannot see the load balancer or the disk inside the cluster, so
+    it must not delete the cluster, its pools or anything else."""
+    w = deploy_world
+    seed_serving_objects(w)
+    w.gcp.add_repository(P, L, "gptoss", labels={"managed-by": "gptoss-gke", "gptoss-gke-env": "dev"})
+    w.kube.clear_log()
+    w.gcp.clear_log()
+    missing = w.tmp / "nowhere" / "kubeconfig"
+    report = w.tmp / "report.json"
+    proc = run_inv(["teardown", "--yes", "--delete-cluster", f"--report={report}"],
+                   {**w.env, "GPTOSS_KUBE__KUBECONFIG": str(missing)})
+    out = proc.stdout
+    assert proc.returncode == 1, out
+    assert f"failed: no kubeconfig at {missing}\n" in out  # the reason, as what it is...
+    assert "fix: run `inv setup-cluster` (it writes the kubeconfig context), or set kube.kubeconfig" in out  # the fix
+    assert "nothing deleted: teardown stops when anything it would delete" in out
+    assert "Traceback" not in out + proc.stderr
+    # No write reached either API: the cluster, both pools, the repository and the billed objects remain.
+    assert w.gcp.mutating_requests() == [] and w.kube.writes() == []
+    assert w.gcp.get_cluster(P, L, C) is not None
+    assert w.gcp.get_nodepool(P, L, C, "l4-gptoss") is not None
+    assert w.gcp.get_nodepool(P, L, C, "ironwood-gptoss") is not None
+    assert w.gcp.get_repository(P, L, "gptoss") is not None
+    assert w.kube.get("Service", NS, "gptoss-l4-public") is not None
+    assert w.kube.get("PersistentVolumeClaim", NS, "model-cache-gptoss-l4-0") is not None
+    assert not missing.exists()  # nor did it write a kubeconfig behind the user's back
+    doc = json.loads(report.read_text())
+    assert doc["recap"]["changed"] == 0 and doc["recap"]["failed"] >= 1 and doc["deleted"] == []

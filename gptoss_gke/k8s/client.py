@@ -205,6 +205,8 @@ def kube_for_cluster(ctx, cluster: dict) -> Kube:
     """The client, once kube.context is known to reach ``cluster``: nothing is ever deleted through a
     context that points at another cluster. CannotObserve (with which cluster it points at) if not."""
     s = ctx.settings
+    if not os.path.exists(s.kubeconfig_path):  # said as what it is, not as a file that lacks the context
+        raise CannotObserve(f"no kubeconfig at {s.kubeconfig_shown}", CONTEXT_FIX)
     server, entry = context_server(s)
     if server is None:
         raise CannotObserve(f"kubeconfig {s.kubeconfig_shown} has no context {s.kube_context}", CONTEXT_FIX)

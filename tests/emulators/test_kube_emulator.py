@@ -592,3 +592,25 @@ def test_load_balancers_and_provisioned_disks_hold_their_objects_until_the_cloud
     for _ in range(emu.cloud_cleanup_ticks + 2):
         emu.tick()
     assert emu.get("PersistentVolume", None, volume) is None  # its disk deleted, then it
+
+
+def test_a_stalled_request_times_the_client_out_and_is_then_answered_as_usual(k8s):
+    """``delay_s``: the API server holds the request (an upgrade, a slow etcd); a client whose read
+    timeout is shorter gives up, yet the request still takes effect once the server gets to it."""
+    import time
+
+    import urllib3
+
+    emu = k8s.emu
+    apply(k8s, namespace())
+    emu.inject("POST", r"/namespaces/gptoss/configmaps$", None, delay_s=1.5)
+    body = client.V1ConfigMap(metadata=client.V1ObjectMeta(name="late"), data={"a": "1"})
+    with pytest.raises(urllib3.exceptions.ReadTimeoutError):
+        k8s.core.create_namespaced_config_map(NS, body, _request_timeout=(5, 0.3))
+    assert emu.get("ConfigMap", NS, "late") is None  # still held
+    [post] = [r for r in emu.requests if r.method == "POST"]
+    deadline = time.monotonic() + 30  # generous: the server answers 1.5 s after the request came
+    while post.status != 201:
+        assert time.monotonic() < deadline, "the stalled request was never answered"
+        time.sleep(0.05)
+    assert emu.get("ConfigMap", NS, "late")["data"] == {"a": "1"} and emu.faults_left() == 0

@@ -64,12 +64,13 @@ class RecordedRequest:
 class _Fault:
     method: str | None
     regex: Any
-    status: int
+    status: int | None  # None: after the delay, answered as usual
     remaining: int
     message: str
     headers: dict
     dry_run: bool | None
     reset: bool
+    delay_s: float = 0.0
 
 
 class KubeEmulator(LoopbackAioServer):
@@ -91,7 +92,7 @@ class KubeEmulator(LoopbackAioServer):
         self.errors: list[str] = []  # tracebacks of emulator bugs (answered as 500 InternalError)
         self._faults: list[_Fault] = []
         self._runner: web.AppRunner | None = None
-        self._long_running: set = set()  # port-forward handlers, cancelled on stop()
+        self._long_running: set = set()  # port-forward handlers and stalled answers, cancelled on stop()
         self.kubeconfig_path: str | None = None
         for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
             self._bootstrap_namespace(ns)
@@ -241,19 +242,21 @@ class KubeEmulator(LoopbackAioServer):
             obj = find_involved(self.store, namespace, involved_object)
             return copy.deepcopy(record_event(self.store, obj, type, reason, message, source, count=count))
 
-    def inject(self, method: str | None, path_regex: str, status: int, times: int = 1, *,
+    def inject(self, method: str | None, path_regex: str, status: int | None, times: int = 1, *,
                retry_after: float | None = None, message: str | None = None, dry_run: bool | None = None,
-               reset: bool = False) -> None:
+               reset: bool = False, delay_s: float = 0.0) -> None:
         """Answer the next ``times`` requests whose method matches (None: any) and whose path matches
         ``path_regex`` (re.search) with ``status`` and a Status body, before they take effect, as an
         overloaded or restarting API server does (``retry_after``: the Retry-After header, seconds).
         ``dry_run``: only requests with (True) or without (False) ``dryRun``. ``reset``: drop the
-        connection instead of answering."""
+        connection instead of answering. ``delay_s``: hold the request that long first, as a stalled
+        control plane does (a client with a shorter read timeout gives up: a timeout); with ``status``
+        None it is then answered as usual."""
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
         with self.store.lock:
             self._faults.append(_Fault(method.upper() if method else None, re.compile(path_regex), status, times,
                                        message or _FAULT_MESSAGES.get(status, "injected fault"), headers,
-                                       dry_run, reset))
+                                       dry_run, reset, delay_s))
 
     def faults_left(self) -> int:
         with self.store.lock:
@@ -307,7 +310,14 @@ class KubeEmulator(LoopbackAioServer):
             if not token or (self.tokens is not None and token not in self.tokens):
                 raise ApiError(401, "Unauthorized", "Unauthorized")
             fault = self._take_fault(request.method, request.path, query)
-            if fault is not None:
+            if fault is not None and fault.delay_s:
+                task = asyncio.current_task()
+                self._long_running.add(task)  # stop() does not wait for a stalled answer
+                try:
+                    await asyncio.sleep(fault.delay_s)
+                finally:
+                    self._long_running.discard(task)
+            if fault is not None and fault.status is not None:
                 rec.status = fault.status
                 if fault.reset:  # the connection drops before any answer (a control-plane blip)
                     request.transport.close()
