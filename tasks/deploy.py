@@ -23,6 +23,7 @@ def deploy_chain(s, targets: list[str], f) -> list:
     from gptoss_gke.gcp.project import Credentials
     from gptoss_gke.images import mirror_image_steps
     from gptoss_gke.k8s.endpoints import ServiceEndpoints
+    from gptoss_gke.k8s.objects import OneWorkloadKind
     from gptoss_gke.k8s.wait import Rollout
     from gptoss_gke.profiles import is_spot
     from gptoss_gke.serving import compile_cache
@@ -39,6 +40,7 @@ def deploy_chain(s, targets: list[str], f) -> list:
     ]
     applied: set[str] = set()
     for i, name in enumerate(targets):
+        steps.append(OneWorkloadKind(s, name))  # a capacity profile switched: the old workload goes first
         for step in kube_steps(s, name, rotate_api_key=f.rotate_api_key, with_secret=i == 0):
             if step.key not in applied:  # the namespace and service account are shared by the targets
                 applied.add(step.key)

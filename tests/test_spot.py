@@ -387,6 +387,24 @@ def test_setup_cluster_and_deploy_l4_spot_with_fallback_end_to_end(deploy_world,
         def stop(self):
             pass
 
+    # The on-demand profile's StatefulSet, still deployed from before the switch to spot: refused, not
+    # run beside (both behind one Service, its node still billing), and nothing of the spot profile made.
+    w.kube.seed({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                 "metadata": {"name": "gptoss-l4", "namespace": NS,
+                              "labels": {"app.kubernetes.io/managed-by": "gptoss-gke", "gptoss-gke/env": "dev",
+                                         "gptoss-gke/target": "l4"}},
+                 "spec": {"replicas": 1, "serviceName": "gptoss-l4", "selector": {"matchLabels": {"app": "x"}},
+                          "template": {"metadata": {"labels": {"app": "x"}},
+                                       "spec": {"containers": [{"name": "vllm", "image": "x"}]}}}})
+    blocked = w.inv("deploy", "--target=l4", *sets, env=env)
+    assert blocked.returncode == 1, blocked.stdout + blocked.stderr
+    assert ("failed: StatefulSet gptoss/gptoss-l4 (this target's workload under another capacity profile) is "
+            "still deployed") in blocked.stdout
+    assert "fix: inv teardown --target=l4 --yes" in blocked.stdout
+    assert w.kube.get("Deployment", NS, "gptoss-l4") is None
+    assert w.kube.get("PodDisruptionBudget", NS, "gptoss-l4") is None  # refused before the first object
+    assert w.kube.remove("StatefulSet", NS, "gptoss-l4")  # as teardown --target=l4 would
+
     cluster = SpotCluster(w.kube, pools, Container).start()
     try:
         deploy = w.inv("deploy", "--target=l4", *sets, env=env)

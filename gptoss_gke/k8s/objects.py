@@ -29,7 +29,7 @@ from gptoss_gke.core.step import Change, Plan, noop
 from gptoss_gke.errors import StepError
 from gptoss_gke.gcp.cluster import describe_cluster
 from gptoss_gke.gcp.project import Credentials
-from gptoss_gke.k8s.client import KubernetesApi, KubeStep, kube, kube_for_cluster
+from gptoss_gke.k8s.client import KubeCheck, KubernetesApi, KubeStep, kube, kube_for_cluster
 from gptoss_gke.k8s.manifests import KIND_ORDER, render, selector
 from gptoss_gke.ownership import TARGET, kube_owner_problem
 from gptoss_gke.ownership import selector as ownership_selector
@@ -288,6 +288,46 @@ class TargetObject(KubeObject):
         self.obj = with_image(obj, pinned_image(ctx, self.target_name))
         return super().observe(ctx)
 
+
+class OneWorkloadKind(KubeCheck):
+    """Before a target's objects are applied: its workload of the other kind (on-demand l4 runs a StatefulSet,
+    its spot profiles a Deployment, under one name) must not be ours and still there. Both would sit behind
+    the one Service, and the old one would keep its nodes billing."""
+
+    section = "kubernetes"
+
+    def __init__(self, settings, target_name: str):
+        self.target_name = target_name
+        workload = next(o for o in render(settings, settings.target(target_name), image="-")
+                        if o["kind"] in WORKLOAD_KINDS)
+        self.other = {"apiVersion": "apps/v1", "kind": next(k for k in WORKLOAD_KINDS if k != workload["kind"]),
+                      "metadata": {"name": workload["metadata"]["name"], "namespace": settings.kube.namespace}}
+        self.name = f"no {describe(self.other)} of another capacity profile"
+        self.key = f"kube.one-workload.{target_name}"
+
+    def observe(self, ctx):
+        from kubernetes.dynamic.exceptions import NotFoundError
+
+        meta = self.other["metadata"]
+        try:
+            live = kube(ctx).resource("apps/v1", self.other["kind"]).get(name=meta["name"],
+                                                                         namespace=meta["namespace"]).to_dict()
+        except NotFoundError:
+            return None
+        return live if kube_owner_problem(live, ctx.settings, self.target_name) is None else None
+
+    def verdict(self, ctx, found) -> Plan:
+        if found is None:
+            return noop(f"{describe(self.other)} of ours is not deployed")
+        t = self.target_name
+        raise StepError(
+            f"{describe(self.other)} (this target's workload under another capacity profile) is still deployed: "
+            f"the new one beside it would serve from both and keep its nodes billing",
+            f"inv teardown --target={t} --yes (keeps the cluster, the bucket and the weights), then "
+            f"inv setup-cluster --target={t} and inv deploy --target={t}; or set targets.{t}.capacity back")
+
+
+WORKLOAD_KINDS = ("StatefulSet", "Deployment")
 
 # ---------------------------------------------------------------------------------------------
 # Deleting
