@@ -216,13 +216,16 @@ class StageModel(Step):
                             f"{s.models.chunk_mib} (a multipart upload's limit)", "raise models.chunk_mib")
         to_move = sum(f.size for f in missing)
         resumed = sum(r.offset for r in resume.values())
-        tuning.check_space(to_move - resumed)
-        facts.update(bytes_to_move=to_move - resumed, files_to_move=len(missing), resumed_bytes=resumed)
+        tuning.check_space(to_move)
+        # Resumed parts are fetched from the hub again to be verified, but not uploaded again.
+        facts.update(bytes_to_move=to_move, bytes_to_upload=to_move - resumed, files_to_move=len(missing),
+                     resumed_bytes=resumed)
         action = "create" if not obs.objects and not obs.partials else "update"
         head = (f"stage {len(missing)} of {len(obs.files)} files ({format_size(to_move - resumed)} of {format_size(total)}) "
                 f"from {t.model_id}@{obs.revision[:12]}{resolved} into {where}")
-        detail = [f"{f.path}  {format_size(f.size)}" + (f"  (resuming at {format_size(resume[f.path].offset)})"
-                                                  if f.path in resume else "") for f in missing[:25]]
+        detail = [f"{f.path}  {format_size(f.size)}" + (f"  (resuming at {format_size(resume[f.path].offset)}: "
+                                                        f"re-hashed from the hub, not uploaded again)"
+                                                        if f.path in resume else "") for f in missing[:25]]
         if len(missing) > 25:
             detail.append(f"... and {len(missing) - 25} more")
         if obs.ignored:

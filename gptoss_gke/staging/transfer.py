@@ -16,12 +16,15 @@ computed over the hub's bytes. A mismatch aborts the upload. So the final name o
 verified bytes.
 
 *Resuming.* A killed run leaves its upload open and a resume record per part (``staging/state.py``), so
-the next run continues at the first missing part and fetches only the chunks after it. The bytes of
-the parts already uploaded are not here to hash, and no portable SHA-256 can be saved half-way, so a
-continued file is verified once GCS has assembled it: its crc32c must equal the one recorded part by
-part and computed over the rest, then the object is read back once and its sha256 compared with the
-hub's. A mismatch deletes it and fails the file; until it has passed, its resume records stay, so a
-run stopped in between never takes the object for a staged file.
+the next run continues at the first missing part and uploads only the parts after it. The parts already
+uploaded are verified without reading them back from GCS (from a laptop that read is billed internet
+egress, ~$0.12/GB, for every resumed file): their bytes are fetched again from the hub (Hugging Face
+egress is free, and a downlink is usually several times an uplink, so this is the cheap direction),
+hashed in order with the rest, so the whole file's sha256 is checked as in a fresh run, and each part's
+MD5 is compared with the ETag GCS lists for it (the XML API's part ETag is the MD5 of the part's bytes).
+A part that differs is uploaded again under its number (a multipart upload keeps the last copy of a
+part), so a corrupt part costs one part, not the file. Restarting the file instead would re-fetch the same
+bytes from the hub *and* upload them again.
 """
 
 from __future__ import annotations
@@ -52,15 +55,15 @@ class _FileJob:
         self.n = max(1, -(-f.size // self.chunk))
         self.pdir = pdir
         self.lock = threading.Lock()
-        first = resume.chunks if resume else 0
-        self.next_hash = first
-        # A continued upload's first parts were hashed by the run that sent them: it is verified by
-        # reading the assembled object back instead (see the module docstring).
-        self.sha = None if resume else hashlib.sha256()
-        self.crc = resume.crc if resume else 0
+        # A continued upload: chunks below ``verify_below`` are uploaded already; they are fetched again
+        # only to be hashed and checked against their parts (see the module docstring).
+        self.verify_below = resume.chunks if resume else 0
+        self.next_hash = 0
+        self.sha = hashlib.sha256()
+        self.crc = 0
         self.pending: dict[int, Buffer] = {}
-        self.remaining = set(range(first, self.n))
-        self.first = first
+        self.remaining = set(range(self.verify_below, self.n))
+        self.reuploaded: list[int] = []  # parts found corrupt and sent again
         self.digest: str | None = None
         self.failed: str | None = None
         self.upload_id = resume.upload_id if resume else None  # the multipart upload, when several parts
@@ -115,7 +118,7 @@ class Transfer:
         pool = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=self.tuning.workers + 4)
         self.session.mount("http://", pool)
         self.session.mount("https://", pool)
-        total = sum(j.f.size for j in self.jobs) - self.resumed
+        total = sum(j.f.size for j in self.jobs)  # parts already uploaded count once checked against the hub's bytes
         self.progress = Progress(self.ctx, total, len(self.jobs))
         workers = self.tuning.workers
         self.down_pool = ThreadPoolExecutor(workers, thread_name_prefix="hf-get")
@@ -128,7 +131,7 @@ class Transfer:
                         break
                     if job.n > 1 and job.upload_id is None:
                         self._guard(self._start, job)
-                    for index in range(job.first, job.n):
+                    for index in range(job.n):
                         if self._stopping() or job.failed:
                             break
                         _, length = job.span(index)
@@ -214,24 +217,37 @@ class Transfer:
         """Hash chunks strictly in order; each hashed chunk goes to the upload pool with the crc32c after it."""
         import google_crc32c
 
-        ready = []
+        ready, verified = [], []
         with job.lock:
             job.pending[index] = buf
             while job.next_hash in job.pending:
                 i = job.next_hash
                 b = job.pending.pop(i)
                 chunk_crc = 0
+                md5 = hashlib.md5(usedforsecurity=False) if i < job.verify_below else None
                 for piece in b.pieces():
-                    if job.sha is not None:
-                        job.sha.update(piece)
+                    job.sha.update(piece)
                     job.crc = google_crc32c.extend(job.crc, piece)
                     chunk_crc = google_crc32c.extend(chunk_crc, piece)
+                    if md5 is not None:
+                        md5.update(piece)
                 job.next_hash += 1
-                if job.next_hash == job.n and job.sha is not None:
+                if job.next_hash == job.n:
                     job.digest = job.sha.hexdigest()
                     if not self._matches(job, b):
                         job.failed = self._mismatch(job)
+                if md5 is not None and md5.hexdigest() == job.etags.get(i + 1, "").strip('"'):
+                    verified.append((i, b))  # GCS holds exactly these bytes: nothing to send
+                    continue
+                if md5 is not None:  # uploaded by an earlier run, but not these bytes: send the part again
+                    job.remaining.add(i)
+                    job.reuploaded.append(i + 1)
                 ready.append((i, b, chunk_crc, job.crc))
+        for i, b in verified:
+            _, length = job.span(i)
+            b.close()
+            self.budget.release(length)
+            self.progress.add(length)
         for i, b, chunk_crc, crc in ready:
             self.up_pool.submit(self._guard, self._upload, job, i, b, chunk_crc, crc)
 
@@ -354,35 +370,11 @@ class Transfer:
                               f"bytes we verified ({b64_crc32c(job.crc)}, {job.f.size})")
             return
         job.upload_id = None
-        if job.sha is None:  # a continued upload: its first parts were hashed by the run that sent them
-            job.digest = self._read_back_sha256(final)
-            if job.digest != job.f.sha256:
-                self._delete_quietly(final.name)
-                with job.lock:
-                    job.failed = self._mismatch(job)
-                return
+        if job.reuploaded:
+            self.ctx.note(f"{job.f.path}: part(s) {', '.join(map(str, job.reuploaded))} left by an earlier run "
+                          f"differed from the hub's bytes and were uploaded again")
         self._finish(job, StagedObject(final.name, job.f.size, job.digest, final.crc32c, final.metadata or {}))
         self._delete_prefix(job.pdir)  # last: while its records remain, the object is not taken as staged
-
-    def _read_back_sha256(self, blob) -> str:
-        """sha256 of the assembled object, read back once (in the bucket's region, a fast and free read)."""
-
-        class Hashing:
-            def __init__(self):
-                self.sha = hashlib.sha256()
-
-            def write(self, data: bytes) -> None:
-                self.sha.update(data)
-
-        def once() -> str:
-            sink = Hashing()
-            blob.download_to_file(sink, checksum="crc32c", retry=None)
-            return sink.sha.hexdigest()
-
-        try:
-            return self.ctx.retrying(once, f"reading back {blob.name.rsplit('/', 1)[-1]} to verify it")
-        except Exception as exc:  # noqa: BLE001
-            raise gcs_error(exc, bucket=self.bucket.name, doing="reading back from") from None
 
     def _finish(self, job: _FileJob, obj: StagedObject) -> None:
         with self.lock:
