@@ -33,7 +33,7 @@ XML_API = "https://storage.googleapis.com"
 _EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 # What the steps import lazily (see Step.sdk_modules: the runner imports these on the main thread
 # before reads run concurrently).
-GCS_SDK = ("requests", "urllib3", "google.auth.credentials", "google.auth.exceptions", "google.auth.transport.requests",
+GCS_SDK = ("requests", "urllib3", "google.auth", "google.auth.credentials", "google.auth.exceptions", "google.auth.transport.requests",
            "google.oauth2.credentials", "google.api_core.exceptions", "google.cloud.storage",
            "google.resumable_media", "google_crc32c")
 
@@ -79,6 +79,14 @@ def gcs_client(ctx):
 
             creds = AnonymousCredentials()
             session = requests.Session()
+        elif ctx.fact("gcs.credentials", lambda: "gcloud") == "adc":
+            # A pod of the in-cluster staging Job: its Kubernetes service account's identity through
+            # Workload Identity (the metadata server), refreshed by google-auth itself. No gcloud there.
+            import google.auth
+            from google.auth.transport.requests import AuthorizedSession
+
+            creds, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/devstorage.read_write"])
+            session = AuthorizedSession(creds)
         else:
             from google.auth.transport.requests import AuthorizedSession
             from google.oauth2.credentials import Credentials

@@ -13,6 +13,7 @@ and the unfinished uploads a killed run left (their parts are billed until abort
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import re
@@ -29,6 +30,7 @@ from gptoss_gke.gcp.storage import (GCS_SDK, Bucket, BucketIamBinding, Multipart
 from gptoss_gke.ownership import kept_for
 from gptoss_gke.staging.chunks import Tuning
 from gptoss_gke.staging.claim import MARKER_NAME, MARKER_STALE_S, FolderClaim, RunMarker, marker_name
+from gptoss_gke.staging.shares import share_of
 from gptoss_gke.staging.hub import HF_DEFAULT, HF_SDK, HubRepo, RepoFile, select_files
 from gptoss_gke.staging.state import (MANIFEST_NAME, MAX_PARTS, PARTIAL_SUFFIX, SHA_KEY, UPLOAD_KEY, Observed,
                                       StagedObject, manifest_ok, records_of, resume_points, staged, stale_uploads)
@@ -81,7 +83,7 @@ class StageModel(Step):
     section = "models"
     sdk_modules = GCS_SDK + HF_SDK
 
-    def __init__(self, settings, target_name: str):
+    def __init__(self, settings, target_name: str, share: tuple[int, int] | None = None):
         self.target_name = target_name
         self.target = settings.target(target_name)
         self.bucket = settings.models.bucket
@@ -89,6 +91,12 @@ class StageModel(Step):
         self.key = f"staging.{target_name}"
         self.needs = (Credentials.key, Project.key, Bucket.key)
         self.last_transfer: dict | None = None
+        # In a pod of the in-cluster Job: (index, pods). This step then moves only the files share_of()
+        # gives its index; the Job is the claim on the folder and the local run writes the manifest.
+        self.share = share
+        if share:
+            self.name += f" [share {share[0] + 1} of {share[1]}]"
+            self.needs = ()
 
     # ---- observe
     def observe(self, ctx):
@@ -196,6 +204,13 @@ class StageModel(Step):
         tuning = Tuning.from_settings(s)
         resume = resume_points(obs, missing, folder, tuning.chunk)
         stale = stale_uploads(obs, resume)
+        if self.share:
+            mine = share_of(obs.files, self.share[1])
+            missing = [f for f in missing if mine[f.path] == self.share[0]]
+            # Only this share's uploads: another pod's are alive, and its own to abort or continue.
+            stale = [(n, u) for n, u in stale if mine.get(n[len(folder):]) == self.share[0]]
+            if not missing:
+                return noop(f"share {self.share[0] + 1} of {self.share[1]}: its files are staged at {where}", **facts)
         abort = (f"abort {len(stale)} unfinished upload(s) of an earlier run (their parts are billed until then)"
                  if stale else "")
         if not missing and manifest_ok(obs):
@@ -204,7 +219,7 @@ class StageModel(Step):
                             facts=facts, diff={"abort": [n for n, _ in stale]})
             return noop(f"{len(obs.files)} files, {format_size(total)} already staged at {where}{resolved} "
                         f"(manifest verified)", **facts)
-        takeover = self._check_marker(obs, where)
+        takeover = self._check_marker(obs, where) if not self.share else []
         if not missing:
             return Plan([Change(f"write the manifest of {len(obs.files)} files ({format_size(total)}) at {where}",
                                 "update", apply=lambda ctx: self._transfer(ctx, obs, [], stale),
@@ -262,17 +277,20 @@ class StageModel(Step):
         bucket = gcs_client(ctx).bucket(self.bucket)
         started = time.monotonic()
         stats = {"files_moved": 0, "bytes_downloaded": 0, "bytes_uploaded": 0, "resumed_bytes": 0}
-        with FolderClaim(ctx, bucket, folder, obs.revision, obs.marker) as claim:
+        with contextlib.nullcontext() if self.share else FolderClaim(ctx, bucket, folder, obs.revision,
+                                                                     obs.marker) as claim:
             abort_uploads(ctx, self.bucket, stale)  # first: an upload nothing will continue is billed until aborted
             if missing:
                 engine = Transfer(ctx, hub=hub, bucket=bucket, folder=folder, revision=obs.revision, files=missing,
-                                   resume=resume_points(obs, missing, folder, tuning.chunk), tuning=tuning)
+                                  resume=resume_points(obs, missing, folder, tuning.chunk), tuning=tuning,
+                                  sweep_records=not self.share)
                 engine.run()
                 stats.update(engine.stats())
                 for path, obj in engine.done.items():
                     obs.objects[path] = obj
-            claim.check()
-            self._write_manifest(ctx, bucket, folder, obs)
+            if claim is not None:
+                claim.check()
+                self._write_manifest(ctx, bucket, folder, obs)
         stats["seconds"] = round(time.monotonic() - started, 3)
         self.last_transfer = stats
         if missing:

@@ -77,7 +77,7 @@ class _FileJob:
 
 class Transfer:
     def __init__(self, ctx, *, hub: HubRepo, bucket, folder: str, revision: str, files: list[RepoFile],
-                 resume: dict[str, ResumePoint], tuning: Tuning):
+                 resume: dict[str, ResumePoint], tuning: Tuning, sweep_records: bool = True):
         self.ctx = ctx
         self.hub = hub
         self.bucket = bucket
@@ -85,6 +85,7 @@ class Transfer:
         self.folder = folder
         self.revision = revision
         self.tuning = tuning
+        self.sweep_records = sweep_records  # False in a pod of the Job: the other pods' records are theirs
         self.jobs = [_FileJob(f, tuning.chunk, resume.get(f.path), partial_dir(folder, f, tuning.chunk),
                               folder + f.path)
                      for f in sorted(files, key=lambda f: (f.size > tuning.chunk, f.path))]
@@ -146,7 +147,7 @@ class Transfer:
         if self.fatal is None and self.stop.is_set():
             self.fatal = self.stop.error(f"while staging into gs://{self.bucket.name}/{self.folder} (parts already "
                                          f"uploaded are kept: the next run resumes from them)")
-        if self.fatal is None and not self.errors:
+        if self.fatal is None and not self.errors and self.sweep_records:
             # The resume records are done with; the run's claim is removed by FolderClaim.
             self._delete_prefix(f"{self.folder.rstrip('/')}{PARTIAL_SUFFIX}/", keep=marker_name(self.folder))
         if self.fatal is not None:

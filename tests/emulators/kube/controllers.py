@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 
 from .cloud import Cloud
+from .jobs import JobPods
 from .kubelet import Kubelet
 from .objects import now, terminating
 from .store import Store
@@ -27,6 +28,7 @@ class Controllers:
         self.kubelet = kubelet
         self.cloud = cloud
         self.workloads = Workloads(store)
+        self.jobs = JobPods(store, kubelet, self.workloads)  # Indexed Jobs: pods run as local processes
         self.ticks = 0
 
     def tick(self) -> None:
@@ -36,6 +38,7 @@ class Controllers:
         self._collect_garbage()
         self._release_pvc_protection()
         self.workloads.reconcile()
+        self.jobs.tick()
         self.cloud.bind_claims()
         self.cloud.load_balancers_and_disks()
         self.kubelet.advance_pods()
