@@ -109,6 +109,20 @@ def test_first_run_stages_with_three_pods_then_a_rerun_creates_no_job(tmp_path, 
     assert "(manifest verified)" in out and hf_hub.bytes_served == served
     assert not [w for w in kube_emulator.writes()[writes:] if "jobs" in w.path]  # no Job created
 
+    # teardown --purge-model: the staging account's grant goes with the weights (another environment
+    # staging the same model as the same principal would keep it).
+    from gptoss_gke.staging.steps import purge_model_steps
+
+    redactor = Redactor()
+    shell = Shell(invoke.Context(), redactor, dry_run=False, retry=RetryPolicy(3, 0.01, 0.05), emit=lambda *a: None)
+    ctx = Context(s, shell, Printer(redactor, stream=io.StringIO(), color=False), redactor, interactive=False)
+    ctx.fact("gcp.project", lambda: {"projectNumber": PROJECT_NUMBER, "lifecycleState": "ACTIVE"})
+    results = Runner(ctx).run(purge_model_steps(s, ["ironwood"], {"prod": s}))
+    assert results[-1].status == "ok" and "keeps roles/storage.objectUser" in results[-1].reason
+    results = Runner(ctx).run(purge_model_steps(s, ["ironwood"], {}))
+    assert results[-1].status == "changed"
+    assert not [b for b in gcs_front.policy("test-models")["bindings"] if member in b["members"]]
+
 
 def test_a_pod_killed_mid_transfer_is_retried_and_resumes(tmp_path, hf_hub, gcs_front, fake_gcs, kube_emulator):
     sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=20 * MiB, n_shards=3, copy_size=MiB)
@@ -147,3 +161,65 @@ def test_a_pod_killed_mid_transfer_is_retried_and_resumes(tmp_path, hf_hub, gcs_
     assert folder + MANIFEST_NAME in objs
     assert gcs_front.uploads == {}  # the killed pod's upload was continued (or aborted), none left billed
     assert "retried 1" in out
+
+
+def test_a_second_run_attaches_to_the_running_job_and_the_token_reaches_pods_only_by_secret(
+        tmp_path, hf_hub, gcs_front, fake_gcs, kube_emulator):
+    sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=20 * MiB, n_shards=3, copy_size=MiB, gated="manual")
+    s = _settings(tmp_path, hf_hub, kube_emulator, sha, HF_TOKEN=hf_hub.token)
+    name = job_name(s.target("ironwood"), sha)
+    hf_hub.slow(12 * MiB)  # long enough for a second run to find the Job running
+    first: dict = {}
+    t = threading.Thread(target=lambda: first.update(zip(("results", "out"), _run(s))), daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 60
+        while kube_emulator.get("Job", "gptoss", name) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        results, out = _run(s)
+    finally:
+        t.join(timeout=120)
+        hf_hub.slow(None)
+    assert results[-1].status == "changed" and f"attach to Job {name}" in out, out
+    assert results[-1].facts.get("attached") is True
+    assert first["results"][-1].status == "changed", first["out"]
+    creates = [w for w in kube_emulator.writes() if w.path.endswith("/jobs") or f"/jobs/{name}" in w.path
+               and w.method in ("POST", "PATCH")]
+    assert len(creates) == 1, [(w.method, w.path) for w in creates]  # one Job, never two
+    folder = model_folder(s, s.target("ironwood"), sha)
+    assert folder + MANIFEST_NAME in _objects(fake_gcs, folder)
+    # The token: in the Secret, and nowhere else (not the Job, its pods' args, the ConfigMap, the output).
+    secret = kube_emulator.get("Secret", "gptoss", "gptoss-stager-hf-token")
+    assert secret and secret["data"]["HF_TOKEN"]
+    for kind in ("Job", "ConfigMap", "Pod"):
+        assert hf_hub.token not in json.dumps(kube_emulator.objects(kind, "gptoss"))
+    assert hf_hub.token not in out + first["out"]
+    assert all(r.had_token for r in hf_hub.find_requests("GET", r"/resolve/"))
+
+
+def test_a_refused_token_fails_with_the_fix_before_any_job(tmp_path, hf_hub, gcs_front, fake_gcs, kube_emulator):
+    sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=MiB, n_shards=2, copy_size=MiB, gated="manual")
+    bogus = "hf_" + "Q" * 34
+    s = _settings(tmp_path, hf_hub, kube_emulator, sha, HF_TOKEN=bogus)
+    results, out = _run(s)
+    stage = results[-1]
+    assert stage.status == "failed" and "refused the HF token" in stage.error and stage.fix, out
+    assert not kube_emulator.objects("Job", "gptoss") and bogus not in out
+    assert hf_hub.bytes_served == 0
+
+
+def test_pod_failures_are_explained_with_the_fix():
+    from gptoss_gke.remote.entry import REPORT_MARK
+    from gptoss_gke.staging.incluster import explain_failure
+
+    report = REPORT_MARK + json.dumps({"steps": [{"status": "failed", "error": "the hub refused the HF token",
+                                                   "fix": "set HF_TOKEN to a token with access"}]})
+    assert explain_failure(["TASK [models : stage ...]", report]) == ("the hub refused the HF token",
+                                                                    "set HF_TOKEN to a token with access")
+    problem, fix = explain_failure(["requests.exceptions.ConnectionError: HTTPSConnectionPool(host='huggingface.co')"
+                                    ": Temporary failure in name resolution"])
+    assert "cannot reach the Hugging Face Hub" in problem and "Cloud NAT" in fix
+    problem, fix = explain_failure(["403 POST https://storage.googleapis.com/upload/storage/v1/b/x/o: "
+                                    "gptoss-stager does not have storage.objects.create access"])
+    assert "may not write to the bucket" in problem and "Workload Identity" in fix
+    assert "quota" in explain_failure(["Quota exceeded for quota metric 'Requests'"])[0]

@@ -305,8 +305,11 @@ class StageInCluster(KubeStep):
             raise StepError(f"the staging Job completed but {plan.facts['files_to_move']} file(s) are still missing "
                             f"or unverified in gs://{self.local.bucket}/{plan.facts['folder']}",
                             "re-run: a new Job stages what is missing")
-        for change in plan.changes:
-            change.apply(ctx)
+        if plan.changes:
+            # No folder claim here: the Job that wrote the files is done, and a second run that attached to it
+            # writes the very same manifest.
+            folder = model_folder(ctx.settings, self.target, obs.revision)
+            self.local._write_manifest(ctx, gcs_client(ctx).bucket(self.local.bucket), folder, obs)
 
     def _pods(self, ctx, name: str) -> list[dict]:
         items = kube(ctx).core.list_namespaced_pod(ctx.settings.kube.namespace,

@@ -325,12 +325,16 @@ class StageModel(Step):
 
 
 def purge_model_steps(settings, targets: list[str], others: dict | None = None) -> list[Step]:
-    """``teardown --purge-model``: the staged weights this environment wrote (every revision) and its IAM
-    grant, except what another environment (``others``: name → Settings or load error) still uses."""
+    """``teardown --purge-model``: the staged weights this environment wrote (every revision), its IAM
+    grants (the serving account's, and the staging Job's account's prefix grant), except what another
+    environment (``others``: name → Settings or load error) still uses."""
     targets = [t for t in targets if settings.target(t).weights == "bucket"]
     if not targets or not settings.models.bucket:
         return []
-    return [*[PurgeStagedModel(settings, t, others) for t in targets], RevokeBucketIamBinding(settings, others)]
+    from gptoss_gke.staging.incluster import revoke_stager_grants  # (it builds on this module)
+
+    return [*[PurgeStagedModel(settings, t, others) for t in targets], RevokeBucketIamBinding(settings, others),
+            *revoke_stager_grants(settings, targets, others)]
 
 
 def _stages(other, bucket: str, folder: str) -> bool:
