@@ -223,3 +223,34 @@ def test_pod_failures_are_explained_with_the_fix():
                                     "gptoss-stager does not have storage.objects.create access"])
     assert "may not write to the bucket" in problem and "Workload Identity" in fix
     assert "quota" in explain_failure(["Quota exceeded for quota metric 'Requests'"])[0]
+
+
+def test_inv_deploy_ironwood_stages_in_the_cluster_end_to_end(deploy_world, hf_hub):
+    from tests.deploy_world import NS
+    from tests.envfiles import merged, write_env
+    from tests.registry import publish
+
+    w = deploy_world
+    sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=4 * MiB, n_shards=2, copy_size=MiB)
+    publish(w.src, "vllm/vllm-tpu", "nightly", w.tmp)
+    write_env(w.tmp, merged(w.settings, {
+        "models": {"stage_in": "cluster", "stage_pods": 2, "chunk_mib": 8, "workers": 2},
+        "targets": {"ironwood": {"image": f"{w.src.host}/vllm/vllm-tpu:nightly", "model_revision": sha}}}))
+    w.kube.script_pods("gptoss-ironwood", "ready", ticks=2)
+    w.gcs.project_number = w.gcp.state.projects["test-project"]["projectNumber"]  # the bucket is this project's
+    proc = w.inv("deploy", "--target=ironwood", "--skip-smoke", env={"HF_ENDPOINT": hf_hub.url})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    name = f"stage-ironwood-{sha[:12]}"
+    assert f"changed: stage in the cluster: 9 of 9 files" in out, out
+    assert "pods running 0, finished 2" in out
+    assert out.index("stage openai/gpt-oss-120b (ironwood) in the cluster") < out.index("TASK [kubernetes : Deployment")
+    job = w.kube.get("Job", NS, name)
+    assert job["status"]["completedIndexes"] == "0-1"
+    bucket = "test-project-models"
+    folder = f"models/{REPO_ID}/{sha}/"
+    names = {b.name for b in w.gcs.backend.client().list_blobs(bucket, prefix=folder)}
+    assert folder + MANIFEST_NAME in names and len(names) == 10
+
+    again = w.inv("deploy", "--target=ironwood", "--skip-smoke", env={"HF_ENDPOINT": hf_hub.url})
+    assert again.returncode == 0 and "(manifest verified)" in again.stdout, again.stdout
