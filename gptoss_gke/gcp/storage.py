@@ -174,7 +174,7 @@ class MultipartUploads:
         """Upload one part (GCS checks our crc32c against the body); returns its etag."""
         want = b64_crc32c(crc)
         r = self._call("PUT", self._url(name), params={"partNumber": number, "uploadId": upload_id},
-                       data=buf.reader(), headers={"Content-Length": str(buf.size), "x-goog-hash": f"crc32c={want}"},
+                       data=buf.body(), headers={"Content-Length": str(buf.size), "x-goog-hash": f"crc32c={want}"},
                        what=f"uploading part {number} of {name}")
         hashes = dict(h.strip().split("=", 1) for h in r.headers.get("x-goog-hash", "").split(",") if "=" in h)
         if hashes.get("crc32c") != want:

@@ -43,6 +43,9 @@ from gptoss_gke.staging.state import (CRC_KEY, ETAG_KEY, PARTIAL_SUFFIX, SHA_KEY
                                       chunk_name, partial_dir)
 
 
+PIECE = 4 * 1024 * 1024  # one socket read into one bytes object; fewer, larger pieces cost less Python per GB
+
+
 class _FileJob:
     """One file in flight: its chunks, the in-order hasher, what is uploaded."""
 
@@ -205,7 +208,11 @@ class Transfer:
                 raise StepError(f"{self.hub.endpoint} ignored a Range request for {f.path} (HTTP {r.status_code})",
                                 "use the Hugging Face Hub or a mirror that supports byte ranges")
             got = 0
-            for piece in r.iter_content(1024 * 1024):
+            # We asked for identity: the bytes come as sent, straight from urllib3 without its decoded-buffer
+            # copy (iter_content would put every piece through it). Were the body encoded anyway, decode it.
+            encoded = bool(r.headers.get("Content-Encoding", "identity") not in ("", "identity"))
+            stream = r.iter_content(PIECE) if encoded else r.raw.stream(PIECE, decode_content=False)
+            for piece in stream:
                 self.stop.check(f"while downloading {f.path}")
                 buf.write(piece)
                 got += len(piece)
