@@ -252,6 +252,25 @@ def test_dropped_connection_is_retried_for_that_chunk_only(tmp_path, hf_hub, gcs
     assert not os.listdir(tmp_path / "spool")  # temp files are gone
 
 
+def test_a_slow_range_is_cut_and_the_rest_asked_for_again_on_a_new_connection(tmp_path, hf_hub, gcs_front, fake_gcs):
+    """One CDN edge crawling must not set the pace: the range is cut once the others show it is far slower,
+    and only what it still lacked is asked for again; the file is verified as always."""
+    sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=SHARD, n_shards=3, copy_size=MiB)
+    slow = "model-00001-of-00002.safetensors"
+    hf_hub.slow_edge(REPO_ID, slow, 256 * 1024)  # its first GET: 8 MiB would take half a minute
+    s = settings_for(tmp_path, hf_hub, sha)
+    folder = folder_of(s, sha)
+    [r], out, _ = _run_only_stage(s, fake_gcs)
+    assert r.status == "changed", out
+    assert f"{slow}: a range came at" in out and "asked for the rest of it again on a new connection" in out
+    ranges = [q.range for q in hf_hub.find_requests("GET", r"/resolve/") if q.file == slow and q.range]
+    starts = sorted(int(x.split("=")[1].split("-")[0]) for x in ranges)
+    chunk = CHUNK_MIB * MiB
+    assert len(starts) == 4 and [x for x in starts if x % chunk], starts  # 3 chunks + the rest of the cut one
+    blob = fake_gcs.client().bucket(BUCKET).blob(folder + slow)
+    assert blob.download_as_bytes() == hf_hub.content(REPO_ID, slow, sha)
+
+
 @pytest.mark.parametrize("case", ["revision", "repo"])
 def test_missing_repo_or_revision_fails_clearly_before_any_byte_moves(tmp_path, hf_hub, gcs_front, fake_gcs, case):
     if case == "revision":

@@ -30,10 +30,13 @@ bytes from the hub *and* upload them again.
 from __future__ import annotations
 
 import hashlib
+import statistics
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from gptoss_gke.core import interrupt
+from gptoss_gke.core.report import format_size
 from gptoss_gke.errors import StepError, ToolError
 from gptoss_gke.gcp.storage import MultipartUploads, TransientError, b64_crc32c, gcs_error
 from gptoss_gke.staging.chunks import Budget, Buffer, Progress, Tuning
@@ -43,7 +46,12 @@ from gptoss_gke.staging.state import (CRC_KEY, ETAG_KEY, PARTIAL_SUFFIX, SHA_KEY
                                       chunk_name, partial_dir)
 
 
-PIECE = 4 * 1024 * 1024  # one socket read into one bytes object; fewer, larger pieces cost less Python per GB
+PIECE = 1024 * 1024  # one socket read into one bytes object (and how often a slow range is noticed)
+# A range slower than a quarter of the others' median after this long is cut and asked for again (the rest of
+# it) on a new connection: one slow CDN edge must not set the pace of the whole file.
+HEDGE_AFTER_S = 2.0
+MAX_REISSUES = 3
+RATE_WINDOW = 16  # the ranges whose rates make "the others"
 
 
 class _FileJob:
@@ -100,6 +108,8 @@ class Transfer:
         self.lock = threading.Lock()
         self.bytes_down = 0
         self.bytes_up = 0
+        self.rates: list[float] = []  # bytes/s of the ranges that completed lately
+        self.reissued = 0
         self.headers = hub.headers()
         self.session = None
         self.stop = interrupt.current()
@@ -109,7 +119,7 @@ class Transfer:
 
     def stats(self) -> dict:
         return {"files_moved": len(self.done), "bytes_downloaded": self.bytes_down, "bytes_uploaded": self.bytes_up,
-                "resumed_bytes": self.resumed}
+                "resumed_bytes": self.resumed, "ranges_reissued": self.reissued}
 
     # -- orchestration
     def run(self) -> None:
@@ -191,13 +201,30 @@ class Transfer:
         self._offer(job, index, buf)
 
     def _fetch(self, f: RepoFile, start: int, length: int, buf: Buffer) -> None:
+        """One chunk from the hub. A range far slower than the others (one slow CDN edge) is cut and the rest
+        of it asked for again on a new connection, keeping what arrived: at most MAX_REISSUES times."""
         buf.reset()
+        reissues = 0
+        while True:
+            slow = self._fetch_range(f, start, length, buf, hedge=reissues < MAX_REISSUES)
+            if not slow:
+                return
+            reissues += 1
+            with self.lock:
+                self.reissued += 1
+            self.ctx.note(f"    {f.path}: a range came at {slow}; asked for the rest of it again on a new "
+                          f"connection", "dim")
+
+    def _fetch_range(self, f: RepoFile, start: int, length: int, buf: Buffer, *, hedge: bool) -> str | None:
+        """Fetch what ``buf`` still lacks of the chunk; returns the rate when it was cut as too slow."""
         headers = dict(self.headers)
         headers["Accept-Encoding"] = "identity"  # the bytes as published, so sizes and hashes hold
-        ranged = length != f.size
+        have = buf.size
+        ranged = length != f.size or have > 0
         if ranged:
-            headers["Range"] = f"bytes={start}-{start + length - 1}"
+            headers["Range"] = f"bytes={start + have}-{start + length - 1}"
         url = self.hub.url(self.revision, f.path)
+        began = time.monotonic()
         with self.session.get(url, headers=headers, stream=True, allow_redirects=True, timeout=(15, 60)) as r:
             if r.status_code >= 400:
                 err = HubHttpError(r.status_code, r.headers.get("X-Error-Code"), r.headers.get("X-Error-Message"),
@@ -218,8 +245,29 @@ class Transfer:
                 got += len(piece)
                 with self.lock:
                     self.bytes_down += len(piece)
-            if got != length:
-                raise TransientError(f"short read of {f.path}: {got} of {length} bytes")
+                if hedge and buf.size < length:
+                    slow = self._too_slow(got, time.monotonic() - began)
+                    if slow:
+                        r.close()  # this connection goes: the pool opens a new one (maybe another edge)
+                        return slow
+            if buf.size != length:
+                raise TransientError(f"short read of {f.path}: {buf.size} of {length} bytes")
+            self._rate(got, time.monotonic() - began)
+            return None
+
+    def _rate(self, nbytes: int, seconds: float) -> None:
+        if seconds > 0 and nbytes >= PIECE:
+            with self.lock:
+                self.rates = (self.rates + [nbytes / seconds])[-RATE_WINDOW:]
+
+    def _too_slow(self, nbytes: int, seconds: float) -> str | None:
+        """Slow: after HEDGE_AFTER_S, under a quarter of the median rate of the ranges that completed lately."""
+        with self.lock:
+            rates = list(self.rates)
+        if seconds < HEDGE_AFTER_S or len(rates) < 2:
+            return None
+        rate, typical = nbytes / seconds, statistics.median(rates)
+        return f"{format_size(rate)}/s (the others: {format_size(typical)}/s)" if rate < typical / 4 else None
 
     def _offer(self, job: _FileJob, index: int, buf: Buffer) -> None:
         """Hash chunks strictly in order; each hashed chunk goes to the upload pool with the crc32c after it."""
