@@ -189,8 +189,17 @@ def test_a_second_run_attaches_to_the_running_job_and_the_token_reaches_pods_onl
     folder = model_folder(s, s.target("ironwood"), sha)
     assert folder + MANIFEST_NAME in _objects(fake_gcs, folder)
     # The token: in the Secret, and nowhere else (not the Job, its pods' args, the ConfigMap, the output).
-    secret = kube_emulator.get("Secret", "gptoss", "gptoss-stager-hf-token")
+    secret = kube_emulator.get("Secret", "gptoss", f"{name}-hf-token")
     assert secret and secret["data"]["HF_TOKEN"]
+    # The token and the code belong to the Job: Kubernetes deletes them with it.
+    job_uid = kube_emulator.get("Job", "gptoss", name)["metadata"]["uid"]
+    for kind, obj_name in (("Secret", f"{name}-hf-token"), ("ConfigMap", f"{name}-code")):
+        refs = kube_emulator.get(kind, "gptoss", obj_name)["metadata"]["ownerReferences"]
+        assert [(r["kind"], r["uid"]) for r in refs] == [("Job", job_uid)]
+    kube_emulator.remove("Job", "gptoss", name)
+    kube_emulator.tick(2)
+    assert kube_emulator.get("Secret", "gptoss", f"{name}-hf-token") is None
+    assert kube_emulator.get("ConfigMap", "gptoss", f"{name}-code") is None
     for kind in ("Job", "ConfigMap", "Pod"):
         assert hf_hub.token not in json.dumps(kube_emulator.objects(kind, "gptoss"))
     assert hf_hub.token not in out + first["out"]

@@ -43,7 +43,6 @@ from gptoss_gke.staging.steps import StageModel, model_folder
 
 STAGER_ACCOUNT = "gptoss-stager"
 STAGER_ROLE = "roles/storage.objectUser"  # objects: create, get, list, delete; multipart uploads. No bucket admin.
-TOKEN_SECRET = "gptoss-stager-hf-token"
 COMPONENT = {"app.kubernetes.io/component": "model-staging"}
 REVISION_LABEL = "gptoss-gke/revision"
 # Sizing from bench/bench_stage_model.py: ~2.7 CPU-s per GB moved, so half a core carries ~185 MB/s (more than
@@ -199,7 +198,7 @@ class StageInCluster(KubeStep):
                   f"{self._memory(ctx)[0]} memory, {RETRIES_PER_POD} retries per pod",
                   f"ConfigMap {name}-code: this checkout (code sha256 checked in the pod)"]
         if ctx.settings.hf_token:
-            detail.append(f"Secret {TOKEN_SECRET}: the Hugging Face token (HF_TOKEN in the pods' environment)")
+            detail.append(f"Secret {name}-hf-token: the Hugging Face token (HF_TOKEN in the pods' environment)")
         if state is not None:
             detail.insert(0, f"replace the finished Job {name} ({state})")
         summary = local.changes[0].summary.replace("stage ", "stage in the cluster: ", 1)
@@ -216,8 +215,17 @@ class StageInCluster(KubeStep):
     def _run(self, ctx, obs, name: str, pods: int, *, replace: bool) -> None:
         if replace:
             self._delete_job(ctx, name)
-        for obj in self._objects(ctx, obs, name, pods):
+        objects = self._objects(ctx, obs, name, pods)
+        for obj in objects:
             KubeObject(obj)._apply(ctx)
+        # The code and the token belong to the Job: they go when it goes (after success, ttlSecondsAfterFinished;
+        # teardown deletes a failed one), by Kubernetes' garbage collector.
+        job = self._read_job(ctx, name)
+        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job["metadata"]["uid"]}
+        for obj in objects:
+            if obj["kind"] in ("ConfigMap", "Secret"):
+                obj["metadata"]["ownerReferences"] = [owner]
+                KubeObject(obj)._apply(ctx)
         self._follow(ctx, name)
 
     def _delete_job(self, ctx, name: str) -> None:
@@ -258,10 +266,11 @@ class StageInCluster(KubeStep):
         env += [{"name": k, "value": os.environ[k]} for k in FORWARDED_ENV if os.environ.get(k)]
         if s.hf_token:
             secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                      "metadata": {"name": TOKEN_SECRET, "namespace": s.kube.namespace, "labels": _labels(s)},
+                      "metadata": {"name": f"{name}-hf-token", "namespace": s.kube.namespace, "labels": labels},
                       "data": {"HF_TOKEN": base64.b64encode(s.hf_token.get_secret_value().encode()).decode()}}
             objects.append(secret)
-            env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": TOKEN_SECRET, "key": "HF_TOKEN"}}})
+            env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": f"{name}-hf-token",
+                                                                            "key": "HF_TOKEN"}}})
         memory, limit = self._memory(ctx)
         objects += render_template("staging/job.yaml", {
             "name": name, "namespace": s.kube.namespace, "labels": labels, "pods": pods,
