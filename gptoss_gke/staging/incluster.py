@@ -27,7 +27,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from gptoss_gke.core.report import format_duration, format_size
 from gptoss_gke.core.step import Change, Plan, noop, skip
-from gptoss_gke.errors import StepError
+from gptoss_gke.errors import Interrupted, StepError
 from gptoss_gke.gcp.project import Credentials, Project, project_number
 from gptoss_gke.gcp.storage import (GCS_SDK, Bucket, BucketIamBinding, PrefixGrant, RevokePrefixGrant, gcs_client,
                                     workload_principal)
@@ -303,7 +303,14 @@ class StageInCluster(KubeStep):
                 break
             if state == "failed":
                 raise self._failure(ctx, job, pods)
-            ctx.sleep(s.kube.poll_interval_s)
+            try:
+                ctx.sleep(s.kube.poll_interval_s)
+            except Interrupted:
+                # Stopping it would be a new write: it is said instead, with the command.
+                ctx.printer.line(f"    the Job {name} keeps staging in the cluster: a re-run attaches to it; "
+                                 f"`kubectl -n {s.kube.namespace} delete job {name}` stops it (what it staged is "
+                                 f"kept and resumed)", "dim")
+                raise
         self._finish(ctx)
 
     def _finish(self, ctx) -> None:
