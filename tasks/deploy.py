@@ -24,7 +24,7 @@ def deploy_chain(s, targets: list[str], f) -> list:
     from gptoss_gke.images import mirror_image_steps
     from gptoss_gke.k8s.wait import Rollout
     from gptoss_gke.serving.smoke import Smoke
-    from gptoss_gke.staging.incluster import staging_steps
+    from gptoss_gke.staging.steps import staging_steps
 
     steps = [
         Credentials(),

@@ -1,7 +1,9 @@
 """`inv stage-model`: credentials and project → the bucket → its IAM grant → each target's weights.
 
 With ``--on HOST`` the first two stay here and the rest runs on HOST (an in-region VM): this checkout
-is shipped there, its output relayed live, its results reported here as this run's.
+is shipped there, its output relayed live, its results reported here as this run's. With ``--in-cluster``
+(or ``models.stage_in: cluster``) the transfer runs as an Indexed Job in the cluster, followed from here
+(``gptoss_gke/staging/incluster.py``).
 """
 
 from gptoss_gke.cli import ON_HELP, playbook_task
@@ -15,7 +17,7 @@ def stage_model(c, f):
     from gptoss_gke.errors import ToolError
     from gptoss_gke.gcp.project import Credentials, Project
     from gptoss_gke.playbook import playbook
-    from gptoss_gke.staging.incluster import staging_steps
+    from gptoss_gke.staging.steps import staging_steps
 
     with playbook(c, "stage-model", f, remote_shell=False) as pb:
         if pb.remote is not None:

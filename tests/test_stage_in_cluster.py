@@ -9,21 +9,17 @@ runner, as `inv stage-model --in-cluster` runs them; one test drives `inv deploy
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import threading
 import time
 
-import invoke
-
 from gptoss_gke.config import load_settings
-from gptoss_gke.core import Context, Redactor, Runner
-from gptoss_gke.core.report import Printer
+from gptoss_gke.core import Runner
 from gptoss_gke.core.retry import RetryPolicy
-from gptoss_gke.core.shell import Shell
 from gptoss_gke.staging.incluster import STAGER_ACCOUNT, job_name, stage_in_cluster_steps
 from gptoss_gke.staging.state import MANIFEST_NAME
 from gptoss_gke.staging.steps import model_folder
+from tests.conftest import in_process
 from tests.emulators.hfhub import make_gptoss_like_repo
 from tests.envfiles import BASE, kube, staging, write_env
 from tests.gcs import PROJECT_NUMBER
@@ -43,13 +39,11 @@ def _settings(tmp_path, hub, emulator, sha, **environ):
 
 
 def _run(settings):
-    redactor = Redactor()
+    """The in-cluster staging steps through the real runner (as `inv stage-model --in-cluster` minus the gcloud
+    gates), with the project number the Project step would have observed."""
+    ctx, out = in_process(settings, RetryPolicy(3, 0.01, 0.05))
     if settings.hf_token:
-        redactor.add(settings.hf_token.get_secret_value())
-    out = io.StringIO()
-    printer = Printer(redactor, stream=out, color=False)
-    shell = Shell(invoke.Context(), redactor, dry_run=False, retry=RetryPolicy(3, 0.01, 0.05), emit=printer.line)
-    ctx = Context(settings, shell, printer, redactor, interactive=False)
+        ctx.redact.add(settings.hf_token.get_secret_value())
     ctx.fact("gcp.project", lambda: {"projectNumber": PROJECT_NUMBER, "lifecycleState": "ACTIVE"})
     results = Runner(ctx).run(stage_in_cluster_steps(settings, ["ironwood"]))
     return results, out.getvalue()
@@ -113,9 +107,7 @@ def test_first_run_stages_with_three_pods_then_a_rerun_creates_no_job(tmp_path, 
     # staging the same model as the same principal would keep it).
     from gptoss_gke.staging.steps import purge_model_steps
 
-    redactor = Redactor()
-    shell = Shell(invoke.Context(), redactor, dry_run=False, retry=RetryPolicy(3, 0.01, 0.05), emit=lambda *a: None)
-    ctx = Context(s, shell, Printer(redactor, stream=io.StringIO(), color=False), redactor, interactive=False)
+    ctx, _ = in_process(s, RetryPolicy(3, 0.01, 0.05))
     ctx.fact("gcp.project", lambda: {"projectNumber": PROJECT_NUMBER, "lifecycleState": "ACTIVE"})
     results = Runner(ctx).run(purge_model_steps(s, ["ironwood"], {"prod": s}))
     assert results[-1].status == "ok" and "keeps roles/storage.objectUser" in results[-1].reason

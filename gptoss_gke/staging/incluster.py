@@ -21,12 +21,14 @@ steps instead of the local transfer:
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import os
 import time
 from importlib.metadata import PackageNotFoundError, version
 
 from gptoss_gke.core.report import format_duration, format_size
-from gptoss_gke.core.step import Change, Plan, noop, skip
+from gptoss_gke.core.step import Change, Plan, skip
 from gptoss_gke.errors import Interrupted, StepError
 from gptoss_gke.gcp.project import Credentials, Project, project_number
 from gptoss_gke.gcp.storage import (GCS_SDK, Bucket, BucketIamBinding, PrefixGrant, RevokePrefixGrant, gcs_client,
@@ -253,9 +255,6 @@ class StageInCluster(KubeStep):
             "name": f"{name}-code", "namespace": s.kube.namespace, "labels": labels,
             "code_tarball": base64.b64encode(bundle.data).decode(), "request": json.dumps(request),
             "requirements": "\n".join(requirements()) + "\n"})
-        import hashlib
-        import os
-
         from gptoss_gke.remote.steps import STAGING_MODULES
 
         env = [{"name": "GPTOSS_CODE_SHA256", "value": hashlib.sha256(bundle.data).hexdigest()},
@@ -435,10 +434,3 @@ def explain_failure(lines: list[str]) -> tuple[str, str]:
             return problem, fix
     return "see its last log lines", "fix what they name, then re-run (what was staged is kept and resumed)"
 
-
-def staging_steps(settings, targets: list[str], *, in_cluster: bool | None = None) -> list:
-    """Local or in-cluster staging, as ``--in-cluster`` (when given) or ``models.stage_in`` says."""
-    from gptoss_gke.staging.steps import stage_model_steps
-
-    cluster = in_cluster if in_cluster is not None else settings.models.stage_in == "cluster"
-    return stage_in_cluster_steps(settings, targets) if cluster else stage_model_steps(settings, targets)

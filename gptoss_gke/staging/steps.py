@@ -75,6 +75,17 @@ def stage_model_steps(settings, targets: list[str]) -> list[Step]:
     return steps
 
 
+def staging_steps(settings, targets: list[str], *, in_cluster: bool | None = None) -> list[Step]:
+    """Local or in-cluster staging, as ``--in-cluster`` (when given) or ``models.stage_in`` says. The
+    in-cluster steps (and the Kubernetes client they need) are imported only when chosen."""
+    cluster = in_cluster if in_cluster is not None else settings.models.stage_in == "cluster"
+    if cluster:
+        from gptoss_gke.staging.incluster import stage_in_cluster_steps
+
+        return stage_in_cluster_steps(settings, targets)
+    return stage_model_steps(settings, targets)
+
+
 # ---------------------------------------------------------------------------------------------
 # The staging step
 
