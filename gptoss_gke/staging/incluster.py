@@ -31,8 +31,8 @@ from gptoss_gke.core.report import format_duration, format_size
 from gptoss_gke.core.step import Change, Plan, skip
 from gptoss_gke.errors import Interrupted, StepError
 from gptoss_gke.gcp.project import Credentials, Project, project_number
-from gptoss_gke.gcp.storage import (GCS_SDK, Bucket, BucketIamBinding, PrefixGrant, RevokePrefixGrant, gcs_client,
-                                    workload_principal)
+from gptoss_gke.gcp.storage import (GCS_SDK, Bucket, BucketIamBinding, PrefixGrant, RevokePrefixGrant, abort_uploads,
+                                    gcs_client, workload_principal)
 from gptoss_gke.k8s.client import SDK as KUBE_SDK
 from gptoss_gke.k8s.client import KubeStep, kube
 from gptoss_gke.k8s.manifests import render, render_template
@@ -41,6 +41,7 @@ from gptoss_gke.staging import pod
 from gptoss_gke.staging.chunks import PROGRESS_KEY
 from gptoss_gke.staging.hub import HF_SDK
 from gptoss_gke.staging.shares import default_pods
+from gptoss_gke.staging.state import manifest_ok, stale_uploads
 from gptoss_gke.staging.steps import StageModel, model_folder
 
 STAGER_ACCOUNT = "gptoss-stager"
@@ -313,16 +314,17 @@ class StageInCluster(KubeStep):
         self._finish(ctx)
 
     def _finish(self, ctx) -> None:
-        """The Job is done: list the folder again and write the manifest here (every file present, right hash)."""
+        """The Job is done: list the folder again, abort what the pods left open (a pod killed before its first
+        resume record leaves an upload its retry cannot know of), and write the manifest here (no folder
+        claim: the Job that wrote the files is done, and a second run that attached writes the same one)."""
         obs = self.local.observe(ctx)
         plan = self.local.plan(ctx, obs)
         if plan.facts.get("files_to_move"):
             raise StepError(f"the staging Job completed but {plan.facts['files_to_move']} file(s) are still missing "
                             f"or unverified in gs://{self.local.bucket}/{plan.facts['folder']}",
                             "re-run: a new Job stages what is missing")
-        if plan.changes:
-            # No folder claim here: the Job that wrote the files is done, and a second run that attached to it
-            # writes the very same manifest.
+        abort_uploads(ctx, self.local.bucket, stale_uploads(obs, {}))  # every file is staged: none continues
+        if not manifest_ok(obs):
             folder = model_folder(ctx.settings, self.target, obs.revision)
             self.local._write_manifest(ctx, gcs_client(ctx).bucket(self.local.bucket), folder, obs)
 

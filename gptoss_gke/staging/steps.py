@@ -178,6 +178,8 @@ class StageModel(Step):
     def _list_uploads(self, ctx, folder: str, obs: Observed) -> None:
         """Unfinished multipart uploads of ours under the folder, and the parts of those a record resumes."""
         mpu = MultipartUploads(gcs_client(ctx).bucket(self.bucket))
+        if self.share:
+            return self._recorded_uploads(ctx, mpu, folder, obs)
         try:
             for name, upload_id in ctx.retrying(lambda: mpu.unfinished(folder), "listing unfinished uploads"):
                 obs.uploads.setdefault(name, []).append(upload_id)
@@ -188,6 +190,25 @@ class StageModel(Step):
                 obs.parts[upload_id] = ctx.retrying(lambda u=upload_id: mpu.parts(names[u], u), "listing parts")
         except Exception as exc:  # noqa: BLE001
             raise gcs_error(exc, bucket=self.bucket, doing="listing uploads in") from None
+
+    def _recorded_uploads(self, ctx, mpu, folder: str, obs: Observed) -> None:
+        """In a pod: the uploads its resume records name, alive if GCS still lists their parts. A pod lists no
+        uploads: that is a bucket-level call (storage.multipartUploads.list), which its grant, conditioned on
+        object names under the model's prefix, is not documented to admit; listing an upload's parts is an
+        object-level call the condition covers."""
+        from google.api_core import exceptions as gexc
+
+        root = f"{folder.rstrip('/')}{PARTIAL_SUFFIX}/"
+        recorded = {(folder + name[len(root):].rsplit("/", 2)[0], o.metadata.get(UPLOAD_KEY))
+                    for name, o in obs.partials.items() if name.startswith(root) and o.metadata.get(UPLOAD_KEY)}
+        for name, upload_id in sorted(recorded):
+            try:
+                obs.parts[upload_id] = ctx.retrying(lambda n=name, u=upload_id: mpu.parts(n, u), "listing parts")
+            except gexc.NotFound:
+                continue  # completed or aborted since
+            except Exception as exc:  # noqa: BLE001
+                raise gcs_error(exc, bucket=self.bucket, doing="listing uploads in") from None
+            obs.uploads.setdefault(name, []).append(upload_id)
 
     # ---- plan
     def plan(self, ctx, current) -> Plan:
