@@ -21,6 +21,11 @@ tutorial way, re-run <= 0.05x).
     . .venv/bin/activate && python -m bench.bench_stage_model [--shard-mib 680] [--shards 3]
         [--copies full|none] [--skip-filtered]
 
+``--cpu N``: instead, the client's cost: our step alone (the hub and the GCS front each in their own
+process, so this process's CPU time is the client's), N runs into an emptied folder; CPU-seconds per GB
+moved (user + system of this process) and MB/s, min/median/max, beside this machine's limits: a plain
+``curl`` of one shard from the loopback hub, and one single-stream upload of it to the GCS emulator.
+
 Needs the ``hf`` CLI (huggingface_hub) in the virtualenv and gcloud on PATH. Everything listens on
 127.0.0.1; gcloud gets a throwaway config, a dummy token and both switches that keep it off the network.
 """
@@ -38,7 +43,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from bench.common import REPO
+from bench.common import REPO, load
 
 REPO_ID = "openai/gpt-oss-120b"  # the ironwood target's model id (the only target staged to a bucket)
 BUCKET = "bench-models"
@@ -177,6 +182,89 @@ def run_tutorial(tmp: Path, hub: Hub, gcs_url: str, name: str, excludes: list[st
     return downloaded - started, done - downloaded
 
 
+_GCS_CHILD = """
+import json, sys, tempfile
+from pathlib import Path
+from tests.gcs import FakeGcs, GcsFront
+root = tempfile.mkdtemp(prefix="bench-gcs-")
+gcs = FakeGcs(Path(root) / "gcs").start()
+front = GcsFront(gcs).start()
+gcs.client().create_bucket({bucket!r})
+print(json.dumps({{"front": front.url, "backend": gcs.url}}), flush=True)
+sys.stdin.read()
+front.stop()
+gcs.stop()
+"""
+
+
+def cpu_mode(args) -> None:
+    """Client CPU-seconds per GB and MB/s of our step, beside curl and a single-stream upload."""
+    import resource
+    import statistics
+
+    shard = args.shard_mib * 1024 * 1024
+    with tempfile.TemporaryDirectory(prefix="bench-stage-cpu-") as tmpdir:
+        tmp = Path(tmpdir)
+        hub = Hub(shard, args.shards, 1024 * 1024)
+        gcs_proc = subprocess.Popen([sys.executable, "-c", _GCS_CHILD.format(bucket=BUCKET)], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, text=True, cwd=REPO)
+        try:
+            urls = json.loads(gcs_proc.stdout.readline())
+            from google.auth.credentials import AnonymousCredentials
+            from google.cloud import storage
+
+            client = storage.Client(project="bench", credentials=AnonymousCredentials(),
+                                    client_options={"api_endpoint": urls["backend"]})
+            cpu, system, rates, loads = [], [], [], []
+            moved = 0
+            for _ in range(args.cpu):
+                for blob in client.list_blobs(BUCKET, prefix="models/"):
+                    blob.delete()
+                before = resource.getrusage(resource.RUSAGE_SELF)
+                wall, transfer = run_ours(tmp, hub, urls["front"])
+                after = resource.getrusage(resource.RUSAGE_SELF)
+                moved = transfer.get("bytes_uploaded") or 0
+                cpu.append((after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) / (moved / 1e9))
+                system.append((after.ru_stime - before.ru_stime) / (moved / 1e9))
+                rates.append(moved / wall / 1e6)
+                loads.append(load())
+            shard_url = f"{hub.url}/{REPO_ID}/resolve/{hub.sha}/model-00000-of-{args.shards - 1:05d}.safetensors"
+            curl = _curl(["curl", "-sS", "-o", "/dev/null", "-w", "%{speed_download}", shard_url], shard)
+            blob = tmp / "shard.bin"
+            subprocess.run(["curl", "-sS", "-o", str(blob), shard_url], check=True)
+            upload = _curl(["curl", "-sS", "-o", "/dev/null", "-w", "%{speed_upload}", "-X", "POST",
+                            "-H", "Content-Type: application/octet-stream", "--data-binary", f"@{blob}",
+                            f"{urls['backend']}/upload/storage/v1/b/{BUCKET}/o?uploadType=media&name=bench/one"],
+                           shard)
+        finally:
+            hub.stop()
+            gcs_proc.stdin.close()
+            gcs_proc.wait(timeout=30)
+
+    def mmm(values, fmt):
+        return "  ".join(f"{n} {fmt.format(f(values))}" for n, f in
+                         (("min", min), ("median", statistics.median), ("max", max)))
+
+    print(f"model staging client cost, {args.shards} shards x {args.shard_mib} MiB ({moved / 1e9:.2f} GB), "
+          f"{args.cpu} runs, python {sys.version.split()[0]}, {os.cpu_count()} cores, load {mmm(loads, '{:.1f}')}")
+    print(f"  ours   CPU-s/GB  {mmm(cpu, '{:5.2f}')}")
+    print(f"  ours   MB/s      {mmm(rates, '{:6.0f}')}")
+    print(f"  ours   of which system (kernel) CPU-s/GB {mmm(system, '{:5.2f}')}")
+    print(f"  limit  curl from the loopback hub (one stream)        : {curl[0]:6.0f} MB/s, {curl[1]:5.2f} CPU-s/GB")
+    print(f"  limit  one single-stream upload to the GCS emulator   : {upload[0]:6.0f} MB/s, {upload[1]:5.2f} CPU-s/GB")
+
+
+def _curl(argv: list[str], size: int) -> tuple[float, float]:
+    """(MB/s curl reports, curl's own CPU-seconds per GB)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return float(out) / 1e6, cpu / (size / 1e9)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shard-mib", type=int, default=680, help="size of each root shard (default 680 MiB)")
@@ -184,7 +272,11 @@ def main() -> None:
     parser.add_argument("--copies", choices=("full", "none"), default="full",
                         help="original/ and metal/ as big as the root shards (like the real repos) or tiny")
     parser.add_argument("--skip-filtered", action="store_true", help="skip the filtered tutorial variant")
+    parser.add_argument("--cpu", type=int, default=0, metavar="N",
+                        help="measure our client's CPU-s/GB and MB/s over N runs instead (see the docstring)")
     args = parser.parse_args()
+    if args.cpu:
+        return cpu_mode(args)
 
     from tests.gcs import FakeGcs, GcsFront
 

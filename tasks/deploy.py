@@ -28,14 +28,15 @@ def deploy_chain(s, targets: list[str], f) -> list:
     from gptoss_gke.profiles import is_spot
     from gptoss_gke.serving import compile_cache
     from gptoss_gke.serving.smoke import Smoke
-    from gptoss_gke.staging.steps import stage_model_steps
+    from gptoss_gke.staging.steps import staging_steps
 
     steps = [
         Credentials(),
         ClusterReady(s, targets),  # setup-cluster's work is there: said plainly, not three steps later
         *mirror_image_steps(s, targets),  # the repository, then each target's image, pinned by digest
         # the bucket, its IAM grant and the weights, for targets served from a bucket
-        *stage_model_steps(s, [t for t in targets if s.target(t).weights == "bucket"]),
+        # (here, or as a Job in the cluster when models.stage_in says so)
+        *staging_steps(s, [t for t in targets if s.target(t).weights == "bucket"]),
         *compile_cache.grant_steps(s, targets),  # the XLA cache's prefix of the bucket, writable by the pods only
     ]
     applied: set[str] = set()

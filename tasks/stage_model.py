@@ -1,25 +1,32 @@
 """`inv stage-model`: credentials and project → the bucket → its IAM grant → each target's weights.
 
 With ``--on HOST`` the first two stay here and the rest runs on HOST (an in-region VM): this checkout
-is shipped there, its output relayed live, its results reported here as this run's.
+is shipped there, its output relayed live, its results reported here as this run's. With ``--in-cluster``
+(or ``models.stage_in: cluster``) the transfer runs as an Indexed Job in the cluster, followed from here
+(``gptoss_gke/staging/incluster.py``).
 """
 
 from gptoss_gke.cli import ON_HELP, playbook_task
-from gptoss_gke.flags import OptionalValue
+from gptoss_gke.flags import OptionalValue, Switch
 
 
-@playbook_task(target="many", on=OptionalValue(ON_HELP + "; the transfer runs there (a VM in the bucket's region)"))
+@playbook_task(target="many", on=OptionalValue(ON_HELP + "; the transfer runs there (a VM in the bucket's region)"),
+               in_cluster=Switch("run the transfer as a Job in the cluster (as models.stage_in: cluster does)"))
 def stage_model(c, f):
     """Hugging Face → Cloud Storage: only what vLLM loads, sha256-verified, resumable; bucket + IAM grant."""
+    from gptoss_gke.errors import ToolError
     from gptoss_gke.gcp.project import Credentials, Project
     from gptoss_gke.playbook import playbook
-    from gptoss_gke.staging.steps import stage_model_steps
+    from gptoss_gke.staging.steps import staging_steps
 
     with playbook(c, "stage-model", f, remote_shell=False) as pb:
         if pb.remote is not None:
+            if f.in_cluster:
+                raise ToolError("--on and --in-cluster name two places for one transfer", "pass one of them")
             on_host(pb)
         else:
-            pb.run([Credentials(), Project(), *stage_model_steps(pb.settings, pb.ctx.targets)])
+            pb.run([Credentials(), Project(),
+                    *staging_steps(pb.settings, pb.ctx.targets, in_cluster=True if f.in_cluster else None)])
 
 
 def on_host(pb) -> None:

@@ -79,7 +79,7 @@ def offline_env(tmp_path):
     return offline_gcloud_env(tmp_path)
 
 
-def in_process(settings, retry=None):
+def in_process(settings, retry=None, *, dry_run: bool = False):
     """A Context for running steps in-process (real Shell, redactor and printer); returns (ctx, output)."""
     import io
 
@@ -93,8 +93,8 @@ def in_process(settings, retry=None):
     redactor = Redactor()
     out = io.StringIO()
     printer = Printer(redactor, stream=out, color=False)
-    shell = Shell(invoke.Context(), redactor, dry_run=False, retry=retry or RetryPolicy(1, 0, 0), emit=printer.line)
-    return Context(settings, shell, printer, redactor, interactive=False), out
+    shell = Shell(invoke.Context(), redactor, dry_run=dry_run, retry=retry or RetryPolicy(1, 0, 0), emit=printer.line)
+    return Context(settings, shell, printer, redactor, dry_run=dry_run, interactive=False), out
 
 
 @pytest.fixture

@@ -178,6 +178,7 @@ class GcsFront:
         self.iam_sets: list[dict] = []  # every accepted setIamPolicy body
         self.iam_rejected = 0  # PUTs refused by the etag precondition
         self.upload_bytes = 0  # object bytes received through the front
+        self.requests: list[tuple[str, str]] = []  # (method, raw path and query) of every request, in order
         self.uploads: dict[str, dict] = {}  # XML API multipart uploads in progress, by upload id
         self.parts_dir = tempfile.mkdtemp(prefix="gcs-front-parts-")
         self.soft_deleted_bytes = 0
@@ -278,6 +279,7 @@ class GcsFront:
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""
         with self.lock:
+            self.requests.append((h.command, h.path))
             failure = next((f for f in self._failures if f[0] == h.command and f[1] in h.path and f[3] > 0), None)
             if failure:
                 failure[3] -= 1

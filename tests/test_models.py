@@ -252,6 +252,25 @@ def test_dropped_connection_is_retried_for_that_chunk_only(tmp_path, hf_hub, gcs
     assert not os.listdir(tmp_path / "spool")  # temp files are gone
 
 
+def test_a_slow_range_is_cut_and_the_rest_asked_for_again_on_a_new_connection(tmp_path, hf_hub, gcs_front, fake_gcs):
+    """One CDN edge crawling must not set the pace: the range is cut once the others show it is far slower,
+    and only what it still lacked is asked for again; the file is verified as always."""
+    sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=SHARD, n_shards=3, copy_size=MiB)
+    slow = "model-00001-of-00002.safetensors"
+    hf_hub.slow_edge(REPO_ID, slow, 256 * 1024)  # its first GET: 8 MiB would take half a minute
+    s = settings_for(tmp_path, hf_hub, sha)
+    folder = folder_of(s, sha)
+    [r], out, _ = _run_only_stage(s, fake_gcs)
+    assert r.status == "changed", out
+    assert f"{slow}: a range came at" in out and "asked for the rest of it again on a new connection" in out
+    ranges = [q.range for q in hf_hub.find_requests("GET", r"/resolve/") if q.file == slow and q.range]
+    starts = sorted(int(x.split("=")[1].split("-")[0]) for x in ranges)
+    chunk = CHUNK_MIB * MiB
+    assert len(starts) == 4 and [x for x in starts if x % chunk], starts  # 3 chunks + the rest of the cut one
+    blob = fake_gcs.client().bucket(BUCKET).blob(folder + slow)
+    assert blob.download_as_bytes() == hf_hub.content(REPO_ID, slow, sha)
+
+
 @pytest.mark.parametrize("case", ["revision", "repo"])
 def test_missing_repo_or_revision_fails_clearly_before_any_byte_moves(tmp_path, hf_hub, gcs_front, fake_gcs, case):
     if case == "revision":
@@ -389,8 +408,9 @@ def test_inv_stage_model_killed_mid_transfer_resumes_with_only_what_is_missing(t
     stage = doc["steps"][-1]
     assert stage["status"] == "changed" and stage["facts"]["resumed_bytes"] >= CHUNK_MIB * MiB, done.stdout
     facts = stage["facts"]
-    assert second == facts["bytes_to_move"]  # exactly what was missing, nothing again
-    assert second < total - facts["resumed_bytes"]  # finished files and uploaded chunks stayed put
+    assert second == facts["bytes_to_move"]  # the unfinished files (their uploaded parts re-hashed), nothing more
+    assert second < total  # finished files stayed put
+    assert facts["bytes_to_upload"] == facts["bytes_to_move"] - facts["resumed_bytes"]  # uploaded parts stayed put
     assert first + second <= total + 4 * CHUNK_MIB * MiB  # waste bounded by the chunks in flight at the kill
     names = set(listing(fake_gcs))
     assert {folder + p for p in VLLM_LOADS} | {folder + MANIFEST_NAME} == names  # .partial/ is gone
@@ -406,6 +426,65 @@ def test_inv_stage_model_killed_mid_transfer_resumes_with_only_what_is_missing(t
                            text=True, timeout=120)
     assert again.returncode == 0 and "(manifest verified)" in again.stdout
     assert hf_hub.bytes_served == first + second
+
+
+def _killed_run_state(gcs_front, fake_gcs, hub, sha, folder, path, parts: dict[int, bytes]):
+    """What a run killed mid-file leaves, written with our own multipart client: ``path``'s upload open
+    with ``parts`` (part number → the bytes that run sent) and a resume record per part."""
+    import google_crc32c
+
+    from gptoss_gke.gcp.storage import MultipartUploads
+    from gptoss_gke.staging.chunks import Buffer
+    from gptoss_gke.staging.hub import RepoFile
+    from gptoss_gke.staging.state import CRC_KEY, ETAG_KEY, SHA_KEY, UPLOAD_KEY, chunk_name, partial_dir
+
+    info = hub.file_info(REPO_ID, path, sha)
+    f = RepoFile(path, info["size"], info["sha256"], info["git_oid"])
+    bucket = fake_gcs.client(gcs_front.url).bucket(BUCKET)
+    mpu = MultipartUploads(bucket)
+    upload = mpu.start(folder + path, {SHA_KEY: f.sha256, "hf-revision": sha})
+    crc = 0
+    for number in sorted(parts):
+        buf = Buffer(None)
+        buf.write(parts[number])
+        part_crc = google_crc32c.value(parts[number])
+        etag = mpu.put_part(folder + path, upload, number, buf, part_crc)
+        crc = google_crc32c.extend(crc, parts[number])
+        record = bucket.blob(chunk_name(partial_dir(folder, f, CHUNK_MIB * MiB), number - 1))
+        record.metadata = {CRC_KEY: str(crc), UPLOAD_KEY: upload, ETAG_KEY: etag}
+        record.upload_from_string(b"")
+    return upload
+
+
+def test_resume_reads_nothing_back_from_gcs_and_uploads_a_corrupt_part_again(tmp_path, hf_hub, gcs_front, fake_gcs):
+    """Resuming verifies the parts already uploaded against the hub's bytes (free egress), never by reading
+    the object back from GCS (billed egress from a laptop); a part the killed run sent wrong is sent again."""
+    sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=SHARD, n_shards=3, copy_size=MiB)
+    s = settings_for(tmp_path, hf_hub, sha)
+    folder = folder_of(s, sha)
+    shard = "model-00001-of-00002.safetensors"
+    good = hf_hub.content(REPO_ID, shard, sha)
+    chunk = CHUNK_MIB * MiB
+    bad = bytearray(good[:chunk])
+    bad[4242] ^= 0xFF  # the killed run got (and GCS faithfully stored) one flipped byte in part 1
+    fake_gcs.client().create_bucket(BUCKET)
+    upload = _killed_run_state(gcs_front, fake_gcs, hf_hub, sha, folder, shard,
+                               {1: bytes(bad), 2: good[chunk:2 * chunk]})
+    gcs_front.requests.clear()
+
+    [r], out, _ = _run_only_stage(s, fake_gcs)
+    assert r.status == "changed", out
+    assert r.facts["resumed_bytes"] == 2 * chunk
+    assert "part(s) 1 left by an earlier run differed from the hub's bytes and were uploaded again" in out
+    assert fake_gcs.client().bucket(BUCKET).blob(folder + shard).download_as_bytes() == good
+    # Nothing was read back from GCS: no object media, no XML GET of an object (only listings and parts).
+    reads = [(m, p) for m, p in gcs_front.requests
+             if m == "GET" and ("alt=media" in p or p.startswith("/download/")
+                                or (not p.startswith("/storage/") and "uploadId" not in p and "uploads" not in p))]
+    assert reads == [(m, p) for m, p in reads if MANIFEST_NAME in p or ".partial/" in p], reads
+    # Part 1 was sent again, part 2 (right bytes) was not; part 3 is the first new one.
+    puts = [p for m, p in gcs_front.requests if m == "PUT" and f"uploadId={upload}" in p]
+    assert sorted(p.split("partNumber=")[1].split("&")[0] for p in puts) == ["1", "3"], puts
 
 
 def test_teardown_purge_deletes_only_what_we_staged_and_revokes_the_grant(tmp_path, hf_hub, gcs_front, fake_gcs):
@@ -432,7 +511,8 @@ def test_teardown_purge_deletes_only_what_we_staged_and_revokes_the_grant(tmp_pa
     ctx = Context(s, shell, printer, redactor, interactive=False)
     ctx.fact("gcp.project", lambda: {"projectNumber": PROJECT_NUMBER, "lifecycleState": "ACTIVE"})
     results = Runner(ctx).run(purge_model_steps(s, ["l4", "ironwood"]))
-    assert [r.status for r in results] == ["changed", "changed"]
+    # the weights, the serving grant; no staging Job ran, so its account holds no grant to revoke
+    assert [r.status for r in results] == ["changed", "changed", "ok"]
     assert set(listing(fake_gcs)) == {f"models/{REPO_ID}/notes.txt", "elsewhere/model.safetensors"}
     assert set(gcs_front.uploads) == {theirs} and ours not in gcs_front.uploads
     assert not [b for b in gcs_front.policy(BUCKET)["bindings"] if b["role"] == "roles/storage.objectViewer"]

@@ -7,16 +7,11 @@ up holding: which member has which role under which condition, and what else was
 
 from __future__ import annotations
 
-import io
-
-import invoke
-
 from gptoss_gke.config import load_settings
-from gptoss_gke.core import Context, Redactor, Runner
-from gptoss_gke.core.report import Printer
+from gptoss_gke.core import Runner
 from gptoss_gke.core.retry import RetryPolicy
-from gptoss_gke.core.shell import Shell
 from gptoss_gke.gcp.storage import Bucket, PrefixGrant, RevokePrefixGrant, prefix_condition, workload_principal
+from tests.conftest import in_process
 from tests.envfiles import MODELS_BUCKET, staging_env
 from tests.gcs import PROJECT_NUMBER
 
@@ -40,11 +35,7 @@ def _grant(settings, cls=PrefixGrant, **kw):
 
 
 def _run(settings, steps, *, dry_run=False):
-    redactor = Redactor()
-    out = io.StringIO()
-    printer = Printer(redactor, stream=out, color=False)
-    shell = Shell(invoke.Context(), redactor, dry_run=dry_run, retry=RetryPolicy(3, 0.01, 0.05), emit=printer.line)
-    ctx = Context(settings, shell, printer, redactor, dry_run=dry_run, interactive=False)
+    ctx, out = in_process(settings, RetryPolicy(3, 0.01, 0.05), dry_run=dry_run)
     ctx.fact("gcp.project", lambda: {"projectNumber": PROJECT_NUMBER, "lifecycleState": "ACTIVE"})
     return Runner(ctx).run(steps), out.getvalue()
 

@@ -119,6 +119,10 @@ class ModelStoreSettings(_Strict):
     max_temp_gib: float = Field(default=8.0, gt=0, le=1024)
     temp_dir: str | None = None
     hf_endpoint: HttpUrl | None = None  # the Hugging Face Hub (or a mirror); HF_ENDPOINT in the environment wins
+    # Where the transfer runs: here (local), or as an Indexed Job in the cluster's region (cluster).
+    stage_in: Literal["local", "cluster"] = "local"
+    stage_pods: int | None = Field(default=None, ge=1, le=64)  # the Job's pods; default: sized to the model
+    stager_image: Printable = "python:3.12-slim"  # what the staging pods run our code on
 
 
 class KubeSettings(_Strict):

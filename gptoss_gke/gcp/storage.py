@@ -33,7 +33,7 @@ XML_API = "https://storage.googleapis.com"
 _EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 # What the steps import lazily (see Step.sdk_modules: the runner imports these on the main thread
 # before reads run concurrently).
-GCS_SDK = ("requests", "urllib3", "google.auth.credentials", "google.auth.exceptions", "google.auth.transport.requests",
+GCS_SDK = ("requests", "urllib3", "google.auth", "google.auth.credentials", "google.auth.exceptions", "google.auth.transport.requests",
            "google.oauth2.credentials", "google.api_core.exceptions", "google.cloud.storage",
            "google.resumable_media", "google_crc32c")
 
@@ -79,6 +79,14 @@ def gcs_client(ctx):
 
             creds = AnonymousCredentials()
             session = requests.Session()
+        elif ctx.fact("gcs.credentials", lambda: "gcloud") == "adc":
+            # A pod of the in-cluster staging Job: its Kubernetes service account's identity through
+            # Workload Identity (the metadata server), refreshed by google-auth itself. No gcloud there.
+            import google.auth
+            from google.auth.transport.requests import AuthorizedSession
+
+            creds, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/devstorage.read_write"])
+            session = AuthorizedSession(creds)
         else:
             from google.auth.transport.requests import AuthorizedSession
             from google.oauth2.credentials import Credentials
@@ -166,7 +174,7 @@ class MultipartUploads:
         """Upload one part (GCS checks our crc32c against the body); returns its etag."""
         want = b64_crc32c(crc)
         r = self._call("PUT", self._url(name), params={"partNumber": number, "uploadId": upload_id},
-                       data=buf.reader(), headers={"Content-Length": str(buf.size), "x-goog-hash": f"crc32c={want}"},
+                       data=buf.body(), headers={"Content-Length": str(buf.size), "x-goog-hash": f"crc32c={want}"},
                        what=f"uploading part {number} of {name}")
         hashes = dict(h.strip().split("=", 1) for h in r.headers.get("x-goog-hash", "").split(",") if "=" in h)
         if hashes.get("crc32c") != want:

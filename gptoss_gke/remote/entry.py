@@ -71,10 +71,14 @@ def tree_digest(root: Path) -> str:
     return h.hexdigest()
 
 
-def _tasks():
-    from gptoss_gke.staging.steps import stage_model_steps
+def _tasks(request: dict):
+    from gptoss_gke.staging.steps import StageModel, stage_model_steps
 
-    return {"stage-model": stage_model_steps}
+    def stage_share(settings, targets):  # a pod of the in-cluster staging Job (staging/pod.py)
+        index, pods = request["share"]
+        return [StageModel(settings, name, share=(int(index), int(pods))) for name in targets]
+
+    return {"stage-model": stage_model_steps, "stage-share": stage_share}
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -148,11 +152,12 @@ def run(request: dict) -> int:
         ctx.fact("gcp.access_token", lambda: secrets["gcp_access_token"])
 
     task = request.get("task")
-    tasks = _tasks()
+    tasks = _tasks(request)
     if task not in tasks:
         return _fail(f"unknown task {task!r} (this side runs: {', '.join(tasks)})")
     with signals_handled(printer.line) as stop:
-        threading.Thread(target=_stop_on_eof, args=(stop,), daemon=True, name="stdin-eof").start()
+        if request.get("watch_stdin", True):  # a pod has no local side holding stdin open: SIGTERM stops it
+            threading.Thread(target=_stop_on_eof, args=(stop,), daemon=True, name="stdin-eof").start()
         runner = Runner(ctx)
         results = runner.run(tasks[task](settings, targets))
     doc = {

@@ -13,6 +13,7 @@ and the unfinished uploads a killed run left (their parts are billed until abort
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import re
@@ -29,6 +30,7 @@ from gptoss_gke.gcp.storage import (GCS_SDK, Bucket, BucketIamBinding, Multipart
 from gptoss_gke.ownership import kept_for
 from gptoss_gke.staging.chunks import Tuning
 from gptoss_gke.staging.claim import MARKER_NAME, MARKER_STALE_S, FolderClaim, RunMarker, marker_name
+from gptoss_gke.staging.shares import share_of
 from gptoss_gke.staging.hub import HF_DEFAULT, HF_SDK, HubRepo, RepoFile, select_files
 from gptoss_gke.staging.state import (MANIFEST_NAME, MAX_PARTS, PARTIAL_SUFFIX, SHA_KEY, UPLOAD_KEY, Observed,
                                       StagedObject, manifest_ok, records_of, resume_points, staged, stale_uploads)
@@ -73,6 +75,17 @@ def stage_model_steps(settings, targets: list[str]) -> list[Step]:
     return steps
 
 
+def staging_steps(settings, targets: list[str], *, in_cluster: bool | None = None) -> list[Step]:
+    """Local or in-cluster staging, as ``--in-cluster`` (when given) or ``models.stage_in`` says. The
+    in-cluster steps (and the Kubernetes client they need) are imported only when chosen."""
+    cluster = in_cluster if in_cluster is not None else settings.models.stage_in == "cluster"
+    if cluster:
+        from gptoss_gke.staging.incluster import stage_in_cluster_steps
+
+        return stage_in_cluster_steps(settings, targets)
+    return stage_model_steps(settings, targets)
+
+
 # ---------------------------------------------------------------------------------------------
 # The staging step
 
@@ -81,7 +94,7 @@ class StageModel(Step):
     section = "models"
     sdk_modules = GCS_SDK + HF_SDK
 
-    def __init__(self, settings, target_name: str):
+    def __init__(self, settings, target_name: str, share: tuple[int, int] | None = None):
         self.target_name = target_name
         self.target = settings.target(target_name)
         self.bucket = settings.models.bucket
@@ -89,6 +102,12 @@ class StageModel(Step):
         self.key = f"staging.{target_name}"
         self.needs = (Credentials.key, Project.key, Bucket.key)
         self.last_transfer: dict | None = None
+        # In a pod of the in-cluster Job: (index, pods). This step then moves only the files share_of()
+        # gives its index; the Job is the claim on the folder and the local run writes the manifest.
+        self.share = share
+        if share:
+            self.name += f" [share {share[0] + 1} of {share[1]}]"
+            self.needs = ()
 
     # ---- observe
     def observe(self, ctx):
@@ -159,6 +178,8 @@ class StageModel(Step):
     def _list_uploads(self, ctx, folder: str, obs: Observed) -> None:
         """Unfinished multipart uploads of ours under the folder, and the parts of those a record resumes."""
         mpu = MultipartUploads(gcs_client(ctx).bucket(self.bucket))
+        if self.share:
+            return self._recorded_uploads(ctx, mpu, folder, obs)
         try:
             for name, upload_id in ctx.retrying(lambda: mpu.unfinished(folder), "listing unfinished uploads"):
                 obs.uploads.setdefault(name, []).append(upload_id)
@@ -169,6 +190,25 @@ class StageModel(Step):
                 obs.parts[upload_id] = ctx.retrying(lambda u=upload_id: mpu.parts(names[u], u), "listing parts")
         except Exception as exc:  # noqa: BLE001
             raise gcs_error(exc, bucket=self.bucket, doing="listing uploads in") from None
+
+    def _recorded_uploads(self, ctx, mpu, folder: str, obs: Observed) -> None:
+        """In a pod: the uploads its resume records name, alive if GCS still lists their parts. A pod lists no
+        uploads: that is a bucket-level call (storage.multipartUploads.list), which its grant, conditioned on
+        object names under the model's prefix, is not documented to admit; listing an upload's parts is an
+        object-level call the condition covers."""
+        from google.api_core import exceptions as gexc
+
+        root = f"{folder.rstrip('/')}{PARTIAL_SUFFIX}/"
+        recorded = {(folder + name[len(root):].rsplit("/", 2)[0], o.metadata.get(UPLOAD_KEY))
+                    for name, o in obs.partials.items() if name.startswith(root) and o.metadata.get(UPLOAD_KEY)}
+        for name, upload_id in sorted(recorded):
+            try:
+                obs.parts[upload_id] = ctx.retrying(lambda n=name, u=upload_id: mpu.parts(n, u), "listing parts")
+            except gexc.NotFound:
+                continue  # completed or aborted since
+            except Exception as exc:  # noqa: BLE001
+                raise gcs_error(exc, bucket=self.bucket, doing="listing uploads in") from None
+            obs.uploads.setdefault(name, []).append(upload_id)
 
     # ---- plan
     def plan(self, ctx, current) -> Plan:
@@ -196,6 +236,13 @@ class StageModel(Step):
         tuning = Tuning.from_settings(s)
         resume = resume_points(obs, missing, folder, tuning.chunk)
         stale = stale_uploads(obs, resume)
+        if self.share:
+            mine = share_of(obs.files, self.share[1])
+            missing = [f for f in missing if mine[f.path] == self.share[0]]
+            # Only this share's uploads: another pod's are alive, and its own to abort or continue.
+            stale = [(n, u) for n, u in stale if mine.get(n[len(folder):]) == self.share[0]]
+            if not missing:
+                return noop(f"share {self.share[0] + 1} of {self.share[1]}: its files are staged at {where}", **facts)
         abort = (f"abort {len(stale)} unfinished upload(s) of an earlier run (their parts are billed until then)"
                  if stale else "")
         if not missing and manifest_ok(obs):
@@ -204,7 +251,7 @@ class StageModel(Step):
                             facts=facts, diff={"abort": [n for n, _ in stale]})
             return noop(f"{len(obs.files)} files, {format_size(total)} already staged at {where}{resolved} "
                         f"(manifest verified)", **facts)
-        takeover = self._check_marker(obs, where)
+        takeover = self._check_marker(obs, where) if not self.share else []
         if not missing:
             return Plan([Change(f"write the manifest of {len(obs.files)} files ({format_size(total)}) at {where}",
                                 "update", apply=lambda ctx: self._transfer(ctx, obs, [], stale),
@@ -216,13 +263,16 @@ class StageModel(Step):
                             f"{s.models.chunk_mib} (a multipart upload's limit)", "raise models.chunk_mib")
         to_move = sum(f.size for f in missing)
         resumed = sum(r.offset for r in resume.values())
-        tuning.check_space(to_move - resumed)
-        facts.update(bytes_to_move=to_move - resumed, files_to_move=len(missing), resumed_bytes=resumed)
+        tuning.check_space(to_move)
+        # Resumed parts are fetched from the hub again to be verified, but not uploaded again.
+        facts.update(bytes_to_move=to_move, bytes_to_upload=to_move - resumed, files_to_move=len(missing),
+                     resumed_bytes=resumed)
         action = "create" if not obs.objects and not obs.partials else "update"
         head = (f"stage {len(missing)} of {len(obs.files)} files ({format_size(to_move - resumed)} of {format_size(total)}) "
                 f"from {t.model_id}@{obs.revision[:12]}{resolved} into {where}")
-        detail = [f"{f.path}  {format_size(f.size)}" + (f"  (resuming at {format_size(resume[f.path].offset)})"
-                                                  if f.path in resume else "") for f in missing[:25]]
+        detail = [f"{f.path}  {format_size(f.size)}" + (f"  (resuming at {format_size(resume[f.path].offset)}: "
+                                                        f"re-hashed from the hub, not uploaded again)"
+                                                        if f.path in resume else "") for f in missing[:25]]
         if len(missing) > 25:
             detail.append(f"... and {len(missing) - 25} more")
         if obs.ignored:
@@ -259,17 +309,20 @@ class StageModel(Step):
         bucket = gcs_client(ctx).bucket(self.bucket)
         started = time.monotonic()
         stats = {"files_moved": 0, "bytes_downloaded": 0, "bytes_uploaded": 0, "resumed_bytes": 0}
-        with FolderClaim(ctx, bucket, folder, obs.revision, obs.marker) as claim:
+        with contextlib.nullcontext() if self.share else FolderClaim(ctx, bucket, folder, obs.revision,
+                                                                     obs.marker) as claim:
             abort_uploads(ctx, self.bucket, stale)  # first: an upload nothing will continue is billed until aborted
             if missing:
                 engine = Transfer(ctx, hub=hub, bucket=bucket, folder=folder, revision=obs.revision, files=missing,
-                                   resume=resume_points(obs, missing, folder, tuning.chunk), tuning=tuning)
+                                  resume=resume_points(obs, missing, folder, tuning.chunk), tuning=tuning,
+                                  sweep_records=not self.share)
                 engine.run()
                 stats.update(engine.stats())
                 for path, obj in engine.done.items():
                     obs.objects[path] = obj
-            claim.check()
-            self._write_manifest(ctx, bucket, folder, obs)
+            if claim is not None:
+                claim.check()
+                self._write_manifest(ctx, bucket, folder, obs)
         stats["seconds"] = round(time.monotonic() - started, 3)
         self.last_transfer = stats
         if missing:
@@ -304,12 +357,16 @@ class StageModel(Step):
 
 
 def purge_model_steps(settings, targets: list[str], others: dict | None = None) -> list[Step]:
-    """``teardown --purge-model``: the staged weights this environment wrote (every revision) and its IAM
-    grant, except what another environment (``others``: name → Settings or load error) still uses."""
+    """``teardown --purge-model``: the staged weights this environment wrote (every revision), its IAM
+    grants (the serving account's, and the staging Job's account's prefix grant), except what another
+    environment (``others``: name → Settings or load error) still uses."""
     targets = [t for t in targets if settings.target(t).weights == "bucket"]
     if not targets or not settings.models.bucket:
         return []
-    return [*[PurgeStagedModel(settings, t, others) for t in targets], RevokeBucketIamBinding(settings, others)]
+    from gptoss_gke.staging.incluster import revoke_stager_grants  # (it builds on this module)
+
+    return [*[PurgeStagedModel(settings, t, others) for t in targets], RevokeBucketIamBinding(settings, others),
+            *revoke_stager_grants(settings, targets, others)]
 
 
 def _stages(other, bucket: str, folder: str) -> bool:

@@ -16,21 +16,27 @@ computed over the hub's bytes. A mismatch aborts the upload. So the final name o
 verified bytes.
 
 *Resuming.* A killed run leaves its upload open and a resume record per part (``staging/state.py``), so
-the next run continues at the first missing part and fetches only the chunks after it. The bytes of
-the parts already uploaded are not here to hash, and no portable SHA-256 can be saved half-way, so a
-continued file is verified once GCS has assembled it: its crc32c must equal the one recorded part by
-part and computed over the rest, then the object is read back once and its sha256 compared with the
-hub's. A mismatch deletes it and fails the file; until it has passed, its resume records stay, so a
-run stopped in between never takes the object for a staged file.
+the next run continues at the first missing part and uploads only the parts after it. The parts already
+uploaded are verified without reading them back from GCS (from a laptop that read is billed internet
+egress, ~$0.12/GB, for every resumed file): their bytes are fetched again from the hub (Hugging Face
+egress is free, and a downlink is usually several times an uplink, so this is the cheap direction),
+hashed in order with the rest, so the whole file's sha256 is checked as in a fresh run, and each part's
+MD5 is compared with the ETag GCS lists for it (the XML API's part ETag is the MD5 of the part's bytes).
+A part that differs is uploaded again under its number (a multipart upload keeps the last copy of a
+part), so a corrupt part costs one part, not the file. Restarting the file instead would re-fetch the same
+bytes from the hub *and* upload them again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import statistics
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from gptoss_gke.core import interrupt
+from gptoss_gke.core.report import format_size
 from gptoss_gke.errors import StepError, ToolError
 from gptoss_gke.gcp.storage import MultipartUploads, TransientError, b64_crc32c, gcs_error
 from gptoss_gke.staging.chunks import Budget, Buffer, Progress, Tuning
@@ -38,6 +44,14 @@ from gptoss_gke.staging.claim import marker_name
 from gptoss_gke.staging.hub import HubHttpError, HubRepo, RepoFile
 from gptoss_gke.staging.state import (CRC_KEY, ETAG_KEY, PARTIAL_SUFFIX, SHA_KEY, UPLOAD_KEY, ResumePoint, StagedObject,
                                       chunk_name, partial_dir)
+
+
+PIECE = 1024 * 1024  # one socket read into one bytes object (and how often a slow range is noticed)
+# A range slower than a quarter of the others' median after this long is cut and asked for again (the rest of
+# it) on a new connection: one slow CDN edge must not set the pace of the whole file.
+HEDGE_AFTER_S = 2.0
+MAX_REISSUES = 3
+RATE_WINDOW = 16  # the ranges whose rates make "the others"
 
 
 class _FileJob:
@@ -52,15 +66,15 @@ class _FileJob:
         self.n = max(1, -(-f.size // self.chunk))
         self.pdir = pdir
         self.lock = threading.Lock()
-        first = resume.chunks if resume else 0
-        self.next_hash = first
-        # A continued upload's first parts were hashed by the run that sent them: it is verified by
-        # reading the assembled object back instead (see the module docstring).
-        self.sha = None if resume else hashlib.sha256()
-        self.crc = resume.crc if resume else 0
+        # A continued upload: chunks below ``verify_below`` are uploaded already; they are fetched again
+        # only to be hashed and checked against their parts (see the module docstring).
+        self.verify_below = resume.chunks if resume else 0
+        self.next_hash = 0
+        self.sha = hashlib.sha256()
+        self.crc = 0
         self.pending: dict[int, Buffer] = {}
-        self.remaining = set(range(first, self.n))
-        self.first = first
+        self.remaining = set(range(self.verify_below, self.n))
+        self.reuploaded: list[int] = []  # parts found corrupt and sent again
         self.digest: str | None = None
         self.failed: str | None = None
         self.upload_id = resume.upload_id if resume else None  # the multipart upload, when several parts
@@ -74,7 +88,7 @@ class _FileJob:
 
 class Transfer:
     def __init__(self, ctx, *, hub: HubRepo, bucket, folder: str, revision: str, files: list[RepoFile],
-                 resume: dict[str, ResumePoint], tuning: Tuning):
+                 resume: dict[str, ResumePoint], tuning: Tuning, sweep_records: bool = True):
         self.ctx = ctx
         self.hub = hub
         self.bucket = bucket
@@ -82,6 +96,7 @@ class Transfer:
         self.folder = folder
         self.revision = revision
         self.tuning = tuning
+        self.sweep_records = sweep_records  # False in a pod of the Job: the other pods' records are theirs
         self.jobs = [_FileJob(f, tuning.chunk, resume.get(f.path), partial_dir(folder, f, tuning.chunk),
                               folder + f.path)
                      for f in sorted(files, key=lambda f: (f.size > tuning.chunk, f.path))]
@@ -93,6 +108,8 @@ class Transfer:
         self.lock = threading.Lock()
         self.bytes_down = 0
         self.bytes_up = 0
+        self.rates: list[float] = []  # bytes/s of the ranges that completed lately
+        self.reissued = 0
         self.headers = hub.headers()
         self.session = None
         self.stop = interrupt.current()
@@ -102,7 +119,7 @@ class Transfer:
 
     def stats(self) -> dict:
         return {"files_moved": len(self.done), "bytes_downloaded": self.bytes_down, "bytes_uploaded": self.bytes_up,
-                "resumed_bytes": self.resumed}
+                "resumed_bytes": self.resumed, "ranges_reissued": self.reissued}
 
     # -- orchestration
     def run(self) -> None:
@@ -115,7 +132,7 @@ class Transfer:
         pool = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=self.tuning.workers + 4)
         self.session.mount("http://", pool)
         self.session.mount("https://", pool)
-        total = sum(j.f.size for j in self.jobs) - self.resumed
+        total = sum(j.f.size for j in self.jobs)  # parts already uploaded count once checked against the hub's bytes
         self.progress = Progress(self.ctx, total, len(self.jobs))
         workers = self.tuning.workers
         self.down_pool = ThreadPoolExecutor(workers, thread_name_prefix="hf-get")
@@ -128,7 +145,7 @@ class Transfer:
                         break
                     if job.n > 1 and job.upload_id is None:
                         self._guard(self._start, job)
-                    for index in range(job.first, job.n):
+                    for index in range(job.n):
                         if self._stopping() or job.failed:
                             break
                         _, length = job.span(index)
@@ -143,7 +160,7 @@ class Transfer:
         if self.fatal is None and self.stop.is_set():
             self.fatal = self.stop.error(f"while staging into gs://{self.bucket.name}/{self.folder} (parts already "
                                          f"uploaded are kept: the next run resumes from them)")
-        if self.fatal is None and not self.errors:
+        if self.fatal is None and not self.errors and self.sweep_records:
             # The resume records are done with; the run's claim is removed by FolderClaim.
             self._delete_prefix(f"{self.folder.rstrip('/')}{PARTIAL_SUFFIX}/", keep=marker_name(self.folder))
         if self.fatal is not None:
@@ -184,13 +201,30 @@ class Transfer:
         self._offer(job, index, buf)
 
     def _fetch(self, f: RepoFile, start: int, length: int, buf: Buffer) -> None:
+        """One chunk from the hub. A range far slower than the others (one slow CDN edge) is cut and the rest
+        of it asked for again on a new connection, keeping what arrived: at most MAX_REISSUES times."""
         buf.reset()
+        reissues = 0
+        while True:
+            slow = self._fetch_range(f, start, length, buf, hedge=reissues < MAX_REISSUES)
+            if not slow:
+                return
+            reissues += 1
+            with self.lock:
+                self.reissued += 1
+            self.ctx.note(f"    {f.path}: a range came at {slow}; asked for the rest of it again on a new "
+                          f"connection", "dim")
+
+    def _fetch_range(self, f: RepoFile, start: int, length: int, buf: Buffer, *, hedge: bool) -> str | None:
+        """Fetch what ``buf`` still lacks of the chunk; returns the rate when it was cut as too slow."""
         headers = dict(self.headers)
         headers["Accept-Encoding"] = "identity"  # the bytes as published, so sizes and hashes hold
-        ranged = length != f.size
+        have = buf.size
+        ranged = length != f.size or have > 0
         if ranged:
-            headers["Range"] = f"bytes={start}-{start + length - 1}"
+            headers["Range"] = f"bytes={start + have}-{start + length - 1}"
         url = self.hub.url(self.revision, f.path)
+        began = time.monotonic()
         with self.session.get(url, headers=headers, stream=True, allow_redirects=True, timeout=(15, 60)) as r:
             if r.status_code >= 400:
                 err = HubHttpError(r.status_code, r.headers.get("X-Error-Code"), r.headers.get("X-Error-Message"),
@@ -201,37 +235,75 @@ class Transfer:
                 raise StepError(f"{self.hub.endpoint} ignored a Range request for {f.path} (HTTP {r.status_code})",
                                 "use the Hugging Face Hub or a mirror that supports byte ranges")
             got = 0
-            for piece in r.iter_content(1024 * 1024):
+            # We asked for identity: the bytes come as sent, straight from urllib3 without its decoded-buffer
+            # copy (iter_content would put every piece through it). Were the body encoded anyway, decode it.
+            encoded = bool(r.headers.get("Content-Encoding", "identity") not in ("", "identity"))
+            stream = r.iter_content(PIECE) if encoded else r.raw.stream(PIECE, decode_content=False)
+            for piece in stream:
                 self.stop.check(f"while downloading {f.path}")
                 buf.write(piece)
                 got += len(piece)
                 with self.lock:
                     self.bytes_down += len(piece)
-            if got != length:
-                raise TransientError(f"short read of {f.path}: {got} of {length} bytes")
+                if hedge and buf.size < length:
+                    slow = self._too_slow(got, time.monotonic() - began)
+                    if slow:
+                        r.close()  # this connection goes: the pool opens a new one (maybe another edge)
+                        return slow
+            if buf.size != length:
+                raise TransientError(f"short read of {f.path}: {buf.size} of {length} bytes")
+            self._rate(got, time.monotonic() - began)
+            return None
+
+    def _rate(self, nbytes: int, seconds: float) -> None:
+        if seconds > 0 and nbytes >= PIECE:
+            with self.lock:
+                self.rates = (self.rates + [nbytes / seconds])[-RATE_WINDOW:]
+
+    def _too_slow(self, nbytes: int, seconds: float) -> str | None:
+        """Slow: after HEDGE_AFTER_S, under a quarter of the median rate of the ranges that completed lately."""
+        with self.lock:
+            rates = list(self.rates)
+        if seconds < HEDGE_AFTER_S or len(rates) < 2:
+            return None
+        rate, typical = nbytes / seconds, statistics.median(rates)
+        return f"{format_size(rate)}/s (the others: {format_size(typical)}/s)" if rate < typical / 4 else None
 
     def _offer(self, job: _FileJob, index: int, buf: Buffer) -> None:
         """Hash chunks strictly in order; each hashed chunk goes to the upload pool with the crc32c after it."""
         import google_crc32c
 
-        ready = []
+        ready, verified = [], []
         with job.lock:
             job.pending[index] = buf
             while job.next_hash in job.pending:
                 i = job.next_hash
                 b = job.pending.pop(i)
                 chunk_crc = 0
+                md5 = hashlib.md5(usedforsecurity=False) if i < job.verify_below else None
                 for piece in b.pieces():
-                    if job.sha is not None:
-                        job.sha.update(piece)
+                    job.sha.update(piece)
                     job.crc = google_crc32c.extend(job.crc, piece)
                     chunk_crc = google_crc32c.extend(chunk_crc, piece)
+                    if md5 is not None:
+                        md5.update(piece)
                 job.next_hash += 1
-                if job.next_hash == job.n and job.sha is not None:
+                if job.next_hash == job.n:
                     job.digest = job.sha.hexdigest()
                     if not self._matches(job, b):
                         job.failed = self._mismatch(job)
+                if md5 is not None and md5.hexdigest() == job.etags.get(i + 1, "").strip('"'):
+                    verified.append((i, b))  # GCS holds exactly these bytes: nothing to send
+                    continue
+                if md5 is not None:  # uploaded by an earlier run, but not these bytes: send the part again
+                    job.remaining.add(i)
+                    job.reuploaded.append(i + 1)
                 ready.append((i, b, chunk_crc, job.crc))
+        for i, b in verified:
+            _, length = job.span(i)
+            b.close()
+            self.budget.release(length)
+            self.progress.add(length)
         for i, b, chunk_crc, crc in ready:
             self.up_pool.submit(self._guard, self._upload, job, i, b, chunk_crc, crc)
 
@@ -354,35 +426,11 @@ class Transfer:
                               f"bytes we verified ({b64_crc32c(job.crc)}, {job.f.size})")
             return
         job.upload_id = None
-        if job.sha is None:  # a continued upload: its first parts were hashed by the run that sent them
-            job.digest = self._read_back_sha256(final)
-            if job.digest != job.f.sha256:
-                self._delete_quietly(final.name)
-                with job.lock:
-                    job.failed = self._mismatch(job)
-                return
+        if job.reuploaded:
+            self.ctx.note(f"{job.f.path}: part(s) {', '.join(map(str, job.reuploaded))} left by an earlier run "
+                          f"differed from the hub's bytes and were uploaded again")
         self._finish(job, StagedObject(final.name, job.f.size, job.digest, final.crc32c, final.metadata or {}))
         self._delete_prefix(job.pdir)  # last: while its records remain, the object is not taken as staged
-
-    def _read_back_sha256(self, blob) -> str:
-        """sha256 of the assembled object, read back once (in the bucket's region, a fast and free read)."""
-
-        class Hashing:
-            def __init__(self):
-                self.sha = hashlib.sha256()
-
-            def write(self, data: bytes) -> None:
-                self.sha.update(data)
-
-        def once() -> str:
-            sink = Hashing()
-            blob.download_to_file(sink, checksum="crc32c", retry=None)
-            return sink.sha.hexdigest()
-
-        try:
-            return self.ctx.retrying(once, f"reading back {blob.name.rsplit('/', 1)[-1]} to verify it")
-        except Exception as exc:  # noqa: BLE001
-            raise gcs_error(exc, bucket=self.bucket.name, doing="reading back from") from None
 
     def _finish(self, job: _FileJob, obj: StagedObject) -> None:
         with self.lock:

@@ -37,7 +37,8 @@ constant memory. sha256 / git oids of synthetic files are computed lazily (first
 cached process-wide.
 
 Test hooks: ``bytes_served`` (+ per file), ``requests`` (method, path, range, had_token, status, ...; the
-token value is never stored), ``corrupt``, ``drop_after``, ``inject``, ``slow``, ``commit`` (move a branch).
+token value is never stored), ``corrupt``, ``drop_after``, ``inject``, ``slow``, ``slow_edge`` (one response
+crawls), ``commit`` (move a branch).
 """
 
 from __future__ import annotations
@@ -688,6 +689,12 @@ class HubEmulator:
                                      status=status, error_code=error_code,
                                      message=message or f"Injected error {status}", headers=dict(headers or {})))
 
+    def slow_edge(self, repo_id: str, path: str, bytes_per_second: float, times: int = 1) -> None:
+        """The next ``times`` GETs of that file crawl at ``bytes_per_second`` (one slow CDN edge); others run at
+        full speed."""
+        with self._lock:
+            self._rules.append(_Rule("slow", times, repo_id=repo_id, path=path, nbytes=int(bytes_per_second)))
+
     def slow(self, bytes_per_second: float | None) -> None:
         """Throttle every file-content response to ``bytes_per_second`` (None: full speed)."""
         self._bps = float(bytes_per_second) if bytes_per_second else None
@@ -1091,7 +1098,8 @@ class HubEmulator:
         drop = self._take_rule("drop", repo_id=repo_id, path=entry.path)
         corrupt = self._take_rule("corrupt", repo_id=repo_id, path=entry.path)
         limit = drop.nbytes if drop else None
-        bps = self._bps
+        slow = self._take_rule("slow", repo_id=repo_id, path=entry.path)
+        bps = slow.nbytes if slow else self._bps
         chunk = _SEND_CHUNK if not bps else int(max(1024, min(64 * 1024, bps / 20)))
         pos, sent = start, 0
         t0 = time.monotonic()

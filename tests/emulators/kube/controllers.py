@@ -11,6 +11,7 @@ import copy
 
 from .cloud import Cloud
 from .endpointslices import reconcile_endpoint_slices
+from .jobs import JobPods
 from .kubelet import Kubelet
 from .objects import now, terminating
 from .store import Store
@@ -28,6 +29,7 @@ class Controllers:
         self.kubelet = kubelet
         self.cloud = cloud
         self.workloads = Workloads(store)
+        self.jobs = JobPods(store, kubelet, self.workloads)  # Indexed Jobs: pods run as local processes
         self.ticks = 0
 
     def tick(self) -> None:
@@ -37,6 +39,7 @@ class Controllers:
         self._collect_garbage()
         self._release_pvc_protection()
         self.workloads.reconcile()
+        self.jobs.tick()
         self.cloud.bind_claims()
         self.cloud.load_balancers_and_disks()
         self.kubelet.advance_pods()

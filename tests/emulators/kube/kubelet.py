@@ -48,6 +48,10 @@ class Kubelet:
     def set_logs(self, target: str, lines: list[str], container: str | None, previous: bool) -> None:
         self._logs.append((target, container, previous, list(lines)))
 
+    def live_logs(self, pod_name: str, lines: list[str]) -> None:
+        """A pod whose log is ``lines`` as its process writes them (.jobs keeps the list current)."""
+        self._logs.append((pod_name, None, False, lines))
+
     def matches_target(self, target: str, pod: dict) -> bool:
         """``target``: a label selector (``app=vllm``), a pod name, or a workload name (pods it owns, or named
         ``<target>-...``)."""

@@ -277,6 +277,10 @@ class KubeEmulator(LoopbackAioServer):
         await self._runner.setup()
         await web.SockSite(self._runner, self._sock).start()
 
+    def stop(self) -> None:
+        super().stop()
+        self.controllers.jobs.stop()  # the processes of Job pods still running
+
     async def _astop(self) -> None:
         for task in list(self._long_running):
             task.cancel()

@@ -201,6 +201,8 @@ class Workloads:
 
     def _reconcile_job(self, key: tuple, job: dict) -> None:
         spec = job.get("spec") or {}
+        if spec.get("completionMode") == "Indexed":
+            return  # run for real by .jobs
         status = job.get("status") or {}
         if any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
                for c in status.get("conditions") or []) or spec.get("suspend"):
@@ -315,6 +317,8 @@ class Workloads:
 
     def _status_job(self, key: tuple, job: dict) -> None:
         spec = job.get("spec") or {}
+        if spec.get("completionMode") == "Indexed":
+            return  # .jobs keeps its status
         pods = [p for _, p in self.store.owned("Pod", key[1], job["metadata"]["uid"])]
         phases = [(p.get("status") or {}).get("phase") for p in pods]
         active = sum(1 for p, ph in zip(pods, phases) if ph not in ("Succeeded", "Failed") and not terminating(p))

@@ -1,0 +1,257 @@
+"""In-cluster staging: the transfer as an Indexed Job whose pods really run (tests/emulators/kube/jobs.py runs
+each pod as a local process from the ConfigMap'd checkout) against the loopback hub and fake-gcs-server.
+
+The world: a gpt-oss-shaped repo on the hub emulator (3 shards of 20 MiB, 8 MiB chunks), the bucket behind
+GcsFront (bucket IAM with conditions), the Kubernetes API emulator. Steps run in-process through the real
+runner, as `inv stage-model --in-cluster` runs them; one test drives `inv deploy` end to end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+
+from gptoss_gke.config import load_settings
+from gptoss_gke.core import Runner
+from gptoss_gke.core.retry import RetryPolicy
+from gptoss_gke.staging.incluster import STAGER_ACCOUNT, job_name, stage_in_cluster_steps
+from gptoss_gke.staging.state import MANIFEST_NAME
+from gptoss_gke.staging.steps import model_folder
+from tests.conftest import in_process
+from tests.emulators.hfhub import make_gptoss_like_repo
+from tests.envfiles import BASE, kube, staging, write_env
+from tests.gcs import PROJECT_NUMBER
+
+REPO_ID = "openai/gpt-oss-120b"
+MiB = 1024 * 1024
+LOADS = {"chat_template.jinja", "config.json", "generation_config.json", "model-00000-of-00002.safetensors",
+         "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json",
+         "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"}
+
+
+def _settings(tmp_path, hub, emulator, sha, **environ):
+    folder = write_env(tmp_path, BASE, staging(sha, workers=2), kube(emulator, poll_interval_s=0.05),
+                       {"models": {"stage_in": "cluster", "stage_pods": 3},
+                        "retry": {"attempts": 3, "base_delay_s": 0.01, "max_delay_s": 0.05}})
+    return load_settings(environ={"GPTOSS_ENV_DIR": folder, "HF_ENDPOINT": hub.url, **environ})
+
+
+def _run(settings):
+    """The in-cluster staging steps through the real runner (as `inv stage-model --in-cluster` minus the gcloud
+    gates), with the project number the Project step would have observed."""
+    ctx, out = in_process(settings, RetryPolicy(3, 0.01, 0.05))
+    if settings.hf_token:
+        ctx.redact.add(settings.hf_token.get_secret_value())
+    ctx.fact("gcp.project", lambda: {"projectNumber": PROJECT_NUMBER, "lifecycleState": "ACTIVE"})
+    results = Runner(ctx).run(stage_in_cluster_steps(settings, ["ironwood"]))
+    return results, out.getvalue()
+
+
+def _objects(gcs, prefix=""):
+    client = gcs.client()
+    return {b.name: b for b in client.list_blobs("test-models", prefix=prefix)} if client.lookup_bucket(
+        "test-models") else {}
+
+
+def test_first_run_stages_with_three_pods_then_a_rerun_creates_no_job(tmp_path, hf_hub, gcs_front, fake_gcs,
+                                                                      kube_emulator):
+    sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=20 * MiB, n_shards=3, copy_size=MiB)
+    s = _settings(tmp_path, hf_hub, kube_emulator, sha)
+    results, out = _run(s)
+    assert [r.status for r in results][-1] == "changed", out
+    stage = results[-1]
+    name = job_name(s.target("ironwood"), sha)
+    assert stage.facts["job"] == name and stage.facts["pods"] == 3
+    folder = model_folder(s, s.target("ironwood"), sha)
+    objs = _objects(fake_gcs, folder)
+    assert set(objs) == {folder + p for p in LOADS} | {folder + MANIFEST_NAME}, sorted(objs)
+    for p in LOADS:
+        assert objs[folder + p].download_as_bytes() == hf_hub.content(REPO_ID, p, sha)
+    assert not _objects(fake_gcs, folder.rstrip("/") + ".partial/")  # every record and claim swept
+    manifest = json.loads(objs[folder + MANIFEST_NAME].download_as_bytes())
+    assert {f["path"] for f in manifest["files"]} == LOADS
+    # Three pods, one per index, each moved its share; one progress line summed them.
+    job = kube_emulator.get("Job", "gptoss", name)
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 3
+    assert job["status"]["completedIndexes"] == "0-2"
+    assert job["spec"]["ttlSecondsAfterFinished"] > 0  # cleaned up after success
+    pods = kube_emulator.objects("Pod", "gptoss", f"job-name={name}")
+    assert sorted(p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for p in pods) == \
+        ["0", "1", "2"]
+    spec = pods[0]["spec"]
+    assert spec["serviceAccountName"] == STAGER_ACCOUNT
+    assert not spec.get("tolerations") and "nvidia.com/gpu" not in json.dumps(spec)  # never on an accelerator
+    assert "staged 62.9 MB of 62.9 MB" in out, out
+    # The pods ran the checkout that was sent: the digest check passed and the report line says so.
+    logs = "".join(kube_emulator.kubelet.pod_logs("gptoss", p["metadata"]["name"], {}) for p in pods)
+    assert "gptoss-gke-report" in logs and "share 1 of 3" in logs
+
+    # The staging account's grant: objectUser, only under the model's prefix.
+    member = (f"principal://iam.googleapis.com/projects/{PROJECT_NUMBER}/locations/global/workloadIdentityPools/"
+              f"test-project.svc.id.goog/subject/ns/gptoss/sa/{STAGER_ACCOUNT}")
+    grants = [b for b in gcs_front.policy("test-models")["bindings"] if member in b["members"]]
+    assert [b["role"] for b in grants] == ["roles/storage.objectUser"]
+    assert grants[0]["condition"]["expression"].startswith(
+        f'resource.name.startsWith("projects/_/buckets/test-models/objects/models/{REPO_ID}/")')
+
+    writes = len(kube_emulator.writes())
+    served = hf_hub.bytes_served
+    results, out = _run(s)
+    assert all(r.status == "ok" for r in results), out
+    assert "(manifest verified)" in out and hf_hub.bytes_served == served
+    assert not [w for w in kube_emulator.writes()[writes:] if "jobs" in w.path]  # no Job created
+
+    # teardown --purge-model: the staging account's grant goes with the weights (another environment
+    # staging the same model as the same principal would keep it).
+    from gptoss_gke.staging.steps import purge_model_steps
+
+    ctx, _ = in_process(s, RetryPolicy(3, 0.01, 0.05))
+    ctx.fact("gcp.project", lambda: {"projectNumber": PROJECT_NUMBER, "lifecycleState": "ACTIVE"})
+    results = Runner(ctx).run(purge_model_steps(s, ["ironwood"], {"prod": s}))
+    assert results[-1].status == "ok" and "keeps roles/storage.objectUser" in results[-1].reason
+    results = Runner(ctx).run(purge_model_steps(s, ["ironwood"], {}))
+    assert results[-1].status == "changed"
+    assert not [b for b in gcs_front.policy("test-models")["bindings"] if member in b["members"]]
+
+
+def test_a_pod_killed_mid_transfer_is_retried_and_resumes(tmp_path, hf_hub, gcs_front, fake_gcs, kube_emulator):
+    sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=20 * MiB, n_shards=3, copy_size=MiB)
+    s = _settings(tmp_path, hf_hub, kube_emulator, sha)
+    name = job_name(s.target("ironwood"), sha)
+    folder = model_folder(s, s.target("ironwood"), sha)
+    hf_hub.slow(8 * MiB)
+    killed = []
+
+    def killer():  # once index 0 has a part recorded, its node goes away
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            records = [n for n in _objects(fake_gcs, folder.rstrip("/") + ".partial/") if n[-6:].isdigit()]
+            if records and kube_emulator.controllers.jobs.kill(name, 0):
+                hf_hub.slow(None)
+                killed.append(len(records))
+            time.sleep(0.05)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    try:
+        results, out = _run(s)
+    finally:
+        t.join(timeout=70)
+        hf_hub.slow(None)
+    assert killed, out
+    assert results[-1].status == "changed", out
+    pods = kube_emulator.objects("Pod", "gptoss", f"job-name={name}")
+    index0 = [p for p in pods if p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "0"]
+    assert sorted(p["status"]["phase"] for p in index0) == ["Failed", "Succeeded"]  # retried by the Job
+    assert index0[0]["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] in (137, 0)
+    objs = _objects(fake_gcs, folder)
+    for p in LOADS:
+        data = objs[folder + p].download_as_bytes()
+        assert hashlib.sha256(data).hexdigest() == hashlib.sha256(hf_hub.content(REPO_ID, p, sha)).hexdigest()
+    assert folder + MANIFEST_NAME in objs
+    assert gcs_front.uploads == {}  # the killed pod's upload was continued (or aborted), none left billed
+    assert "retried 1" in out
+
+
+def test_a_second_run_attaches_to_the_running_job_and_the_token_reaches_pods_only_by_secret(
+        tmp_path, hf_hub, gcs_front, fake_gcs, kube_emulator):
+    sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=20 * MiB, n_shards=3, copy_size=MiB, gated="manual")
+    s = _settings(tmp_path, hf_hub, kube_emulator, sha, HF_TOKEN=hf_hub.token)
+    name = job_name(s.target("ironwood"), sha)
+    hf_hub.slow(12 * MiB)  # long enough for a second run to find the Job running
+    first: dict = {}
+    t = threading.Thread(target=lambda: first.update(zip(("results", "out"), _run(s))), daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 60
+        while kube_emulator.get("Job", "gptoss", name) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        results, out = _run(s)
+    finally:
+        t.join(timeout=120)
+        hf_hub.slow(None)
+    assert results[-1].status == "changed" and f"attach to Job {name}" in out, out
+    assert results[-1].facts.get("attached") is True
+    assert first["results"][-1].status == "changed", first["out"]
+    creates = [w for w in kube_emulator.writes() if w.path.endswith("/jobs") or f"/jobs/{name}" in w.path
+               and w.method in ("POST", "PATCH")]
+    assert len(creates) == 1, [(w.method, w.path) for w in creates]  # one Job, never two
+    folder = model_folder(s, s.target("ironwood"), sha)
+    assert folder + MANIFEST_NAME in _objects(fake_gcs, folder)
+    # The token: in the Secret, and nowhere else (not the Job, its pods' args, the ConfigMap, the output).
+    secret = kube_emulator.get("Secret", "gptoss", f"{name}-hf-token")
+    assert secret and secret["data"]["HF_TOKEN"]
+    # The token and the code belong to the Job: Kubernetes deletes them with it.
+    job_uid = kube_emulator.get("Job", "gptoss", name)["metadata"]["uid"]
+    for kind, obj_name in (("Secret", f"{name}-hf-token"), ("ConfigMap", f"{name}-code")):
+        refs = kube_emulator.get(kind, "gptoss", obj_name)["metadata"]["ownerReferences"]
+        assert [(r["kind"], r["uid"]) for r in refs] == [("Job", job_uid)]
+    kube_emulator.remove("Job", "gptoss", name)
+    kube_emulator.tick(2)
+    assert kube_emulator.get("Secret", "gptoss", f"{name}-hf-token") is None
+    assert kube_emulator.get("ConfigMap", "gptoss", f"{name}-code") is None
+    for kind in ("Job", "ConfigMap", "Pod"):
+        assert hf_hub.token not in json.dumps(kube_emulator.objects(kind, "gptoss"))
+    assert hf_hub.token not in out + first["out"]
+    assert all(r.had_token for r in hf_hub.find_requests("GET", r"/resolve/"))
+
+
+def test_a_refused_token_fails_with_the_fix_before_any_job(tmp_path, hf_hub, gcs_front, fake_gcs, kube_emulator):
+    sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=MiB, n_shards=2, copy_size=MiB, gated="manual")
+    bogus = "hf_" + "Q" * 34
+    s = _settings(tmp_path, hf_hub, kube_emulator, sha, HF_TOKEN=bogus)
+    results, out = _run(s)
+    stage = results[-1]
+    assert stage.status == "failed" and "refused the HF token" in stage.error and stage.fix, out
+    assert not kube_emulator.objects("Job", "gptoss") and bogus not in out
+    assert hf_hub.bytes_served == 0
+
+
+def test_pod_failures_are_explained_with_the_fix():
+    from gptoss_gke.remote.entry import REPORT_MARK
+    from gptoss_gke.staging.incluster import explain_failure
+
+    report = REPORT_MARK + json.dumps({"steps": [{"status": "failed", "error": "the hub refused the HF token",
+                                                   "fix": "set HF_TOKEN to a token with access"}]})
+    assert explain_failure(["TASK [models : stage ...]", report]) == ("the hub refused the HF token",
+                                                                    "set HF_TOKEN to a token with access")
+    problem, fix = explain_failure(["requests.exceptions.ConnectionError: HTTPSConnectionPool(host='huggingface.co')"
+                                    ": Temporary failure in name resolution"])
+    assert "cannot reach the Hugging Face Hub" in problem and "Cloud NAT" in fix
+    problem, fix = explain_failure(["403 POST https://storage.googleapis.com/upload/storage/v1/b/x/o: "
+                                    "gptoss-stager does not have storage.objects.create access"])
+    assert "may not write to the bucket" in problem and "Workload Identity" in fix
+    assert "quota" in explain_failure(["Quota exceeded for quota metric 'Requests'"])[0]
+
+
+def test_inv_deploy_ironwood_stages_in_the_cluster_end_to_end(deploy_world, hf_hub):
+    from tests.deploy_world import NS
+    from tests.envfiles import merged, write_env
+    from tests.registry import publish
+
+    w = deploy_world
+    sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=4 * MiB, n_shards=2, copy_size=MiB)
+    publish(w.src, "vllm/vllm-tpu", "nightly", w.tmp)
+    write_env(w.tmp, merged(w.settings, {
+        "models": {"stage_in": "cluster", "stage_pods": 2, "chunk_mib": 8, "workers": 2},
+        "targets": {"ironwood": {"image": f"{w.src.host}/vllm/vllm-tpu:nightly", "model_revision": sha}}}))
+    w.kube.script_pods("gptoss-ironwood", "ready", ticks=2)
+    w.gcs.project_number = w.gcp.state.projects["test-project"]["projectNumber"]  # the bucket is this project's
+    proc = w.inv("deploy", "--target=ironwood", "--skip-smoke", env={"HF_ENDPOINT": hf_hub.url})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    name = f"stage-ironwood-{sha[:12]}"
+    assert f"changed: stage in the cluster: 9 of 9 files" in out, out
+    assert "pods running 0, finished 2" in out
+    assert out.index("stage openai/gpt-oss-120b (ironwood) in the cluster") < out.index("TASK [kubernetes : Deployment")
+    job = w.kube.get("Job", NS, name)
+    assert job["status"]["completedIndexes"] == "0-1"
+    bucket = "test-project-models"
+    folder = f"models/{REPO_ID}/{sha}/"
+    names = {b.name for b in w.gcs.backend.client().list_blobs(bucket, prefix=folder)}
+    assert folder + MANIFEST_NAME in names and len(names) == 10
+
+    again = w.inv("deploy", "--target=ironwood", "--skip-smoke", env={"HF_ENDPOINT": hf_hub.url})
+    assert again.returncode == 0 and "(manifest verified)" in again.stdout, again.stdout
