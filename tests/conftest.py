@@ -14,7 +14,7 @@ import pytest
 pytest_plugins = (
     "tests.emulators.gcp.fixtures",
     "tests.emulators.kube.fixtures",
-    "tests.emulators.hfhub",
+    "tests.emulators.hfhub.fixtures",
     "tests.emulators.vllm",
     "tests.gcs",
     "tests.registry",
