@@ -2,7 +2,7 @@
 
 from gptoss_gke.cli import playbook_task
 from gptoss_gke.flags import ByteSize, Choice, Integer, ModelConfig, Number
-from gptoss_gke.serving.capacity import BLOCK_SIZES, KV_CACHE_DTYPES
+from gptoss_gke.serving.kv_vocabulary import BLOCK_SIZES, KV_CACHE_DTYPES
 
 
 @playbook_task(

@@ -50,6 +50,12 @@ from pathlib import Path
 from typing import Any
 
 from gptoss_gke.errors import ConfigError
+from gptoss_gke.serving.kv_vocabulary import (  # noqa: F401  (BLOCK_SIZES, KV_CACHE_DTYPES: re-exported)
+    BLOCK_SIZES,
+    KV_CACHE_DTYPES,
+    KV_DTYPE_BYTES,
+    VALID_BLOCK_SIZES,
+)
 
 __all__ = [
     "BLOCK_SIZES",
@@ -80,17 +86,9 @@ SLIDING = "sliding_attention"
 # tpu-inference backend, so this CUDA arithmetic does not describe them.
 DEFAULT_BLOCK_SIZE = {"cuda": 16, "rocm": 16, "xpu": 64, "cpu": 128}
 
-# vllm/config/cache.py BlockSize literal.
-_VALID_BLOCK_SIZES = (1, 8, 16, 32, 64, 128, 256)
-
-# vllm/config/cache.py CacheDType, mapped to bytes per element through
-# vllm/utils/torch_utils.py STR_DTYPE_TO_TORCH_DTYPE ("fp8*" are stored as uint8). "auto" means the
-# model dtype (kv_cache_dtype_str_to_dtype). "fp8_ds_mla" is MLA-only and rejected here.
-_KV_DTYPE_BYTES = {"bfloat16": 2, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1, "fp8_inc": 1}
-
-# What `inv plan` accepts on its command line (checked before any step).
-KV_CACHE_DTYPES = ("auto", *_KV_DTYPE_BYTES)
-BLOCK_SIZES = tuple(str(n) for n in _VALID_BLOCK_SIZES)
+# What vLLM accepts (block sizes, KV dtypes and their bytes per element): kv_vocabulary.py.
+_VALID_BLOCK_SIZES = VALID_BLOCK_SIZES
+_KV_DTYPE_BYTES = KV_DTYPE_BYTES
 
 # The factor in _get_kv_cache_groups_uniform_page_size (vLLM 0.12.0: 1.25; later releases use 1.5).
 _GROUP_SIZE_SLACK = 1.25
