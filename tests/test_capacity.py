@@ -31,7 +31,7 @@ from gptoss_gke.serving.capacity import (
 
 GIB = 1 << 30
 
-# Tutorial 000 (gpt-oss-20b on one L4, vLLM 0.12, --kv-cache-dtype fp8 --max-model-len 128000
+# The L4 tutorial (gpt-oss-20b on one L4, vLLM 0.12, --kv-cache-dtype fp8 --max-model-len 128000
 # --max-num-batched-tokens 8128) logged:
 #   Available KV cache memory: 4.17 GiB
 #   GPU KV cache size: 182,336 tokens
@@ -68,7 +68,7 @@ def _tutorial(shape: ModelShape, mem: int = TUTORIAL_MEM, **kw):
 # ---------------------------------------------------------------- 1. the tutorial's log lines
 
 
-def test_tutorial_000_figures_reproduce(oss20b):
+def test_the_l4_tutorials_figures_reproduce(oss20b):
     plan = _tutorial(oss20b)
     assert plan.page_size_bytes == 16_384
     assert (plan.num_groups, plan.group_size) == (2, 12)
@@ -86,7 +86,7 @@ def test_tutorial_000_figures_reproduce(oss20b):
         "GPU KV cache size: 182,336 tokens",
         "Maximum concurrency for 128,000 tokens per request: 2.68x",
     )
-    # The seed's "24,576 bytes per token" is the headline cost: 2 groups x 12 layers x 1,024 B.
+    # The L4 tutorial's "24,576 bytes per token" is the headline cost: 2 groups x 12 layers x 1,024 B.
     assert plan.bytes_per_token_per_layer == 2 * 8 * 64 * 1
     assert plan.bytes_per_token_by_type == {SLIDING: 12 * 1024, FULL: 12 * 1024}
     assert 24_576 <= plan.bytes_per_logged_token < 24_577
@@ -106,7 +106,7 @@ def test_tutorial_without_hybrid_manager_gives_the_naive_figure(oss20b):
     # --disable-hybrid-kv-cache-manager: sliding specs become full ones (unify_hybrid_kv_cache_specs)
     # -> one group of 24 layers; num_blocks = mem // 16,384 // 24 = 11,396; tokens 11,396 * 16 =
     # 182,336 (same headline); a request needs ceil(128000/16) = 8000 blocks -> 11,396 / 8000 =
-    # 1.4245 -> "1.42": the seed's "naive" ratio, which vLLM's hybrid manager avoids.
+    # 1.4245 -> "1.42": the L4 tutorial's "naive" ratio, which vLLM's hybrid manager avoids.
     plan = _tutorial(oss20b, hybrid_kv_cache_manager=False)
     assert (plan.num_groups, plan.group_size, plan.num_blocks) == (1, 24, 11_396)
     assert plan.kv_cache_tokens == 182_336

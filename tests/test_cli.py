@@ -241,11 +241,6 @@ def test_doctor_flags_placeholders_and_prints_each_fix_once(offline_env):
     assert out.count("GPTOSS_PROJECT=<your project>") == 1 and out.count("fix: run `inv auth`") == 1
 
 
-# TODO(issue 19): tests/test_capacity.py still calls the L4 tutorial by its workspace name (three comments
-# and one test's name); it is being edited for issue 19 right now. Rename those there, then drop this.
-NOT_YET_GUARDED = {"tests/test_capacity.py"}
-
-
 def test_tutorials_are_named_in_words_a_user_knows():
     """Users know the tutorials by what they do (gpt-oss-20b on one L4 with vLLM 0.12), never by the
     names our workspace gave them; nor may anything point into that workspace. In any case and spelling."""
@@ -264,7 +259,7 @@ def test_tutorials_are_named_in_words_a_user_knows():
     assert len({p.parent for p in paths}) >= 10  # every folder above is really read
     for path in paths:
         shown = str(path.relative_to(REPO))
-        if shown in NOT_YET_GUARDED or not path.is_file():
+        if not path.is_file():
             continue
         text = path.read_text()
         if path.name == "test_cli.py":  # this guard spells what it forbids
