@@ -411,6 +411,9 @@ def test_setup_cluster_and_deploy_l4_spot_with_fallback_end_to_end(deploy_world,
         out = deploy.stdout
         assert deploy.returncode == 0, out + deploy.stderr
         assert "changed: create Deployment gptoss/gptoss-l4" in out
+        # The pools the profile runs on wake (spot first, at the spot price), not the on-demand pool.
+        assert ("waking node pools l4-gptoss-spot, l4-gptoss-fallback from 0 nodes (a g2-standard-4 node per "
+                "replica, billed until the pool scales back to zero: $") in out and "per node spot)" in out
         assert "changed: create PodDisruptionBudget gptoss/gptoss-l4" in out
         assert "ok: openai/gpt-oss-20b answered" in out
         # What clients see: the Service routes to both replicas, in two zones.

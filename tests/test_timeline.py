@@ -59,7 +59,7 @@ def test_a_cold_l4_start_is_measured_phase_by_phase(world, kube_emulator):
     r, out = world("l4", **L4_COLD)
     assert r.status == "changed", out
     # The wake-up is said, with what the node costs.
-    assert "changed: wake node pool l4-gptoss from 0 nodes (one g2-standard-4 node, billed until the pool scales " \
+    assert "changed: wake node pool l4-gptoss from 0 nodes (a g2-standard-4 node per replica, billed until the pool scales " \
            "back to zero: $0.71/h per node on demand), then wait up to 20m00s" in out
     got = seconds(r)
     want = {"node": 95, "image": 62, "init": 541, "start": 2, "weights": 209, "compile": 190, "ready": 90}
@@ -229,7 +229,7 @@ def test_ironwood_deploy_end_to_end_prints_the_timeline_on_loopback(deploy_world
     assert "changed: grant roles/storage.objectUser on gs://test-project-models/compile-cache/dev/ironwood/ to " \
            "principal://" in out and "only under the prefix" in out
     # Said before the phases, with the price or where to give it.
-    waking = out.index("  waking node pool ironwood-gptoss from 0 nodes (one tpu7x-standard-4t node, billed until "
+    waking = out.index("  waking node pool ironwood-gptoss from 0 nodes (a tpu7x-standard-4t node per replica, billed until "
                        "the pool scales back to zero: price unknown for tpu7x-standard-4t: add "
                        "prices.tpu7x-standard-4t.on_demand")
     assert waking < out.index("done: node requested → ready in 5m00s")

@@ -23,7 +23,17 @@ from gptoss_gke.gcp.project import Credentials
 SDK = ("kubernetes.client", "kubernetes.config", "kubernetes.dynamic", "kubernetes.stream")
 # A request that hangs is a failure we can retry, not a run that never ends.
 REQUEST_TIMEOUT_S = (10, 60)  # connect, read
-CONTEXT_FIX = "run `inv setup-cluster` (it writes the kubeconfig context), or set kube.kubeconfig/kube.context"
+
+
+def context_fix(s) -> str:
+    """How to get a kubeconfig context for the cluster without creating anything (`inv setup-cluster` also
+    writes it, but creates what is missing: the wrong advice in the middle of a teardown)."""
+    dns = " --dns-endpoint" if s.cluster.control_plane == "dns" else ""
+    return (f"KUBECONFIG={s.kubeconfig_path} gcloud container clusters get-credentials {s.cluster.name} "
+            f"--location={s.cluster_location} --project={s.project}{dns} (it only writes the context), "
+            f"or set kube.kubeconfig/kube.context")
+
+
 KUBE_CLIENT_FACT = "kube.client"
 # What deleting a cluster (or its node pools) without seeing inside it may leave behind, billed.
 MAY_BE_ORPHANED = ("external load balancers (gcloud compute forwarding-rules list "
@@ -136,7 +146,7 @@ def kube(ctx) -> Kube:
         s = ctx.settings
         path = s.kubeconfig_path
         if not os.path.exists(path):
-            return CannotObserve(f"no kubeconfig at {s.kubeconfig_shown}", CONTEXT_FIX)
+            return CannotObserve(f"no kubeconfig at {s.kubeconfig_shown}", context_fix(s))
         configuration = type.__call__(client.Configuration)  # a fresh one, not a copy of the default
         # One retry policy: urllib3's own (3 silent retries, Retry-After honoured on its own) is off.
         configuration.retries = False
@@ -145,7 +155,7 @@ def kube(ctx) -> Kube:
                                                        client_configuration=configuration)
         except ConfigException as exc:
             return CannotObserve(f"kubeconfig {s.kubeconfig_shown} has no usable context {s.kube_context}: {exc}",
-                                 CONTEXT_FIX)
+                                 context_fix(s))
         _retry_every_request(ctx, api_client)
         try:
             return Kube(api_client)
@@ -206,10 +216,10 @@ def kube_for_cluster(ctx, cluster: dict) -> Kube:
     context that points at another cluster. CannotObserve (with which cluster it points at) if not."""
     s = ctx.settings
     if not os.path.exists(s.kubeconfig_path):  # said as what it is, not as a file that lacks the context
-        raise CannotObserve(f"no kubeconfig at {s.kubeconfig_shown}", CONTEXT_FIX)
+        raise CannotObserve(f"no kubeconfig at {s.kubeconfig_shown}", context_fix(s))
     server, entry = context_server(s)
     if server is None:
-        raise CannotObserve(f"kubeconfig {s.kubeconfig_shown} has no context {s.kube_context}", CONTEXT_FIX)
+        raise CannotObserve(f"kubeconfig {s.kubeconfig_shown} has no context {s.kube_context}", context_fix(s))
     endpoints = cluster_endpoints(cluster)
     if endpoints and host_port(server) not in endpoints:
         raise CannotObserve(

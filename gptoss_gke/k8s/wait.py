@@ -162,7 +162,10 @@ class Rollout(KubeStep):
     observe_early = False
 
     def __init__(self, settings, target_name: str):
+        from gptoss_gke.profiles import pools
+
         self.target = settings.target(target_name)
+        self.pools = pools(settings, target_name)  # the capacity profile's, in the order GKE prefers them
         self.kind = "StatefulSet" if self.target.weights == "pvc" else "Deployment"
         self.workload = workload_name(self.target)
         self.explicit_budget = settings.target_settings(target_name).load_timeout_s is not None
@@ -194,7 +197,7 @@ class Rollout(KubeStep):
             if pod is not None:
                 state["timeline"] = read_pod_timeline(kube(ctx), ctx.settings.kube.namespace, pod)
         else:
-            state["pool_nodes"] = pool_node_count(ctx, self.target.node_pool.name)
+            state["pool_nodes"] = pool_node_count(ctx, [p.shape.name for p in self.pools])
         return state
 
     def plan(self, ctx, current) -> Plan:
@@ -209,9 +212,11 @@ class Rollout(KubeStep):
         budget = rollout_budget(self.target, self.explicit_budget, last_startup(workload))
         wake = ""
         if current["pool_nodes"] == 0:
-            pool = self.target.node_pool
-            wake = (f"node pool {pool.name} from 0 nodes (one {pool.machine_type} node, billed until the pool "
-                    f"scales back to zero: {price_words(ctx.settings, pool.machine_type)})")
+            first = self.pools[0]  # the one GKE tries first (spot, for the spot profiles)
+            names = ", ".join(p.shape.name for p in self.pools)
+            wake = (f"node pool{'s' if len(self.pools) > 1 else ''} {names} from 0 nodes (a {first.shape.machine_type} "
+                    f"node per replica, billed until the pool scales back to zero: "
+                    f"{price_words(ctx.settings, first.shape.machine_type, spot=first.spot)})")
         return Plan([Change(("wake " + wake + ", then " if wake else "") + f"wait up to {format_duration(budget)} "
                             f"for {self.kind} {self.workload} to become ready", "update",
                             apply=lambda c: self.wait(c, budget, waking=wake))])
@@ -335,7 +340,7 @@ class RolloutStatus(KubeCheck):
             tail = r.log_tail(ctx, pods)
             found["phase"] = diagnose(r.target, r.target.node_pool.name, pods, events,
                                       [split_log_line(line)[1] for line in tail])
-            found["pool_nodes"] = pool_node_count(ctx, r.target.node_pool.name)
+            found["pool_nodes"] = pool_node_count(ctx, [p.shape.name for p in r.pools])
         if found["timeline"] is not None:
             for line in chart(found["timeline"], r.target.startup_figures, r.target.startup_source):
                 ctx.printer.line(f"  {line}")
@@ -351,18 +356,20 @@ class RolloutStatus(KubeCheck):
         d = found["phase"]
         state = f"not ready: {d.phase}" + (f" ({d.hint})" if d.hint else "")
         if found["pool_nodes"] == 0:
-            state += (f"; node pool {r.target.node_pool.name} has 0 nodes (scaled to zero: "
+            state += (f"; node pool{'s' if len(r.pools) > 1 else ''} {', '.join(p.shape.name for p in r.pools)} "
+                      f"{'have' if len(r.pools) > 1 else 'has'} 0 nodes (scaled to zero: "
                       f"`inv deploy --target={r.target.name}` wakes it)")
         return noop(state, phase=d.phase, **facts)
 
 
-def pool_node_count(ctx, pool: str) -> int | None:
-    """Nodes of ``pool`` now; None when listing nodes is not allowed (a namespace-scoped account): then
+def pool_node_count(ctx, pools: list[str]) -> int | None:
+    """Nodes of ``pools`` now; None when listing nodes is not allowed (a namespace-scoped account): then
     the wake-up is not announced, and the wait goes on as before."""
     from kubernetes.client.exceptions import ApiException
 
     try:
-        return len(kube(ctx).core.list_node(label_selector=f"cloud.google.com/gke-nodepool={pool}").items)
+        selector = f"cloud.google.com/gke-nodepool in ({','.join(pools)})"
+        return len(kube(ctx).core.list_node(label_selector=selector).items)
     except ApiException as exc:
         if exc.status == 403:
             return None
