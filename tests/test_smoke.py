@@ -371,3 +371,31 @@ def test_inv_port_forward_curl_hint_works_with_the_key_never_on_a_command_line(w
     assert proc.returncode == 0 and "tunnel closed" in out and "RECAP ok=1 changed=0" in out
     assert world.key not in out
     assert _refused(int(url.rsplit(":", 1)[1]))
+
+
+def test_a_reset_in_the_client_librarys_port_forward_thread_is_no_traceback_and_other_errors_still_are():
+    """kubernetes.stream's proxy thread dies with ConnectionResetError when a tunnelled connection is reset
+    (seen in a full run as "Exception in thread Kubernetes port forward proxy: 8000" and its traceback)."""
+    import threading
+
+    from gptoss_gke.k8s import portforward
+
+    seen: list[str] = []
+    previous = threading.excepthook
+    threading.excepthook = lambda args: seen.append(f"{args.thread.name}: {args.exc_type.__name__}")
+    try:
+        portforward._quiet_proxy_resets()
+        portforward._quiet_proxy_resets()  # once is enough: a second call does not wrap again
+
+        def boom(exc):
+            raise exc
+
+        for name, exc in (("Kubernetes port forward proxy: 8000", ConnectionResetError(104, "reset")),
+                          ("Kubernetes port forward proxy: 8000", ValueError("a real bug")),
+                          ("some other thread", ConnectionResetError(104, "reset"))):
+            t = threading.Thread(target=boom, args=(exc,), name=name)
+            t.start()
+            t.join()
+    finally:
+        threading.excepthook = previous
+    assert seen == ["Kubernetes port forward proxy: 8000: ValueError", "some other thread: ConnectionResetError"]

@@ -103,6 +103,7 @@ class _Tunnel(LocalForwarder):
     def open_upstream(self, conn: socket.socket, peer):
         from kubernetes.stream import portforward
 
+        _quiet_proxy_resets()
         try:
             with _OPEN_LOCK:
                 return portforward(self.core.connect_get_namespaced_pod_portforward, self.pod, self.namespace,
@@ -119,6 +120,26 @@ class _Tunnel(LocalForwarder):
         error = pf.error(self.remote_port)
         if error:
             self._note(f"pod {self.pod} port {self.remote_port}: {_clip(error.strip())}")
+
+
+_PROXY_THREAD = "Kubernetes port forward proxy"  # the client library's thread per port-forward websocket
+
+
+def _quiet_proxy_resets() -> None:
+    """The client library's proxy thread ends with ConnectionResetError when a connection is reset: a closed
+    connection (relay() says so per connection), not a crash to print as a traceback on the terminal."""
+    previous = threading.excepthook
+    if getattr(previous, "quiet_proxy_resets", False):
+        return
+
+    def hook(args) -> None:
+        if (args.thread is not None and args.thread.name.startswith(_PROXY_THREAD)
+                and issubclass(args.exc_type, (ConnectionResetError, BrokenPipeError))):
+            return
+        previous(args)
+
+    hook.quiet_proxy_resets = True
+    threading.excepthook = hook
 
 
 def _clip(text: str, limit: int = 400) -> str:
