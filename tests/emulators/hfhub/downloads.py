@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, quote, unquote
 
 from .content import _SEND_CHUNK, _FileEntry
-from .faults import _Abort, _HttpError
+from .faults import RequestRecord, _Abort, _HttpError
 
 if TYPE_CHECKING:
     from .server import _Handler
@@ -140,16 +140,18 @@ class _DownloadRoutes:
                 rec.bytes_sent = sent
             pos += len(data)
             if limit is not None and sent >= limit:
-                self._cut(h, drop.mode)
+                self._cut(h, rec, drop.mode)
             if bps:
                 ahead = sent / bps - (time.monotonic() - t0)
                 if ahead > 0:
                     time.sleep(ahead)
         if limit is not None:  # file shorter than the cut point: cut anyway
-            self._cut(h, drop.mode)
+            self._cut(h, rec, drop.mode)
 
     @staticmethod
-    def _cut(h: _Handler, mode: str) -> None:
+    def _cut(h: _Handler, rec: RequestRecord, mode: str) -> None:
+        # Recorded before the cut: the client sees the cut at once and may look at the record right away.
+        rec.aborted = True
         h.close_connection = True
         conn = h.connection
         try:
