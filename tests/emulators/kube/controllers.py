@@ -94,13 +94,7 @@ class Controllers:
                     uid = o["metadata"]["uid"]
                     if not any(r.get("uid") == uid for x in self.store.objects.values()
                                for r in x["metadata"].get("ownerReferences") or []):
-                        fins = [f for f in o["metadata"]["finalizers"] if f != "foregroundDeletion"]
-                        if fins:
-                            n = copy.deepcopy(o)
-                            n["metadata"]["finalizers"] = fins
-                            self.store.put(key, n)
-                        else:
-                            self.store.remove(key)
+                        self._drop_finalizer(key, o, "foregroundDeletion")
                         changed = True
 
     def _release_pvc_protection(self) -> None:
@@ -116,10 +110,14 @@ class Controllers:
                 for k, p in self.store.objects.items())
             if in_use:
                 continue
-            rest = [f for f in fins if f != "kubernetes.io/pvc-protection"]
-            if rest:
-                n = copy.deepcopy(o)
-                n["metadata"]["finalizers"] = rest
-                self.store.put(key, n)
-            else:
-                self.store.remove(key)
+            self._drop_finalizer(key, o, "kubernetes.io/pvc-protection")
+
+    def _drop_finalizer(self, key: tuple, o: dict, finalizer: str) -> None:
+        """A terminating object loses one finalizer; with none left, it is gone."""
+        rest = [f for f in o["metadata"].get("finalizers") or [] if f != finalizer]
+        if rest:
+            n = copy.deepcopy(o)
+            n["metadata"]["finalizers"] = rest
+            self.store.put(key, n)
+        else:
+            self.store.remove(key)

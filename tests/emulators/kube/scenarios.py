@@ -151,24 +151,29 @@ def _scenario_gcsfuse_denied(pod, age, elapsed, p) -> PodView:
     return PodView(events=[("Warning", "FailedMount", msg, "kubelet")])
 
 
-def _scenario_succeeded(pod, age, elapsed, p) -> PodView:
+def _still_running(pod, age, p) -> PodView | None:
+    """Pending, then Running, for ``ticks``; None once the pod has ended."""
     ticks = int(p.get("ticks", 2))
     if age < max(ticks - 1, 0):
         return PodView()
     if age < ticks:
         return PodView(phase="Running", waiting=None, running=True, ready=True, others_running=True,
                        events=_started_events(pod))
+    return None
+
+
+def _scenario_succeeded(pod, age, elapsed, p) -> PodView:
+    running = _still_running(pod, age, p)
+    if running is not None:
+        return running
     code = int(p.get("exit_code", 0))
     return PodView(phase="Succeeded", waiting=None, terminated=("Completed", code), events=_started_events(pod))
 
 
 def _scenario_failed(pod, age, elapsed, p) -> PodView:
-    ticks = int(p.get("ticks", 2))
-    if age < max(ticks - 1, 0):
-        return PodView()
-    if age < ticks:
-        return PodView(phase="Running", waiting=None, running=True, ready=True, others_running=True,
-                       events=_started_events(pod))
+    running = _still_running(pod, age, p)
+    if running is not None:
+        return running
     return PodView(phase="Failed", waiting=None, terminated=(p.get("reason", "Error"), int(p.get("exit_code", 1))),
                    events=_started_events(pod))
 
