@@ -57,6 +57,13 @@ _NETWORK = re.compile(r"\bEOF\b|connection reset|connection refused|broken pipe|
 _RATE = re.compile(r"toomanyrequests|rate limit|\b429\b", re.I)
 
 
+def tools_image(ctx) -> str:
+    """The small Python image our in-cluster Jobs run this checkout's code on (the staging Job today).
+
+    The one place that decides it, so every Job that needs it gets the same reference."""
+    return ctx.settings.models.stager_image
+
+
 # ---------------------------------------------------------------------------------------------
 # References
 

@@ -243,6 +243,7 @@ class StageInCluster(KubeStep):
             ctx.sleep(ctx.settings.kube.poll_interval_s)
 
     def _objects(self, ctx, obs, name: str, pods: int) -> list[dict]:
+        from gptoss_gke.images import tools_image
         from gptoss_gke.remote.entry import PROTOCOL
         from gptoss_gke.remote.shipping import code_bundle
 
@@ -275,7 +276,7 @@ class StageInCluster(KubeStep):
         objects += render_template("staging/job.yaml", {
             "name": name, "namespace": s.kube.namespace, "labels": labels, "pods": pods,
             "retries_per_pod": RETRIES_PER_POD, "ttl_s": JOB_TTL_S, "deadline_s": JOB_DEADLINE_S,
-            "service_account": STAGER_ACCOUNT, "image": s.models.stager_image, "bootstrap": pod.BOOTSTRAP,
+            "service_account": STAGER_ACCOUNT, "image": tools_image(ctx), "bootstrap": pod.BOOTSTRAP,
             "env": env, "cpu": POD_CPU, "memory": memory, "memory_limit": limit, "code_configmap": f"{name}-code"})
         return objects
 
