@@ -21,7 +21,6 @@ steps instead of the local transfer:
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import time
@@ -37,7 +36,7 @@ from gptoss_gke.k8s.client import SDK as KUBE_SDK
 from gptoss_gke.k8s.client import KubeStep, kube
 from gptoss_gke.k8s.manifests import render, render_template
 from gptoss_gke.k8s.objects import KubeObject
-from gptoss_gke.staging import pod
+from gptoss_gke.k8s.podcode import BOOTSTRAP
 from gptoss_gke.staging.chunks import PROGRESS_KEY
 from gptoss_gke.staging.hub import HF_SDK
 from gptoss_gke.staging.shares import default_pods
@@ -244,26 +243,17 @@ class StageInCluster(KubeStep):
 
     def _objects(self, ctx, obs, name: str, pods: int) -> list[dict]:
         from gptoss_gke.images import tools_image
+        from gptoss_gke.k8s.podcode import code_configmap
         from gptoss_gke.remote.entry import PROTOCOL
-        from gptoss_gke.remote.shipping import code_bundle
-
-        s = ctx.settings
-        bundle = code_bundle()
-        labels = _labels(s, **{REVISION_LABEL: obs.revision, "gptoss-gke/target": self.target_name})
-        request = {"protocol": PROTOCOL, "task": "stage-share", "targets": [self.target_name],
-                   "settings": s.model_dump(mode="json"), "env_name": s.env_name, "pods": pods,
-                   "code": {"sha256": bundle.sha256}, "facts": {}}
-        objects = render_template("staging/code-configmap.yaml", {
-            "name": f"{name}-code", "namespace": s.kube.namespace, "labels": labels,
-            "code_tarball": base64.b64encode(bundle.data).decode(), "request": json.dumps(request),
-            "requirements": "\n".join(requirements()) + "\n"})
         from gptoss_gke.remote.steps import STAGING_MODULES
 
-        env = [{"name": "GPTOSS_CODE_SHA256", "value": hashlib.sha256(bundle.data).hexdigest()},
-               {"name": "GPTOSS_CODE_DIR", "value": pod.CODE_DIR}, {"name": "GPTOSS_WORK_DIR", "value": pod.WORK_DIR},
-               {"name": "GPTOSS_MODULES", "value": ",".join(STAGING_MODULES)},
-               {"name": "HOME", "value": pod.WORK_DIR}, {"name": "TMPDIR", "value": pod.WORK_DIR},
-               {"name": "NO_COLOR", "value": "1"}]
+        s = ctx.settings
+        labels = _labels(s, **{REVISION_LABEL: obs.revision, "gptoss-gke/target": self.target_name})
+        request = {"protocol": PROTOCOL, "task": "stage-share", "targets": [self.target_name],
+                   "settings": s.model_dump(mode="json"), "env_name": s.env_name, "pods": pods, "facts": {}}
+        objects, env = code_configmap(s, name=f"{name}-code", labels=labels, request=request,
+                                      requirements=requirements(), main="gptoss_gke.staging.pod",
+                                      modules=list(STAGING_MODULES))
         env += [{"name": k, "value": os.environ[k]} for k in FORWARDED_ENV if os.environ.get(k)]
         if s.hf_token:
             secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
@@ -276,7 +266,7 @@ class StageInCluster(KubeStep):
         objects += render_template("staging/job.yaml", {
             "name": name, "namespace": s.kube.namespace, "labels": labels, "pods": pods,
             "retries_per_pod": RETRIES_PER_POD, "ttl_s": JOB_TTL_S, "deadline_s": JOB_DEADLINE_S,
-            "service_account": STAGER_ACCOUNT, "image": tools_image(ctx), "bootstrap": pod.BOOTSTRAP,
+            "service_account": STAGER_ACCOUNT, "image": tools_image(ctx), "bootstrap": BOOTSTRAP,
             "env": env, "cpu": POD_CPU, "memory": memory, "memory_limit": limit, "code_configmap": f"{name}-code"})
         return objects
 
