@@ -4,6 +4,7 @@ ends, then the timeline with the durations of the script, and remembers it on th
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -16,7 +17,7 @@ from gptoss_gke.k8s.secret import ApiKeySecret
 from gptoss_gke.k8s.timeline import chart, startup_timeline
 from gptoss_gke.k8s.wait import LAST_STARTUP, Rollout
 from tests.conftest import in_process
-from tests.envfiles import kube_env
+from tests.envfiles import kube_env, write_env
 
 NS = "gptoss"
 IMAGE = "127.0.0.1:5000/test-project/gptoss/vllm/vllm-openai@sha256:" + "a" * 64
@@ -199,6 +200,58 @@ def test_deploy_prints_the_timeline_reports_it_and_status_shows_it_later(deploy_
     [step] = json.loads(report.read_text())["steps"]
     phases = {p["name"]: p for p in step["facts"]["startup_timeline"]["phases"]}
     assert phases["init"]["seconds"] == pytest.approx(541, abs=1) and phases["compile"]["status"] == "measured"
+
+    # The startupProbe, sized from that start: 2 x (container started → Ready = 489 s) = 98 tries of 10 s.
+    # (This world gives load_timeout_s, which sizes the probe as given: 6 tries. Without it, the measured start
+    # decides.) Alone the new size would restart the serving pod, so a re-deploy keeps the live one and says so...
+    def probe_failures() -> int:
+        sts = w.kube.get("StatefulSet", NS, "gptoss-l4")
+        [vllm] = [c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "vllm"]
+        return vllm["startupProbe"]["failureThreshold"]
+
+    sts = w.kube.get("StatefulSet", NS, "gptoss-l4")
+    assert probe_failures() == 6
+    assert json.loads(sts["metadata"]["annotations"][LAST_STARTUP])["slowest_probe_window_s"] == pytest.approx(489, abs=1)
+    generation = sts["metadata"]["generation"]
+    settings = copy.deepcopy(w.settings)
+    del settings["targets"]["l4"]["load_timeout_s"]
+    env = {"GPTOSS_ENV_DIR": write_env(tmp_path / "measured", settings)}
+    proc = w.inv("deploy", "--target=l4", "--skip-smoke", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ("ok: StatefulSet gptoss/gptoss-l4 matches the manifest (server-side dry run); its startupProbe stays at "
+            "1m00s (the measured start says 16m20s) until the pod template changes for another reason: changing "
+            "it alone would restart the serving pod") in proc.stdout
+    assert probe_failures() == 6 and w.kube.get("StatefulSet", NS, "gptoss-l4")["metadata"]["generation"] == generation
+    # ... and sends it with the next change that restarts the pod anyway.
+    proc = w.inv("deploy", "--target=l4", "--skip-smoke", "--set",
+                 'targets.l4.vllm_extra_args=["--enable-prefix-caching"]', env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert probe_failures() == 98, proc.stdout
+
+
+def test_the_startup_probe_is_twice_the_slowest_measured_start_within_the_catalogue_budget():
+    from gptoss_gke.k8s.wait import startup_probe_failures
+    from gptoss_gke.targets import IRONWOOD, L4
+
+    assert startup_probe_failures(L4, False, None) == 120  # nothing measured: the catalogue's 20 minutes
+    assert startup_probe_failures(L4, False, {"slowest_probe_window_s": 489}) == 98
+    assert startup_probe_failures(L4, False, {"slowest_probe_window_s": 20}) == 6  # never under a minute
+    assert startup_probe_failures(L4, False, {"slowest_probe_window_s": 1500}) == 120  # never over the catalogue
+    assert startup_probe_failures(L4, True, {"slowest_probe_window_s": 489}) == 120  # load_timeout_s given: as given
+    assert startup_probe_failures(IRONWOOD, False, {"total_s": 1500}) == 360  # an older annotation: the catalogue
+
+
+def test_a_warm_restart_never_shrinks_the_remembered_slowest_start():
+    from gptoss_gke.k8s.timeline import Phase, Timeline, last_startup_annotation
+
+    def started_after(window: int) -> Timeline:
+        return Timeline("p", "2026-01-01T00:00:00Z", f"2026-01-01T00:{10 + window // 60:02d}:{window % 60:02d}Z",
+                        [Phase("start", "2026-01-01T00:09:00Z", "2026-01-01T00:10:00Z")])
+
+    cold = json.loads(last_startup_annotation(started_after(489)))
+    assert cold["probe_window_s"] == 489 and cold["slowest_probe_window_s"] == 489
+    warm = json.loads(last_startup_annotation(started_after(125), cold))
+    assert warm["probe_window_s"] == 125 and warm["slowest_probe_window_s"] == 489
 
 
 def test_ironwood_deploy_end_to_end_prints_the_timeline_on_loopback(deploy_world, hf_hub, tmp_path):

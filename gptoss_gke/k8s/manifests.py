@@ -7,7 +7,6 @@ so a value (a label, an argument list) can never change the document's structure
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -96,7 +95,7 @@ def render_vars(settings, target, image: str) -> dict[str, Any]:
         "ownership_labels": ownership(settings, target),
         "node_selector": target.node_pool.node_selector,
         "vllm_args": vllm_args(settings, target),
-        "startup_failure_threshold": max(6, math.ceil(target.load_budget_s / 10)),
+        "startup_failure_threshold": _catalogue_probe_failures(target),
         "model_id": target.model_id,
         "model_revision": target.model_revision,
         "model_path": model_path(settings, target),
@@ -112,6 +111,13 @@ def render_vars(settings, target, image: str) -> dict[str, Any]:
         **profile_vars(target),
         **compile_cache_vars(settings, target),
     }
+
+
+def _catalogue_probe_failures(target) -> int:
+    """The startupProbe before any start was measured (deploy sizes it from the measured start later)."""
+    from gptoss_gke.k8s.wait import startup_probe_failures
+
+    return startup_probe_failures(target, True, None)
 
 
 def profile_vars(target) -> dict[str, Any]:

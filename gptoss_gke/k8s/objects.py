@@ -207,14 +207,20 @@ class KubeObject(KubeStep):
         return kube_owner_problem(live, ctx.settings, object_target(self.obj))
 
     def observe(self, ctx):
+        return self._compare(ctx, self._read_live(ctx))
+
+    def _read_live(self, ctx) -> dict | None:
         from kubernetes.dynamic.exceptions import NotFoundError
 
-        res = self._resource(ctx)
         meta = self.obj["metadata"]
         try:
-            live = res.get(name=meta["name"], namespace=self._ns()).to_dict()
+            return self._resource(ctx).get(name=meta["name"], namespace=self._ns()).to_dict()
         except NotFoundError:
-            live = None
+            return None
+
+    def _compare(self, ctx, live: dict | None) -> dict:
+        res = self._resource(ctx)
+        meta = self.obj["metadata"]
         would = None
         drift = immutable_drift(live, self.obj) if live is not None else []
         if live is not None and not drift and self._not_ours(ctx, live) is None:
@@ -264,6 +270,27 @@ def with_image(obj: dict, image: str) -> dict:
     return obj
 
 
+def _vllm_container(obj: dict) -> dict | None:
+    containers = (((obj.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
+    return next((c for c in containers if c.get("name") == "vllm"), None)
+
+
+def startup_probe_failures_of(obj: dict) -> int | None:
+    """The vLLM container's startupProbe.failureThreshold (None: no such probe)."""
+    probe = (_vllm_container(obj) or {}).get("startupProbe") or {}
+    return probe.get("failureThreshold")
+
+
+def with_startup_probe_failures(obj: dict, failures: int) -> dict:
+    obj = copy.deepcopy(obj)
+    _vllm_container(obj)["startupProbe"]["failureThreshold"] = failures
+    return obj
+
+
+def _template_changes(live: dict, would: dict) -> bool:
+    return bool(diff_objects((live.get("spec") or {}).get("template"), (would.get("spec") or {}).get("template")))
+
+
 class TargetObject(KubeObject):
     """A rendered object completed with what is known only at run time: the image digest mirror-image
     pinned, and the commit a branch-named revision resolved to while staging."""
@@ -285,8 +312,49 @@ class TargetObject(KubeObject):
             kind, meta = self.template["kind"], self.template["metadata"]
             obj = next(o for o in render(s, target.with_overrides(model_revision=resolved), image="-")
                        if o["kind"] == kind and o["metadata"]["name"] == meta["name"])
-        self.obj = with_image(obj, pinned_image(ctx, self.target_name))
-        return super().observe(ctx)
+        obj = with_image(obj, pinned_image(ctx, self.target_name))
+        self.obj = obj
+        live = self._read_live(ctx)
+        if live is None or startup_probe_failures_of(obj) is None or self._not_ours(ctx, live) is not None:
+            return self._compare(ctx, live)
+        return self._with_measured_startup_probe(ctx, obj, live)
+
+    def _with_measured_startup_probe(self, ctx, obj: dict, live: dict) -> dict:
+        """The workload's startupProbe sized from its measured start (k8s/wait.py), without a restart for it.
+
+        A new startupProbe is a new pod template, and a new template restarts the serving pod: a cold start
+        to change a timeout. So the measured size is sent only when the template changes anyway (image,
+        arguments, ...); until then the live value is kept and the plan says so."""
+        from gptoss_gke.k8s.wait import last_startup, startup_probe_failures
+
+        s = ctx.settings
+        explicit = s.target_settings(self.target_name).load_timeout_s is not None
+        measured = startup_probe_failures(s.target(self.target_name), explicit, last_startup(live))
+        kept = startup_probe_failures_of(live)
+        self.obj = with_startup_probe_failures(obj, measured)
+        if kept is None or kept == measured:
+            return self._compare(ctx, live)
+        self.obj = with_startup_probe_failures(obj, kept)
+        current = self._compare(ctx, live)
+        if current["would"] is not None and not _template_changes(live, current["would"]):
+            current["startup_probe_deferred"] = {"kept": kept, "measured": measured}
+            return current
+        self.obj = with_startup_probe_failures(obj, measured)
+        return self._compare(ctx, live)
+
+    def plan(self, ctx, current) -> Plan:
+        plan = super().plan(ctx, current)
+        deferred = (current or {}).get("startup_probe_deferred")
+        if deferred:
+            from gptoss_gke.k8s.wait import PROBE_PERIOD_S
+
+            kept, measured = (format_duration(deferred[k] * PROBE_PERIOD_S) for k in ("kept", "measured"))
+            why = (f"its startupProbe stays at {kept} (the measured start says {measured}) until the pod template "
+                   f"changes for another reason: changing it alone would restart the serving pod")
+            if not plan.changes:
+                return noop(f"{plan.reason}; {why}", startup_probe=deferred)
+            plan.note = "; ".join(x for x in (plan.note, why) if x)
+        return plan
 
 
 class OneWorkloadKind(KubeCheck):

@@ -78,6 +78,14 @@ class Timeline:
     def phase(self, name: str) -> Phase | None:
         return next((p for p in self.phases if p.name == name), None)
 
+    @property
+    def probe_window_s(self) -> float | None:
+        """Container started → Ready: the part of a start the startupProbe has to wait out."""
+        started = self.phase("start")
+        if started is None or started.end is None or self.ready is None:
+            return None
+        return max(0.0, (parse_time(self.ready) - parse_time(started.end)).total_seconds())
+
     def slowest(self) -> Phase | None:
         known = [p for p in self.phases if p.seconds is not None]
         return max(known, key=lambda p: p.seconds) if known else None
@@ -373,9 +381,16 @@ def pod_log(k, namespace: str, name: str, *, container: str = "vllm", tail_lines
     return text.splitlines()
 
 
-def last_startup_annotation(timeline: Timeline) -> str:
-    """What the workload remembers of its last start (``gptoss-gke/last-startup``): compact JSON."""
+def last_startup_annotation(timeline: Timeline, previous: dict | None = None) -> str:
+    """What the workload remembers of its last start (``gptoss-gke/last-startup``): compact JSON.
+
+    ``slowest_probe_window_s`` keeps the slowest container-started → Ready seen on this workload (usually
+    the first start, with cold compile caches), so one warm restart cannot shrink the startupProbe."""
     import json
 
+    windows = [w for w in (timeline.probe_window_s, (previous or {}).get("slowest_probe_window_s"))
+               if isinstance(w, (int, float))]
     return json.dumps({"pod": timeline.pod, "ready": timeline.ready, "total_s": timeline.total_s,
+                       "probe_window_s": timeline.probe_window_s,
+                       "slowest_probe_window_s": max(windows) if windows else None,
                        "phases": {p.name: p.seconds for p in timeline.phases}}, separators=(",", ":"))

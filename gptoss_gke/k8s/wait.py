@@ -6,6 +6,7 @@ testable; `Rollout` polls it until ready, a fatal hint, or the target's load bud
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -147,6 +148,23 @@ def rollout_budget(target, explicit: bool, last: dict | None) -> float:
     if explicit or not last or not last.get("total_s"):
         return float(target.load_budget_s)
     return max(float(target.load_budget_s), 2 * float(last["total_s"]))
+
+
+PROBE_PERIOD_S = 10  # the workloads' startupProbe.periodSeconds
+PROBE_MIN_FAILURES = 6  # never under a minute of startup
+
+
+def startup_probe_failures(target, explicit: bool, last: dict | None) -> int:
+    """The startupProbe's failureThreshold: how long a starting vLLM may take before the kubelet restarts it.
+
+    Without a measured start (or with an explicit ``load_timeout_s``) it covers the catalogue's whole load
+    budget. Once a start was measured, twice the slowest container-started → Ready seen on this workload,
+    never more than the catalogue's budget: a load that hangs is restarted after that, not after an hour."""
+    budget = max(PROBE_MIN_FAILURES, math.ceil(target.load_budget_s / PROBE_PERIOD_S))
+    window = (last or {}).get("slowest_probe_window_s")
+    if explicit or not isinstance(window, (int, float)) or window <= 0:
+        return budget
+    return min(budget, max(PROBE_MIN_FAILURES, math.ceil(2 * window / PROBE_PERIOD_S)))
 
 
 class Rollout(KubeStep):
@@ -295,7 +313,7 @@ class Rollout(KubeStep):
         kube(ctx).resource("apps/v1", self.kind).server_side_apply(
             body={"apiVersion": "apps/v1", "kind": self.kind,
                   "metadata": {"name": meta["name"], "namespace": meta["namespace"],
-                               "annotations": {LAST_STARTUP: last_startup_annotation(timeline)}}},
+                               "annotations": {LAST_STARTUP: last_startup_annotation(timeline, last_startup(workload))}}},
             name=meta["name"], namespace=meta["namespace"],
             field_manager=f"{ctx.settings.kube.field_manager}-startup", force_conflicts=True)
 
