@@ -231,9 +231,13 @@ class Smoke(KubeCheck):  # Kubernetes errors in words (see k8s.client.explain)
     def _through_service(self, ctx) -> None:
         from gptoss_gke.k8s.client import kube
         from gptoss_gke.k8s.objects import KubeObject
+        from gptoss_gke.k8s.secret import read_api_key
 
         ns = ctx.settings.kube.namespace
         url = self._url(ctx, self._service_port(ctx))
+        # The pod reads the key itself (secretKeyRef); reading it here first says a missing Secret in words
+        # before any pod waits on it, and lets the redactor know the key should a log line ever carry it.
+        read_api_key(ctx)
         objects = self._objects(ctx, url)
         self.measured["job"] = self.job
         for obj in objects:
@@ -246,7 +250,7 @@ class Smoke(KubeCheck):  # Kubernetes errors in words (see k8s.client.explain)
                                                   "uid": job["metadata"]["uid"]}]
             KubeObject(cm)._apply(ctx)
             ctx.printer.line(f"  Job {ns}/{self.job}: {self.generations} generation(s) to {url}")
-            records, state, pod = self._follow(ctx)
+            records, state, pod, why = self._follow(ctx)
         except Interrupted:
             # Deleting it would be a new write: said instead. It ends by its deadline and removes itself.
             ctx.printer.line(f"    interrupted: Job {ns}/{self.job} stays until it ends (at most {self.deadline_s}s) "
@@ -259,10 +263,11 @@ class Smoke(KubeCheck):  # Kubernetes errors in words (see k8s.client.explain)
         tail = _readable(self._log(ctx, pod))[-8:] if pod else []
         self._delete(ctx)
         self.measured.update(measured(records))
-        self._verdict_of_job(ctx, records, state, pod, tail)
+        self._verdict_of_job(ctx, records, why or state, pod, tail)
 
-    def _follow(self, ctx) -> tuple[list[dict], str, dict | None]:
-        """Until the Job ends: the pod's state when it changes, each result line as it comes."""
+    def _follow(self, ctx) -> tuple[list[dict], str, dict | None, str | None]:
+        """Until the Job ends: the pod's state when it changes, each result line as it comes. Returns the
+        records, the Job's state, its pod, and why it stopped when it failed."""
         from gptoss_gke.k8s.client import kube
         from gptoss_gke.k8s.jobs import job_state
 
@@ -293,10 +298,12 @@ class Smoke(KubeCheck):  # Kubernetes errors in words (see k8s.client.explain)
                         ctx.printer.line(text)
             state = job_state(job)
             stuck = _stuck(pod)
-            if state != "running" or stuck:
-                return records, state if not stuck else "failed", pod
+            if stuck:
+                return records, "failed", pod, stuck
+            if state != "running":
+                return records, state, pod, _job_failure(job) if state == "failed" else None
             if time.monotonic() - started > self.deadline_s + 60:
-                return records, "timed out", pod
+                return records, "running", pod, f"still running after {self.deadline_s + 60}s"
             ctx.sleep(min(ctx.settings.kube.poll_interval_s, 2.0))
 
     def _log(self, ctx, pod: dict) -> list[str]:
@@ -326,6 +333,7 @@ class Smoke(KubeCheck):  # Kubernetes errors in words (see k8s.client.explain)
                 pass
 
     def _verdict_of_job(self, ctx, records: list[dict], state: str, pod: dict | None, tail: list[str]) -> None:
+        """``state``: "complete", or why the Job did not complete."""
         ns = ctx.settings.kube.namespace
         failed = next((r for r in records if not r.get("ok") and r.get("problem")), None)
         if state == "complete" and failed is None and any(r.get("check") == "without_key" for r in records):
@@ -337,7 +345,7 @@ class Smoke(KubeCheck):  # Kubernetes errors in words (see k8s.client.explain)
             if failed.get("check") in ("health", "generate"):
                 problem, fix = self._no_endpoints(ctx) or (problem, fix)
             raise StepError(problem + log, fix)
-        why = _stuck(pod) or _pod_end(pod) or f"the Job {state} without every result"
+        why = _stuck(pod) or (state if state != "complete" else None) or _pod_end(pod) or "no result in its log"
         raise StepError(f"the smoke Job {ns}/{self.job} did not finish its checks: {why}{log}",
                         f"`kubectl -n {ns} describe pod -l job-name={self.job}` while it runs (re-run `inv smoke "
                         f"--target={self.target.name} --via=service`); `--via=pod` checks one pod through a "
@@ -391,6 +399,13 @@ def _container_state(pod: dict | None) -> dict:
     for cs in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
         return cs.get("state") or {}
     return {}
+
+
+def _job_failure(job: dict) -> str:
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c.get("type") in ("Failed", "FailureTarget") and c.get("status") == "True":
+            return f"the Job failed ({c.get('reason') or 'no reason'}: {c.get('message') or '-'})"
+    return "the Job failed"
 
 
 def _stuck(pod: dict | None) -> str | None:
