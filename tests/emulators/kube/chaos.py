@@ -233,6 +233,7 @@ class ServiceProxy:
         self.propagation_s = propagation_s
         self.service = service  # (name, namespace, port): what pods of Jobs call it by
         self.routed: list[tuple[float, str, str | None]] = []  # (when, path, endpoint pod or None), in order
+        self.programs: list[tuple[float, list[str]]] = []  # (when, the endpoints) each time they changed
         self._programmed: list[str] = []
         self._pending: list[tuple[float, list[str]]] = []
         self._rr = itertools.count()
@@ -279,7 +280,10 @@ class ServiceProxy:
                                                                                            len(ready))
             self._pending.append((time.monotonic() + self.propagation_s * self.cluster.scale, ready))
             while self._pending and self._pending[0][0] <= time.monotonic():
-                self._programmed = self._pending.pop(0)[1]
+                endpoints = self._pending.pop(0)[1]
+                if endpoints != self._programmed:
+                    self.programs.append((time.monotonic(), endpoints))
+                self._programmed = endpoints
             time.sleep(0.005)
 
     def _forward(self, handler, method: str) -> None:
