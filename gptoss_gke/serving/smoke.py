@@ -240,9 +240,9 @@ class Smoke(KubeCheck):  # Kubernetes errors in words (see k8s.client.explain)
         read_api_key(ctx)
         objects = self._objects(ctx, url)
         self.measured["job"] = self.job
-        for obj in objects:
-            KubeObject(obj)._apply(ctx)
         try:
+            for obj in objects:
+                KubeObject(obj)._apply(ctx)
             # The code belongs to the Job: it goes when the Job goes (Kubernetes' garbage collector).
             job = kube(ctx).resource("batch/v1", "Job").get(name=self.job, namespace=ns).to_dict()
             [cm] = [o for o in objects if o["kind"] == "ConfigMap"]
@@ -255,10 +255,15 @@ class Smoke(KubeCheck):  # Kubernetes errors in words (see k8s.client.explain)
             # Deleting it would be a new write: said instead. It ends by its deadline and removes itself.
             ctx.printer.line(f"    interrupted: Job {ns}/{self.job} stays until it ends (at most {self.deadline_s}s) "
                              f"and removes itself {JOB_TTL_S // 60} min later; `kubectl -n {ns} delete job "
-                             f"{self.job}` removes it now", "dim")
+                             f"{self.job}` removes it now (`kubectl -n {ns} delete configmap {self.job}-code` "
+                             f"too, if the Job was not made yet)")
             raise
         except BaseException:
-            self._delete(ctx)
+            try:
+                self._delete(ctx)
+            except Exception:  # noqa: BLE001 - the first failure is the one to report; say what may be left
+                ctx.printer.line(f"    could not delete Job {ns}/{self.job}: `kubectl -n {ns} delete job {self.job}` "
+                                 f"(teardown deletes it too)")
             raise
         tail = _readable(self._log(ctx, pod))[-8:] if pod else []
         self._delete(ctx)
@@ -268,6 +273,8 @@ class Smoke(KubeCheck):  # Kubernetes errors in words (see k8s.client.explain)
     def _follow(self, ctx) -> tuple[list[dict], str, dict | None, str | None]:
         """Until the Job ends: the pod's state when it changes, each result line as it comes. Returns the
         records, the Job's state, its pod, and why it stopped when it failed."""
+        from kubernetes.dynamic.exceptions import NotFoundError
+
         from gptoss_gke.k8s.client import kube
         from gptoss_gke.k8s.jobs import job_state
 
@@ -279,11 +286,9 @@ class Smoke(KubeCheck):  # Kubernetes errors in words (see k8s.client.explain)
         while True:
             try:
                 job = k.resource("batch/v1", "Job").get(name=self.job, namespace=ns).to_dict()
-            except Exception as exc:  # noqa: BLE001 - NotFound: someone deleted it
-                if getattr(exc, "status", None) == 404:
-                    raise StepError(f"Job {ns}/{self.job} disappeared during the smoke test",
-                                    f"someone deleted it; re-run `inv smoke --target={self.target.name}`") from None
-                raise
+            except NotFoundError:
+                raise StepError(f"Job {ns}/{self.job} disappeared during the smoke test",
+                                f"someone deleted it; re-run `inv smoke --target={self.target.name}`") from None
             pods = [k.api_client.sanitize_for_serialization(p) for p in
                     k.core.list_namespaced_pod(ns, label_selector=f"job-name={self.job}").items]
             pod = max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "") if pods else None
