@@ -1,21 +1,28 @@
 """The endpoint, once deployed: `inv smoke`, `inv bench`, `inv port-forward`, `inv show-api-key`.
 
 Each is one step that only looks or measures (a check): ok or failed, never changed. Only
-`bench --in-cluster` changes something: it runs a Job in the cluster.
+`bench --in-cluster` changes something: it runs a Job in the cluster. (`smoke --via=service` runs its
+client as a short Job too, and deletes it once read: nothing of it stays.)
 """
 
 from gptoss_gke.cli import playbook_task
-from gptoss_gke.flags import Integer, Switch
+from gptoss_gke.flags import Choice, Integer, Switch
 
 
-@playbook_task(target="list")
+@playbook_task(
+    target="list",
+    # serving/smoke.py VIAS (not imported here: `inv --list` stays fast)
+    via=Choice("service: from a Job's pod through the Service, as clients in the cluster (default for the spot "
+               "profiles); pod: through a port-forward to one Ready pod (default for one on-demand replica)",
+               choices=("service", "pod")),
+)
 def smoke(c, f):
-    """Through a port-forward: /health, the served model, one streamed answer (TTFT, tok/s), 401 without the key."""
+    """/health, the served model, streamed answers (TTFT, tok/s), 401 without the key: through the Service or a pod."""
     from gptoss_gke.playbook import playbook
     from gptoss_gke.serving.smoke import Smoke
 
     with playbook(c, "smoke", f) as pb:
-        pb.run([Smoke(pb.settings, t) for t in pb.ctx.targets])
+        pb.run([Smoke(pb.settings, t, via=f.via) for t in pb.ctx.targets])
 
 
 @playbook_task(

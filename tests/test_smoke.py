@@ -399,3 +399,68 @@ def test_a_reset_in_the_client_librarys_port_forward_thread_is_no_traceback_and_
     finally:
         threading.excepthook = previous
     assert seen == ["Kubernetes port forward proxy: 8000: ValueError", "some other thread: ConnectionResetError"]
+
+
+# ---- through the Service: the smoke Job -----------------------------------------------------------------
+
+SPOT = ("--set", "targets.l4.capacity=spot-with-fallback", "--set", "models.bucket=test-project-models")
+
+
+def test_the_smoke_job_is_hardened_schema_valid_cpu_only_and_gets_the_key_only_by_reference():
+    import kubernetes_validate
+
+    from tests.conftest import in_process
+
+    s = Settings(project="test-project", models={"bucket": "test-project-models"},
+                 targets={"l4": {"capacity": "spot-with-fallback"}})
+    ctx, _ = in_process(s)
+    step = Smoke(s, "l4")
+    assert step.via == "service" and step.generations == 4  # 2 replicas, 2 requests each
+    assert Smoke(s, "l4", via="pod").generations == 1
+    assert Smoke(Settings(project="test-project"), "l4").via == "pod"  # one on-demand replica: the port-forward
+    objects = step._objects(ctx, step._url(ctx, 80))
+    assert [o["kind"] for o in objects] == ["ConfigMap", "Job"]
+    for obj in objects:
+        kubernetes_validate.validate(obj, "1.34.0", strict=True)
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "gptoss-gke"  # teardown's to delete
+    cm, job = objects
+    spec = job["spec"]
+    assert job["metadata"]["name"].startswith("smoke-l4-") and spec["backoffLimit"] == 0
+    assert spec["ttlSecondsAfterFinished"] > 0 and spec["activeDeadlineSeconds"] > 0
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"]
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert not pod["automountServiceAccountToken"]
+    [c] = pod["containers"]
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}}
+    # CPU nodes only: no accelerator asked for, none tolerated, accelerator nodes excluded.
+    assert "tolerations" not in pod and "nvidia.com/gpu" not in str(c["resources"])
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert {(e["key"], e["operator"]) for e in terms[0]["matchExpressions"]} == {
+        ("cloud.google.com/gke-accelerator", "DoesNotExist"),
+        ("cloud.google.com/gke-tpu-accelerator", "DoesNotExist")}
+    env = {e["name"]: e for e in c["env"]}
+    assert env["VLLM_API_KEY"] == {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {
+        "name": "vllm-api-key", "key": "VLLM_API_KEY"}}}
+    assert env["GPTOSS_SMOKE_URL"]["value"] == "http://gptoss-l4.gptoss.svc.cluster.local:80"
+    assert env["GPTOSS_MAIN"]["value"] == "gptoss_gke.serving.smoke_pod" and env["GPTOSS_MODULES"]["value"] == ""
+    assert c["image"] == s.models.stager_image  # images.tools_image: the staging Job's image
+    request = json.loads(cm["data"]["request.json"])
+    assert set(request) == {"task", "smoke", "request_timeout_s", "code"}  # what to check, never the key
+    assert request["smoke"]["generations"] == 4 and request["smoke"]["api_key_secret"] == "gptoss/vllm-api-key"
+
+
+def test_dry_run_shows_the_smoke_job_it_would_create_and_the_via_flag_picks_the_route(offline_env):
+    proc = run_inv(["smoke", "--target=l4", "--dry-run", *SPOT], offline_env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "would smoke-test the endpoint through Service gptoss/gptoss-l4 from a Job in the cluster" in out
+    assert "to http://gptoss-l4.gptoss.svc.cluster.local:80:" in out
+    assert "4 times (2 per replica), each must answer" in out
+    assert "+ kind: Job" in out and "secretKeyRef:" in out and "ttlSecondsAfterFinished:" in out
+    pod = run_inv(["smoke", "--target=l4", "--dry-run", "--via=pod", *SPOT], offline_env)
+    assert pod.returncode == 0, pod.stdout + pod.stderr
+    assert "would smoke-test the endpoint through a port-forward" in pod.stdout and "kind: Job" not in pod.stdout
+    bad = run_inv(["smoke", "--target=l4", "--dry-run", "--via=proxy"], offline_env)
+    assert bad.returncode != 0 and "service, pod" in bad.stdout + bad.stderr

@@ -235,7 +235,8 @@ class _Client(threading.Thread):
                 self.errors.append(repr(exc))
 
 
-def _spot_world(kube_emulator, *, prestop_sleep: int | None = None, spread: bool = True):
+def _spot_world(kube_emulator, *, prestop_sleep: int | None = None, spread: bool = True,
+                tokens_per_second: float = 200.0):
     from gptoss_gke.k8s.computeclass import compute_class
     from gptoss_gke.k8s.manifests import render, selector
     from tests.emulators.kube.chaos import ServiceProxy, SpotCluster
@@ -253,7 +254,7 @@ def _spot_world(kube_emulator, *, prestop_sleep: int | None = None, spread: bool
     kube_emulator.seed(compute_class(s, "l4"))
 
     def container():
-        backend = FakeVllm(model_id="openai/gpt-oss-20b", api_key=API_KEY)
+        backend = FakeVllm(model_id="openai/gpt-oss-20b", api_key=API_KEY, tokens_per_second=tokens_per_second)
         backend.start()
         backend.wait_ready()
         return backend
@@ -368,9 +369,12 @@ def test_the_disruption_budget_refuses_to_evict_the_last_ready_replica(kube_emul
 def test_setup_cluster_and_deploy_l4_spot_with_fallback_end_to_end(deploy_world, hf_hub):
     """setup-cluster makes the pools and the class; deploy stages the weights into the bucket, applies the
     Deployment, its claim on the bucket and the budget; GKE's autoscaler (emulated) places the replicas by
-    the class in two zones of the pools setup-cluster created; the rollout and the smoke test pass."""
+    the class in two zones of the pools setup-cluster created; the rollout passes, and the smoke test too,
+    from a Job's pod through the Service (the key never in the Job, its ConfigMap, its log or the output)."""
+    import json
+
     from tests.emulators.hfhub import make_gptoss_like_repo
-    from tests.emulators.kube.chaos import SpotCluster
+    from tests.emulators.kube.chaos import ServiceProxy, SpotCluster
     from tests.gcs import PROJECT_NUMBER
 
     w = deploy_world
@@ -383,7 +387,9 @@ def test_setup_cluster_and_deploy_l4_spot_with_fallback_end_to_end(deploy_world,
     assert setup.returncode == 0, setup.stdout + setup.stderr
     pools = [w.gcp.get_nodepool("test-project", "us-central1", "gptoss", n) for n in ("l4-gptoss-spot", "l4-gptoss-fallback")]
 
-    class Container:  # the smoke test reaches the world's vLLM through the port-forward
+    class Container:  # each replica's container: the world's vLLM (it takes the key the Secret holds)
+        port = w.vllm.port
+
         def stop(self):
             pass
 
@@ -406,8 +412,13 @@ def test_setup_cluster_and_deploy_l4_spot_with_fallback_end_to_end(deploy_world,
     assert w.kube.remove("StatefulSet", NS, "gptoss-l4")  # as teardown --target=l4 would
 
     cluster = SpotCluster(w.kube, pools, Container).start()
+    proxy = ServiceProxy(cluster, {"matchLabels": {"app.kubernetes.io/name": "vllm",
+                                                   "app.kubernetes.io/instance": "gptoss-l4"}}, service=SERVICE)
+    proxy.start()
+    w.kube.controllers.jobs.run_for_real("smoke-")
+    report = w.tmp / "deploy.json"
     try:
-        deploy = w.inv("deploy", "--target=l4", *sets, env=env)
+        deploy = w.inv("deploy", "--target=l4", *sets, f"--report={report}", env=env)
         out = deploy.stdout
         assert deploy.returncode == 0, out + deploy.stderr
         assert "changed: create Deployment gptoss/gptoss-l4" in out
@@ -415,7 +426,19 @@ def test_setup_cluster_and_deploy_l4_spot_with_fallback_end_to_end(deploy_world,
         assert ("waking node pools l4-gptoss-spot, l4-gptoss-fallback from 0 nodes (a g2-standard-4 node per "
                 "replica, billed until the pool scales back to zero: $") in out and "per node spot)" in out
         assert "changed: create PodDisruptionBudget gptoss/gptoss-l4" in out
-        assert "ok: openai/gpt-oss-20b answered" in out
+        # The smoke test went through the Service, 2 generations per replica, every one answered.
+        assert "ok: openai/gpt-oss-20b answered through Service gptoss/gptoss-l4 (4 of 4 requests answered)" in out
+        [smoke] = [st["facts"]["smoke"] for st in json.loads(report.read_text())["steps"] if "smoke" in st["facts"]]
+        assert smoke["via"] == "service" and smoke["requests"] == 4 and smoke["requests_answered"] == 4
+        assert len([path for _, path, pod in proxy.routed if path == "/v1/chat/completions" and pod]) == 4
+        assert _smoke_leftovers(w.kube) == []  # the Job, its pod and its code are gone
+        key = w.api_key()
+        assert key and key not in out + deploy.stderr and key not in report.read_text()
+        sent = [r for r in w.kube.requests if r.body and ("/jobs" in r.path or "/configmaps" in r.path)]
+        assert any("/jobs" in r.path for r in sent) and any("/configmaps" in r.path for r in sent)
+        assert not any(key in json.dumps(r.body) for r in sent)  # the Job and its ConfigMap never carry it
+        [log] = [lines for name, _, _, lines in w.kube.kubelet._logs if name.startswith("smoke-l4-")]
+        assert any('"check": "without_key", "ok": true' in ln for ln in log) and not any(key in ln for ln in log)
         # What clients see: the Service routes to both replicas, in two zones.
         assert "ok: Service gptoss/gptoss-l4 routes to 2 Ready endpoints in us-central1-" in out
         staged = {b.name for b in w.gcs.backend.client().list_blobs("test-project-models")}
@@ -428,6 +451,7 @@ def test_setup_cluster_and_deploy_l4_spot_with_fallback_end_to_end(deploy_world,
         assert any(n.endswith(".safetensors") and sha in n for n in staged)
         assert not any("/original/" in n for n in staged)
     finally:
+        proxy.stop()
         cluster.stop()
 
 
@@ -460,3 +484,151 @@ def test_the_service_endpoint_check_fails_when_both_replicas_share_a_zone(kube_e
         for kind in ("Deployment", "ReplicaSet", "Pod", "Node"):  # a fresh workload for the next round
             for obj in kube_emulator.objects(kind, None):
                 kube_emulator.remove(kind, obj["metadata"].get("namespace"), obj["metadata"]["name"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The smoke test through the Service: a Job's pod, a client of the Service like any other
+
+SERVICE = ("gptoss-l4", NS, 80)  # the l4 Service: its name, namespace and port (the tutorial's port 80)
+
+
+def _smoke_settings(kube_emulator):
+    return _settings("targets.l4.capacity=spot-with-fallback", f"kube.kubeconfig={kube_emulator.kubeconfig_path}",
+                     "kube.context=test", "kube.poll_interval_s=0.05")
+
+
+def _smoke_world(kube_emulator, **kw):
+    """The spot world, its API-key Secret, and cluster DNS for the Service: the smoke Job's pod runs here."""
+    import base64
+
+    cluster, proxy, sel = _spot_world(kube_emulator, **kw)
+    kube_emulator.seed({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                        "metadata": {"name": "vllm-api-key", "namespace": NS},
+                        "data": {"VLLM_API_KEY": base64.b64encode(API_KEY.encode()).decode()}})
+    kube_emulator.controllers.jobs.run_for_real("smoke-")
+    proxy.service = SERVICE
+    return cluster, proxy, sel
+
+
+def _run_smoke(settings, **kw):
+    from gptoss_gke.core import Runner
+    from gptoss_gke.serving.smoke import Smoke
+    from tests.conftest import in_process
+
+    ctx, out = in_process(settings)
+    step = Smoke(settings, "l4", **kw)
+    [result] = Runner(ctx).run([step])
+    return result, out.getvalue(), step
+
+
+def _smoke_leftovers(kube_emulator) -> list[str]:
+    return [f"{kind} {o['metadata']['name']}" for kind in ("Job", "ConfigMap", "Pod")
+            for o in kube_emulator.objects(kind, NS) if o["metadata"]["name"].startswith("smoke-")]
+
+
+def test_the_smoke_test_through_the_service_passes_during_a_preemption(kube_emulator):
+    """The smoke Job's pod calls the Service by its DNS name; a replica is preempted while it sends its
+    generations: every request is answered (the terminating pod is not routed to once its endpoint is gone)."""
+    # 64 tokens at 40 tok/s: each generation takes ~1.6 s, so the next one starts well after the preempted
+    # pod's endpoint is gone (no request is cut by the preemption: that is the other chaos test's subject).
+    cluster, proxy, sel = _smoke_world(kube_emulator, tokens_per_second=40.0)
+    settings = _smoke_settings(kube_emulator)
+    outcome: dict = {}
+    try:
+        cluster.start()
+        proxy.start()
+        _wait(_serving(cluster, proxy, sel), "two replicas serving")
+        runner = threading.Thread(target=lambda: outcome.update(zip(("result", "out", "step"), _run_smoke(settings))))
+        runner.start()
+
+        def generations():
+            return [(t, pod) for t, path, pod in proxy.routed if path == "/v1/chat/completions"]
+
+        _wait(lambda: generations() or not runner.is_alive(), "the smoke pod's first generation")
+        assert generations(), outcome.get("out")
+        # Preempt the replica not answering right now: the next requests must go to the other one.
+        [(_, busy)] = generations()[:1]
+        victim = next(p["metadata"]["name"] for p in cluster.ready_pods({"matchLabels": sel})
+                      if p["metadata"]["name"] != busy)
+        preempted_at = time.monotonic()
+        cluster.preempt(cluster.node_of(victim))
+        runner.join(120)
+        assert not runner.is_alive()
+    finally:
+        proxy.stop()
+        cluster.stop()
+    r, out = outcome["result"], outcome["out"]
+    assert r.status == "ok", out
+    facts = r.facts["smoke"]
+    assert facts["via"] == "service" and facts["requests"] == 4 and facts["requests_answered"] == 4
+    assert "generations: 4 of 4 answered through Service gptoss/gptoss-l4" in out
+    assert "answered through Service gptoss/gptoss-l4 (4 of 4 requests answered)" in r.reason
+    # kube-proxy dropped the terminating pod; every generation after that went to the other replica.
+    dropped = next(t for t, endpoints in proxy.programs if t > preempted_at and victim not in endpoints)
+    after = [pod for t, pod in generations() if t > dropped]
+    assert after, "no generation was sent after the preemption: it did not happen during the smoke test"
+    assert victim not in after and len(generations()) == 4
+    assert _smoke_leftovers(kube_emulator) == []  # the Job, its pod and its code are gone
+    assert API_KEY not in out
+
+
+def test_the_smoke_test_through_a_service_without_ready_endpoints_fails_with_the_fix(kube_emulator):
+    cluster, proxy, sel = _smoke_world(kube_emulator)  # the cluster never scales up: no replica is Ready
+    settings = _smoke_settings(kube_emulator)
+    try:
+        proxy.start()
+        r, out, step = _run_smoke(settings, health_timeout_s=2)
+    finally:
+        proxy.stop()
+        proxy.server.server_close()
+        cluster.stop()
+    assert r.status == "failed", out
+    assert r.error.startswith("Service gptoss/gptoss-l4 has no Ready endpoint: nothing answers its clients"), r.error
+    assert f"--- Job gptoss/{step.job}, last log lines ---" in r.error  # what the pod said
+    assert "[health] failed: GET /health did not answer 200 within 2s through Service gptoss/gptoss-l4" in r.error
+    assert "kubectl get pods -n gptoss -l app.kubernetes.io/instance=gptoss-l4" in r.fix
+    assert _smoke_leftovers(kube_emulator) == []
+
+
+def test_ctrl_c_while_following_the_smoke_job_stops_and_says_how_to_delete_it(kube_emulator, tmp_path):
+    """Interrupt means stop: no new write (the Job is not deleted by the interrupted run), and the run
+    names the command that deletes it."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.conftest import INV, REPO
+    from tests.envfiles import kube_env
+
+    cluster, proxy, _ = _smoke_world(kube_emulator)  # no replica Ready: the pod keeps asking for /health
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPTOSS_", "HF_", "KUBECONFIG"))}
+    spot = {"targets": {"l4": {"capacity": "spot-with-fallback"}}}
+    env.update(GPTOSS_ENV_DIR=kube_env(tmp_path, kube_emulator, spot), NO_COLOR="1")
+    proc = None
+    try:
+        proxy.start()
+        proc = subprocess.Popen([INV, "smoke", "--target=l4"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+        def running():
+            return [p for p in kube_emulator.objects("Pod", NS) if p["metadata"]["name"].startswith("smoke-l4-")
+                    and (p.get("status") or {}).get("phase") == "Running"]
+
+        _wait(lambda: running() or proc.poll() is not None, "the smoke Job's pod running", timeout=120)
+        assert proc.poll() is None, proc.stdout.read()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        proxy.stop()
+        proxy.server.server_close()
+        cluster.stop()
+    assert proc.returncode == 130, out
+    [job] = kube_emulator.objects("Job", NS)  # still there: deleting it would have been a new write
+    name = job["metadata"]["name"]
+    assert f"interrupted: Job gptoss/{name} stays until it ends" in out
+    assert f"`kubectl -n gptoss delete job {name}` removes it now" in out
+    assert not [r for r in kube_emulator.requests if r.method == "DELETE"]

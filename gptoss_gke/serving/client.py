@@ -63,9 +63,11 @@ class RequestResult:
 
 
 class Endpoint:
-    """Where requests go: a base URL such as http://127.0.0.1:8000 and the API key (or None)."""
+    """Where requests go: a base URL such as http://127.0.0.1:8000 and the API key (or None); ``tunnel``:
+    the URL is a port-forward's (errors then name it as the likely cause)."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = DEFAULT_TIMEOUT_S):
+    def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = DEFAULT_TIMEOUT_S,
+                 tunnel: bool = True):
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https"):
             raise ValueError(f"unsupported URL scheme in {base_url!r}")
@@ -76,9 +78,10 @@ class Endpoint:
         self.prefix = parts.path.rstrip("/")
         self.api_key = api_key
         self.timeout = timeout
+        self.tunnel = tunnel
 
     def with_key(self, api_key: str | None) -> "Endpoint":
-        return Endpoint(self.base_url, api_key, timeout=self.timeout)
+        return Endpoint(self.base_url, api_key, timeout=self.timeout, tunnel=self.tunnel)
 
     def _connection(self, timeout: float | None = None) -> http.client.HTTPConnection:
         cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
@@ -125,16 +128,18 @@ def _error_text(body: Any) -> str:
     return str(body or "").strip()[:300]
 
 
-def describe_connection_error(exc: BaseException) -> str:
-    """Plain words for what broke between us and the server (the port-forward, usually)."""
+def describe_connection_error(exc: BaseException, *, tunnel: bool = True) -> str:
+    """Plain words for what broke between us and the server; ``tunnel``: through a port-forward (the usual
+    suspect then), else straight to a Service or host."""
+    dropped = " (tunnel dropped?)" if tunnel else ""
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return "no data from the server for too long (timed out)"
     if isinstance(exc, http.client.IncompleteRead):
-        return "the connection closed in the middle of the response (tunnel dropped?)"
+        return f"the connection closed in the middle of the response{dropped}"
     if isinstance(exc, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
-        return "the connection closed before the response was complete (tunnel dropped?)"
+        return f"the connection closed before the response was complete{dropped}"
     if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (is the port-forward still open?)"
+        return "connection refused" + (" (is the port-forward still open?)" if tunnel else "")
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -206,10 +211,11 @@ def _measure(ep: Endpoint, path: str, payload: dict[str, Any]) -> RequestResult:
                     result.finish_reason = choice["finish_reason"]
         ended = time.perf_counter()
         if not done:
-            result.error = "the stream ended without [DONE] (connection closed early: tunnel dropped?)"
+            result.error = "the stream ended without [DONE] (connection closed early" + (
+                ": tunnel dropped?)" if ep.tunnel else ")")
             return result
     except (OSError, http.client.HTTPException) as exc:
-        result.error = describe_connection_error(exc)
+        result.error = describe_connection_error(exc, tunnel=ep.tunnel)
         return result
     finally:
         conn.close()

@@ -34,6 +34,7 @@ from gptoss_gke.gcp.storage import (GCS_SDK, Bucket, BucketIamBinding, PrefixGra
                                     gcs_client, workload_principal)
 from gptoss_gke.k8s.client import SDK as KUBE_SDK
 from gptoss_gke.k8s.client import KubeStep, kube
+from gptoss_gke.k8s.jobs import job_state
 from gptoss_gke.k8s.manifests import render, render_template
 from gptoss_gke.k8s.objects import KubeObject
 from gptoss_gke.k8s.podcode import BOOTSTRAP
@@ -355,15 +356,6 @@ class StageInCluster(KubeStep):
         shown = "".join(f"\n    --- {n} (last lines) ---" + "".join(f"\n    {ln}" for ln in ls[-8:])
                         for n, ls in tails)
         return StepError(f"the staging Job {job['metadata']['name']} failed ({reason}): {problem}{shown}", fix)
-
-
-def job_state(job: dict) -> str:
-    for c in (job.get("status") or {}).get("conditions") or []:
-        if c.get("status") == "True" and c.get("type") in ("Complete", "SuccessCriteriaMet"):
-            return "complete"
-        if c.get("status") == "True" and c.get("type") in ("Failed", "FailureTarget"):
-            return "failed"
-    return "running"
 
 
 def progress_line(job: dict, pods: list[dict], seen: dict[str, dict], elapsed: float) -> str:

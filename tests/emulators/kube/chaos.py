@@ -9,7 +9,8 @@
   15 s on a preempted spot VM) ends.
 * Each scheduled pod's container is a loopback fake vLLM, listening until its container stops.
 * :class:`ServiceProxy` is kube-proxy for one Service: each request goes to a Ready, not terminating
-  endpoint, as programmed ``propagation_s`` (manifest seconds) after the endpoints change.
+  endpoint, as programmed ``propagation_s`` (manifest seconds) after the endpoints change. Given the
+  Service's name, it is also that name in cluster DNS for the pods of Jobs (``jobs.JobPods.route_service``).
 * :func:`evict` is the Eviction API (``POST pods/NAME/eviction``), refusing with 429 what would break
   a PodDisruptionBudget, as the API server does.
 
@@ -226,9 +227,13 @@ class SpotCluster:
 class ServiceProxy:
     """kube-proxy for one Service selector: requests go round-robin to the endpoints it last saw Ready."""
 
-    def __init__(self, cluster: SpotCluster, selector: dict, *, propagation_s: float = 2.0):
+    def __init__(self, cluster: SpotCluster, selector: dict, *, propagation_s: float = 2.0,
+                 service: tuple[str, str, int] | None = None):
         self.cluster, self.selector = cluster, selector
         self.propagation_s = propagation_s
+        self.service = service  # (name, namespace, port): what pods of Jobs call it by
+        self.routed: list[tuple[float, str, str | None]] = []  # (when, path, endpoint pod or None), in order
+        self.programs: list[tuple[float, list[str]]] = []  # (when, the endpoints) each time they changed
         self._programmed: list[str] = []
         self._pending: list[tuple[float, list[str]]] = []
         self._rr = itertools.count()
@@ -255,9 +260,13 @@ class ServiceProxy:
     def start(self) -> "ServiceProxy":
         self._thread.start()
         self._watch.start()
+        if self.service:
+            self.cluster.emu.controllers.jobs.route_service(*self.service, self.port)
         return self
 
     def stop(self) -> None:
+        if self.service:
+            self.cluster.emu.controllers.jobs.unroute_service(*self.service)
         self._stop.set()
         self.server.shutdown()
         self.server.server_close()
@@ -271,12 +280,17 @@ class ServiceProxy:
                                                                                            len(ready))
             self._pending.append((time.monotonic() + self.propagation_s * self.cluster.scale, ready))
             while self._pending and self._pending[0][0] <= time.monotonic():
-                self._programmed = self._pending.pop(0)[1]
+                endpoints = self._pending.pop(0)[1]
+                if endpoints != self._programmed:
+                    self.programs.append((time.monotonic(), endpoints))
+                self._programmed = endpoints
             time.sleep(0.005)
 
     def _forward(self, handler, method: str) -> None:
         endpoints = list(self._programmed)
-        backend = self.cluster.backends.get(endpoints[next(self._rr) % len(endpoints)]) if endpoints else None
+        chosen = endpoints[next(self._rr) % len(endpoints)] if endpoints else None
+        self.routed.append((time.monotonic(), handler.path, chosen))
+        backend = self.cluster.backends.get(chosen) if chosen else None
         body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0)) if method == "POST" else None
         status, data = 503, b"no endpoints"
         if backend is not None:

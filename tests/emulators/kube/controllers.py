@@ -29,7 +29,8 @@ class Controllers:
         self.kubelet = kubelet
         self.cloud = cloud
         self.workloads = Workloads(store)
-        self.jobs = JobPods(store, kubelet, self.workloads)  # Indexed Jobs: pods run as local processes
+        self.jobs = JobPods(store, kubelet, self.workloads)  # Indexed Jobs (and opted-in ones): local processes
+        self.workloads.runs_for_real = self.jobs.handles
         self.ticks = 0
 
     def tick(self) -> None:

@@ -1,7 +1,8 @@
-"""Indexed Jobs whose pods really run: a minimal kubelet that starts each pod as a local process.
+"""Jobs whose pods really run: a minimal kubelet that starts each pod as a local process.
 
-Jobs with ``spec.completionMode: Indexed`` are handled here (the other Jobs keep the scripted pods of
-:mod:`.workloads`), with the Job controller's semantics:
+Jobs with ``spec.completionMode: Indexed`` are handled here, and non-indexed Jobs a test opts in by name
+(:meth:`JobPods.run_for_real`, e.g. the smoke Job's ``smoke-`` prefix); the other Jobs keep the scripted pods
+of :mod:`.workloads` (the bench Job). With the Job controller's semantics:
 
 * one pod per index not yet succeeded (``parallelism`` at most at once), named ``<job>-<index>-<suffix>``,
   with the ``batch.kubernetes.io/job-completion-index`` annotation and label and ``JOB_COMPLETION_INDEX``;
@@ -9,16 +10,24 @@ Jobs with ``spec.completionMode: Indexed`` are handled here (the other Jobs keep
   interpreter), ``env`` with ``value`` and ``valueFrom.secretKeyRef`` (a missing Secret fails the pod unless
   ``optional``), volumes from ConfigMaps (``data`` and ``binaryData``), Secrets and emptyDirs written into a
   private directory per pod; every ``mountPath`` named in the command, the args or the env is rewritten to
-  that directory (the one liberty taken: the process shares this machine's filesystem);
+  that directory (a liberty taken: the process shares this machine's filesystem);
 * the process's output is the pod's log; its exit status the container's ``terminated.exitCode`` (a signal
   is 128 + its number) and the pod's phase;
+* a non-indexed Job (of one completion) is one index without the annotation: pods ``<job>-<suffix>``, a failed
+  pod replaced until ``backoffLimit`` is spent (then ``BackoffLimitExceeded``), ``Complete`` when one succeeds;
 * a failed pod is replaced for its index until ``backoffLimitPerIndex`` is spent; ``podFailurePolicy``
   ``FailIndex`` on exit codes fails the index at once; with ``maxFailedIndexes`` exceeded (or the index
   limit spent without it) the Job fails (``FailedIndexes``); all indexes succeeded: ``SuccessCriteriaMet``
   and ``Complete``; ``status.completedIndexes`` / ``failedIndexes`` as interval lists;
 * ``ttlSecondsAfterFinished``: the Job and its pods are deleted that long after it finished;
 * a pod deleted (or garbage-collected with its Job) has its process killed; :meth:`JobPods.kill` is the
-  test's way of losing a node under a pod (SIGKILL).
+  test's way of losing a node under a pod (SIGKILL);
+* cluster DNS and kube-proxy: a Service's name ``<svc>.<ns>.svc[.cluster.local]:<port>`` in a pod's env or
+  args is rewritten to the loopback address a test routed it to (:meth:`JobPods.route_service`, which
+  ``chaos.ServiceProxy`` does for its Service: it sends each connection to a Ready, not terminating
+  endpoint). A Service no test routed goes to a closed loopback port: connection refused, as kube-proxy
+  rejects connections to a Service without endpoints. The other liberty taken, like the mountPaths: the
+  process would ask this machine's resolver, which knows no cluster names (and must not be asked them).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import base64
 import copy
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -38,9 +48,12 @@ from .events import record_event
 from .objects import now, terminating
 
 INDEX = "batch.kubernetes.io/job-completion-index"
+SERVICE_NAME = re.compile(r"\b([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)\.([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)\.svc"
+                          r"(?:\.cluster\.local)?:(\d+)\b")
+REFUSED = "127.0.0.1:1"  # nothing listens on tcpmux: a connection is refused at once
 
 
-def handles(job: dict) -> bool:
+def indexed(job: dict) -> bool:
     return (job.get("spec") or {}).get("completionMode") == "Indexed"
 
 
@@ -77,8 +90,31 @@ class JobPods:
         self.procs: dict[str, _Proc] = {}  # pod uid → its process
         self.env: dict[str, str] = {}  # added to every pod's environment by the test (a loopback endpoint)
         self.finished_at: dict[str, float] = {}  # job uid → when it finished (ttlSecondsAfterFinished)
+        self.real_prefixes: set[str] = set()  # non-indexed Jobs whose pods run here, by name prefix
+        self.services: dict[tuple[str, str, int], int] = {}  # (service, namespace, port) → loopback port
+
+    def handles(self, job: dict) -> bool:
+        return indexed(job) or any(job["metadata"]["name"].startswith(p) for p in self.real_prefixes)
 
     # ---- the test's hands
+    def run_for_real(self, name_prefix: str) -> None:
+        """Non-indexed Jobs named ``name_prefix...`` run their pods here too (the bench Job stays scripted)."""
+        self.real_prefixes.add(name_prefix)
+
+    def route_service(self, service: str, namespace: str, port: int, loopback_port: int) -> None:
+        """Cluster DNS + kube-proxy: pods reach ``service.namespace.svc.cluster.local:port`` at the loopback port."""
+        self.services[(service, namespace, int(port))] = loopback_port
+
+    def unroute_service(self, service: str, namespace: str, port: int) -> None:
+        self.services.pop((service, namespace, int(port)), None)
+
+    def _resolve(self, text: str) -> str:
+        def sub(m: re.Match) -> str:
+            port = self.services.get((m.group(1), m.group(2), int(m.group(3))))
+            return f"127.0.0.1:{port}" if port else REFUSED
+
+        return SERVICE_NAME.sub(sub, text)
+
     def kill(self, job: str, index: int, sig: int = signal.SIGKILL) -> bool:
         """Kill the running process of ``index`` of Job ``job`` (as a node lost under it)."""
         for uid, proc in self.procs.items():
@@ -105,7 +141,7 @@ class JobPods:
         self._reap_orphans()
         for key in self.store.of_kind("Job"):
             job = self.store.objects.get(key)
-            if job is None or not handles(job):
+            if job is None or not self.handles(job):
                 continue
             if terminating(job):
                 continue
@@ -131,7 +167,7 @@ class JobPods:
     def _by_index(self, ns: str, job: dict) -> dict[int, list[dict]]:
         out: dict[int, list[dict]] = {}
         for _, p in self.store.owned("Pod", ns, job["metadata"]["uid"]):
-            out.setdefault(int(p["metadata"]["annotations"][INDEX]), []).append(p)
+            out.setdefault(int((p["metadata"].get("annotations") or {}).get(INDEX, 0)), []).append(p)
         return out
 
     @staticmethod
@@ -153,7 +189,7 @@ class JobPods:
         fail_now = self._fail_index_codes(job)
         if any(_exit_code(p) in fail_now for p in failed):
             return "failed"
-        limit = job["spec"].get("backoffLimitPerIndex")
+        limit = job["spec"].get("backoffLimitPerIndex") if indexed(job) else job["spec"].get("backoffLimit", 6)
         if limit is not None and len(failed) > int(limit):
             return "failed"
         return "active" if any(self._phase(p) not in ("Succeeded", "Failed") for p in pods) else "pending"
@@ -176,16 +212,20 @@ class JobPods:
             if state != "pending" or running >= int(spec.get("parallelism", 1)):
                 continue
             labels = {"batch.kubernetes.io/controller-uid": job["metadata"]["uid"], "batch.kubernetes.io/job-name": name,
-                      "controller-uid": job["metadata"]["uid"], "job-name": name, INDEX: str(i)}
+                      "controller-uid": job["metadata"]["uid"], "job-name": name}
             template = copy.deepcopy(spec.get("template") or {})
-            template.setdefault("metadata", {}).setdefault("annotations", {})[INDEX] = str(i)
-            pod = self.workloads._new_pod(job, f"{name}-{i}-{self.store.suffix()}", template, labels,
-                                          hostname=f"{name}-{i}")
+            if indexed(job):
+                labels[INDEX] = str(i)
+                template.setdefault("metadata", {}).setdefault("annotations", {})[INDEX] = str(i)
+                pod = self.workloads._new_pod(job, f"{name}-{i}-{self.store.suffix()}", template, labels,
+                                              hostname=f"{name}-{i}")
+            else:
+                pod = self.workloads._new_pod(job, f"{name}-{self.store.suffix()}", template, labels)
             self.kubelet.leave_alone(pod)
-            self._start(pod, i)
+            self._start(pod, i if indexed(job) else None)
             running += 1
 
-    def _start(self, pod: dict, index: int) -> None:
+    def _start(self, pod: dict, index: int | None) -> None:
         meta, spec = pod["metadata"], pod["spec"]
         ns = meta["namespace"]
         key = ("Pod", ns, meta["name"])
@@ -221,11 +261,12 @@ class JobPods:
                 text = text.replace(path, mounts[path])
             return text
 
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOSTNAME": meta["name"],
-               "JOB_COMPLETION_INDEX": str(index), **self.env}
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOSTNAME": meta["name"], **self.env}
+        if index is not None:
+            env["JOB_COMPLETION_INDEX"] = str(index)
         for e in container.get("env") or []:
             if "value" in e:
-                env[e["name"]] = local_path(str(e["value"]))
+                env[e["name"]] = self._resolve(local_path(str(e["value"])))
                 continue
             ref = (e.get("valueFrom") or {}).get("secretKeyRef")
             if ref:
@@ -238,7 +279,7 @@ class JobPods:
         if problem:  # the kubelet keeps it waiting with CreateContainerConfigError; here: fails it at once
             self._set_status(key, "Failed", {"waiting": {"reason": "CreateContainerConfigError", "message": problem}})
             return
-        argv = [local_path(a) for a in (container.get("command") or []) + (container.get("args") or [])]
+        argv = [self._resolve(local_path(a)) for a in (container.get("command") or []) + (container.get("args") or [])]
         if argv and argv[0] in ("python", "python3"):
             argv[0] = sys.executable
         log_path = os.path.join(workdir, "log")
@@ -295,11 +336,12 @@ class JobPods:
             status["active"] = active
         if succeeded:
             status["succeeded"] = len(succeeded)
-            status["completedIndexes"] = intervals(succeeded)
+            if indexed(job):
+                status["completedIndexes"] = intervals(succeeded)
         failed_pods = sum(1 for p in pods if self._phase(p) == "Failed")
         if failed_pods:
             status["failed"] = failed_pods
-        if failed_idx:
+        if failed_idx and indexed(job):
             status["failedIndexes"] = intervals(failed_idx)
         conds = list(old.get("conditions") or [])
         if not self._finished(job):
@@ -310,9 +352,10 @@ class JobPods:
                 record_event(self.store, job, "Normal", "Completed", "Job completed", "job-controller")
             elif len(failed_idx) > int(spec.get("maxFailedIndexes", 1 << 30)) or (
                     failed_idx and len(failed_idx) + len(succeeded) == n and active == 0):
-                conds += [_cond("FailureTarget", "FailedIndexes", "Job has failed indexes"),
-                          _cond("Failed", "FailedIndexes", "Job has failed indexes")]
-                record_event(self.store, job, "Warning", "FailedIndexes", "Job has failed indexes", "job-controller")
+                reason, message = (("FailedIndexes", "Job has failed indexes") if indexed(job) else
+                                   ("BackoffLimitExceeded", "Job has reached the specified backoff limit"))
+                conds += [_cond("FailureTarget", reason, message), _cond("Failed", reason, message)]
+                record_event(self.store, job, "Warning", reason, message, "job-controller")
         if conds:
             status["conditions"] = conds
         if old.get("completionTime"):

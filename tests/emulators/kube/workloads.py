@@ -17,6 +17,8 @@ from .store import Store
 class Workloads:
     def __init__(self, store: Store):
         self.store = store
+        # Jobs whose pods .jobs runs as local processes (it says which): their pods and status are its own.
+        self.runs_for_real = lambda job: False
 
     def reconcile(self) -> None:
         """Create and delete what each workload's spec asks for."""
@@ -201,7 +203,7 @@ class Workloads:
 
     def _reconcile_job(self, key: tuple, job: dict) -> None:
         spec = job.get("spec") or {}
-        if spec.get("completionMode") == "Indexed":
+        if self.runs_for_real(job):
             return  # run for real by .jobs
         status = job.get("status") or {}
         if any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
@@ -317,7 +319,7 @@ class Workloads:
 
     def _status_job(self, key: tuple, job: dict) -> None:
         spec = job.get("spec") or {}
-        if spec.get("completionMode") == "Indexed":
+        if self.runs_for_real(job):
             return  # .jobs keeps its status
         pods = [p for _, p in self.store.owned("Pod", key[1], job["metadata"]["uid"])]
         phases = [(p.get("status") or {}).get("phase") for p in pods]
