@@ -64,6 +64,9 @@ def test_full_teardown_leaves_exactly_what_was_there_before_and_a_second_run_is_
     svc["metadata"]["labels"] = {"team": "a"}
     w.kube.remove("Service", NS, "gptoss-l4-headless")
     w.kube.seed(svc)
+    # A smoke run stopped between its code ConfigMap and its Job (the Job would have owned it).
+    seed_ours(w, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "smoke-l4-code", "namespace": NS},
+                  "data": {"request.json": "{}"}})
 
     proc = w.inv("teardown", "--yes", "--purge-model")
     assert proc.returncode == 0, proc.stdout
@@ -75,14 +78,15 @@ def test_full_teardown_leaves_exactly_what_was_there_before_and_a_second_run_is_
     assert deleting.count("changed: delete StatefulSet gptoss/gptoss-l4") == 1
     assert [ln.split("] ")[0] for ln in deleting.splitlines() if ln.startswith("TASK [")] == [
         "TASK [kubernetes : StatefulSet objects of l4, ironwood", "TASK [kubernetes : Service objects of l4, ironwood",
-        "TASK [kubernetes : PersistentVolumeClaim objects of l4, ironwood", "TASK [kubernetes : Secret objects",
+        "TASK [kubernetes : PersistentVolumeClaim objects of l4, ironwood",
+        "TASK [kubernetes : ConfigMap objects of l4, ironwood", "TASK [kubernetes : Secret objects",
         "TASK [kubernetes : ServiceAccount objects", "TASK [node pools : node pool l4-gptoss",
         "TASK [node pools : node pool ironwood-gptoss"]
     assert ("left alone: Service gptoss/gptoss-l4-headless, not ours (no app.kubernetes.io/managed-by=gptoss-gke label)"
             in proc.stdout)
     assert names(w, "Service") == ["gptoss-l4-headless"]  # the look-alike survived
-    for kind in ("StatefulSet", "Secret", "ServiceAccount", "PersistentVolumeClaim", "Pod"):
-        assert [n for n in names(w, kind) if n != "default"] == [], kind
+    for kind in ("StatefulSet", "Secret", "ServiceAccount", "PersistentVolumeClaim", "Pod", "ConfigMap"):
+        assert [n for n in names(w, kind) if n not in ("default", "kube-root-ca.crt")] == [], kind
     assert "theirs" in names(w, "ConfigMap", "team-a") and "team-a" in names(w, "Namespace", None)
     # Deleting our namespace would delete the look-alike with it: kept, and said why.
     assert "namespace kept: it also holds objects that are not ours (Service gptoss/gptoss-l4-headless)" in proc.stdout

@@ -405,6 +405,7 @@ KINDS = [
     ("v1", "Namespace", False),
     ("v1", "ServiceAccount", True),
     ("v1", "Secret", True),
+    ("v1", "ConfigMap", True),  # the code our Jobs' pods run (k8s/podcode.py), left if a run stopped before its Job
     ("v1", "PersistentVolume", False),
     ("v1", "PersistentVolumeClaim", True),
     ("v1", "Service", True),
