@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import threading
 import time
+from dataclasses import dataclass
+
+import pytest
 
 from gptoss_gke.config import load_settings
 from gptoss_gke.core import Runner
@@ -23,6 +27,7 @@ from tests.conftest import in_process
 from tests.emulators.hfhub import make_gptoss_like_repo
 from tests.envfiles import BASE, kube, staging, write_env
 from tests.gcs import PROJECT_NUMBER
+from tests.registry import publish
 
 REPO_ID = "openai/gpt-oss-120b"
 MiB = 1024 * 1024
@@ -31,21 +36,54 @@ LOADS = {"chat_template.jinja", "config.json", "generation_config.json", "model-
          "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"}
 
 
-def _settings(tmp_path, hub, emulator, sha, **environ):
+TOOLS_PATH = "library/python"  # the stager image's path, as docker.io names python:3.12-slim
+AR_TOKEN = "gptoss-test-token-" + secrets.token_hex(12)  # what gcloud would print: the registry demands it
+
+
+@dataclass
+class ToolsImage:
+    """The stager image on a loopback "Docker Hub" (src), and a loopback registry standing in for Artifact
+    Registry (dst, which wants ``oauth2accesstoken:<token>`` as Artifact Registry does)."""
+
+    src: object
+    dst: object
+    image: object
+
+    @property
+    def dest_name(self) -> str:
+        return f"test-project/gptoss/{TOOLS_PATH}"
+
+    def settings(self) -> dict:
+        return {"registry": {"host": self.dst.host, "tls_verify": False},
+                "models": {"stager_image": f"{self.src.host}/{TOOLS_PATH}:3.12-slim"}}
+
+
+@pytest.fixture
+def tools(tmp_path, registries):
+    src = registries("source")
+    dst = registries("dest", credentials=("oauth2accesstoken", AR_TOKEN))
+    image = publish(src, TOOLS_PATH, "3.12-slim", tmp_path, platforms=("linux/amd64", "linux/arm64"))
+    return ToolsImage(src, dst, image)
+
+
+def _settings(tmp_path, hub, emulator, sha, tools, **environ):
     folder = write_env(tmp_path, BASE, staging(sha, workers=2), kube(emulator, poll_interval_s=0.05),
                        {"models": {"stage_in": "cluster", "stage_pods": 3},
-                        "retry": {"attempts": 3, "base_delay_s": 0.01, "max_delay_s": 0.05}})
+                        "retry": {"attempts": 3, "base_delay_s": 0.01, "max_delay_s": 0.05}}, tools.settings())
     return load_settings(environ={"GPTOSS_ENV_DIR": folder, "HF_ENDPOINT": hub.url, **environ})
 
 
 def _run(settings):
     """The in-cluster staging steps through the real runner (as `inv stage-model --in-cluster` minus the gcloud
-    gates), with the project number the Project step would have observed."""
+    gates and the repository step: a loopback registry is the repository), with the project number the Project
+    step would have observed and the token gcloud would have printed."""
     ctx, out = in_process(settings, RetryPolicy(3, 0.01, 0.05))
     if settings.hf_token:
         ctx.redact.add(settings.hf_token.get_secret_value())
+    ctx.redact.add(AR_TOKEN)
     ctx.fact("gcp.project", lambda: {"projectNumber": PROJECT_NUMBER, "lifecycleState": "ACTIVE"})
-    results = Runner(ctx).run(stage_in_cluster_steps(settings, ["ironwood"]))
+    ctx.fact("gcp.access_token", lambda: AR_TOKEN)
+    results = Runner(ctx).run(stage_in_cluster_steps(settings, ["ironwood"], with_repository=False))
     return results, out.getvalue()
 
 
@@ -56,9 +94,9 @@ def _objects(gcs, prefix=""):
 
 
 def test_first_run_stages_with_three_pods_then_a_rerun_creates_no_job(tmp_path, hf_hub, gcs_front, fake_gcs,
-                                                                      kube_emulator):
+                                                                      kube_emulator, tools):
     sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=20 * MiB, n_shards=3, copy_size=MiB)
-    s = _settings(tmp_path, hf_hub, kube_emulator, sha)
+    s = _settings(tmp_path, hf_hub, kube_emulator, sha, tools)
     results, out = _run(s)
     assert [r.status for r in results][-1] == "changed", out
     stage = results[-1]
@@ -81,6 +119,11 @@ def test_first_run_stages_with_three_pods_then_a_rerun_creates_no_job(tmp_path, 
     assert sorted(p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for p in pods) == \
         ["0", "1", "2"]
     spec = pods[0]["spec"]
+    # The pods run the stager image from our repository, pinned by the source's amd64 digest, copied there first.
+    amd64 = tools.image.platforms["linux/amd64"]
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == f"{tools.dst.host}/{tools.dest_name}@{amd64}"
+    assert tools.dst.manifest_digest(tools.dest_name, "3.12-slim") == amd64
+    assert all(tools.dst.has_blob(tools.dest_name, b) for b in tools.image.blobs("linux/amd64"))
     assert spec["serviceAccountName"] == STAGER_ACCOUNT
     assert not spec.get("tolerations") and "nvidia.com/gpu" not in json.dumps(spec)  # never on an accelerator
     assert "staged 62.9 MB of 62.9 MB" in out, out
@@ -98,9 +141,12 @@ def test_first_run_stages_with_three_pods_then_a_rerun_creates_no_job(tmp_path, 
 
     writes = len(kube_emulator.writes())
     served = hf_hub.bytes_served
+    registry_requests = len(tools.dst.requests())
     results, out = _run(s)
     assert all(r.status == "ok" for r in results), out
     assert "(manifest verified)" in out and hf_hub.bytes_served == served
+    assert f"already at {amd64} (source unchanged)" in out  # the image: one manifest read, nothing copied
+    assert {r.method for r in tools.dst.requests()[registry_requests:]} <= {"GET", "HEAD"}
     assert not [w for w in kube_emulator.writes()[writes:] if "jobs" in w.path]  # no Job created
 
     # teardown --purge-model: the staging account's grant goes with the weights (another environment
@@ -116,9 +162,10 @@ def test_first_run_stages_with_three_pods_then_a_rerun_creates_no_job(tmp_path, 
     assert not [b for b in gcs_front.policy("test-models")["bindings"] if member in b["members"]]
 
 
-def test_a_pod_killed_mid_transfer_is_retried_and_resumes(tmp_path, hf_hub, gcs_front, fake_gcs, kube_emulator):
+def test_a_pod_killed_mid_transfer_is_retried_and_resumes(tmp_path, hf_hub, gcs_front, fake_gcs, kube_emulator,
+                                                          tools):
     sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=20 * MiB, n_shards=3, copy_size=MiB)
-    s = _settings(tmp_path, hf_hub, kube_emulator, sha)
+    s = _settings(tmp_path, hf_hub, kube_emulator, sha, tools)
     name = job_name(s.target("ironwood"), sha)
     folder = model_folder(s, s.target("ironwood"), sha)
     hf_hub.slow(8 * MiB)
@@ -156,9 +203,9 @@ def test_a_pod_killed_mid_transfer_is_retried_and_resumes(tmp_path, hf_hub, gcs_
 
 
 def test_a_second_run_attaches_to_the_running_job_and_the_token_reaches_pods_only_by_secret(
-        tmp_path, hf_hub, gcs_front, fake_gcs, kube_emulator):
+        tmp_path, hf_hub, gcs_front, fake_gcs, kube_emulator, tools):
     sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=20 * MiB, n_shards=3, copy_size=MiB, gated="manual")
-    s = _settings(tmp_path, hf_hub, kube_emulator, sha, HF_TOKEN=hf_hub.token)
+    s = _settings(tmp_path, hf_hub, kube_emulator, sha, tools, HF_TOKEN=hf_hub.token)
     name = job_name(s.target("ironwood"), sha)
     hf_hub.slow(12 * MiB)  # long enough for a second run to find the Job running
     first: dict = {}
@@ -198,10 +245,11 @@ def test_a_second_run_attaches_to_the_running_job_and_the_token_reaches_pods_onl
     assert all(r.had_token for r in hf_hub.find_requests("GET", r"/resolve/"))
 
 
-def test_a_refused_token_fails_with_the_fix_before_any_job(tmp_path, hf_hub, gcs_front, fake_gcs, kube_emulator):
+def test_a_refused_token_fails_with_the_fix_before_any_job(tmp_path, hf_hub, gcs_front, fake_gcs, kube_emulator,
+                                                           tools):
     sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=MiB, n_shards=2, copy_size=MiB, gated="manual")
     bogus = "hf_" + "Q" * 34
-    s = _settings(tmp_path, hf_hub, kube_emulator, sha, HF_TOKEN=bogus)
+    s = _settings(tmp_path, hf_hub, kube_emulator, sha, tools, HF_TOKEN=bogus)
     results, out = _run(s)
     stage = results[-1]
     assert stage.status == "failed" and "refused the HF token" in stage.error and stage.fix, out
@@ -234,8 +282,10 @@ def test_inv_deploy_ironwood_stages_in_the_cluster_end_to_end(deploy_world, hf_h
     w = deploy_world
     sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=4 * MiB, n_shards=2, copy_size=MiB)
     publish(w.src, "vllm/vllm-tpu", "nightly", w.tmp)
+    python = publish(w.src, TOOLS_PATH, "3.12-slim", w.tmp)  # the stager image (single-platform)
     write_env(w.tmp, merged(w.settings, {
-        "models": {"stage_in": "cluster", "stage_pods": 2, "chunk_mib": 8, "workers": 2},
+        "models": {"stage_in": "cluster", "stage_pods": 2, "chunk_mib": 8, "workers": 2,
+                   "stager_image": f"{w.src.host}/{TOOLS_PATH}:3.12-slim"},
         "targets": {"ironwood": {"image": f"{w.src.host}/vllm/vllm-tpu:nightly", "model_revision": sha}}}))
     w.kube.script_pods("gptoss-ironwood", "ready", ticks=2)
     w.gcs.project_number = w.gcp.state.projects["test-project"]["projectNumber"]  # the bucket is this project's
@@ -248,6 +298,11 @@ def test_inv_deploy_ironwood_stages_in_the_cluster_end_to_end(deploy_world, hf_h
     assert out.index("stage openai/gpt-oss-120b (ironwood) in the cluster") < out.index("TASK [kubernetes : Deployment")
     job = w.kube.get("Job", NS, name)
     assert job["status"]["completedIndexes"] == "0-1"
+    # Its image: the stager image mirrored into the repository, pinned by the source's digest.
+    dest = f"test-project/gptoss/{TOOLS_PATH}"
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == f"{w.dst.host}/{dest}@{python.digest}"
+    assert w.dst.manifest_digest(dest, "3.12-slim") == python.digest
+    assert out.index("TASK [images : tools image") < out.index("stage openai/gpt-oss-120b (ironwood) in the cluster")
     bucket = "test-project-models"
     folder = f"models/{REPO_ID}/{sha}/"
     names = {b.name for b in w.gcs.backend.client().list_blobs(bucket, prefix=folder)}

@@ -8,7 +8,10 @@ steps instead of the local transfer:
    Workload Identity principal, only on objects under ``<models.prefix>/<model id>/`` (the revision's
    folder and its ``.partial/`` records) — nothing else in the bucket is readable or writable by it;
 3. the namespace and that dedicated Kubernetes service account (``manifests/staging/serviceaccount.yaml``);
-4. :class:`StageInCluster`: a complete folder (manifest present and verified) creates nothing. Otherwise a
+4. the tools image the pods run (``models.stager_image``) mirrored into the Artifact Registry repository and
+   pinned by digest (``images.MirrorImage`` with key ``images.TOOLS``): the Job names it ``…@sha256:…``, so
+   every pod of every retry runs the same bytes, pulled from the cluster's region, never Docker Hub;
+5. :class:`StageInCluster`: a complete folder (manifest present and verified) creates nothing. Otherwise a
    Job named after the target and revision: if one is running it is attached to, never duplicated (the
    name is the claim); else the code ConfigMap, the HF token Secret (when there is a token) and the Job are
    applied. Pod ``i`` stages the files ``share_of()`` gives index ``i`` (``staging/pod.py``), with the very
@@ -47,6 +50,7 @@ STAGER_ACCOUNT = "gptoss-stager"
 STAGER_ROLE = "roles/storage.objectUser"  # objects: create, get, list, delete; multipart uploads. No bucket admin.
 COMPONENT = {"app.kubernetes.io/component": "model-staging"}
 REVISION_LABEL = "gptoss-gke/revision"
+TOOLS_IMAGE_STEP = "image.tools"  # MirrorImage(settings, images.TOOLS): the Job's image is pinned after it
 # Sizing from bench/bench_stage_model.py: ~2.7 CPU-s per GB moved, so half a core carries ~185 MB/s (more than
 # the CDN gives one pod); memory holds the chunk budget (2 × workers × chunk) plus the interpreter.
 POD_CPU = "500m"
@@ -78,9 +82,13 @@ def _grant_args(settings, target) -> dict:
             "key": f"gcs.stager-grant.{prefix}"}
 
 
-def stage_in_cluster_steps(settings, targets: list[str]) -> list:
+def stage_in_cluster_steps(settings, targets: list[str], *, with_repository: bool = True) -> list:
     """Bucket and serving grant, then per model the staging account's prefix grant, its Kubernetes account,
-    and one Job per target."""
+    the pods' image (after the repository, unless the chain has it already: ``with_repository=False``), and
+    one Job per target."""
+    from gptoss_gke.gcp.registry import ArtifactRepository
+    from gptoss_gke.images import TOOLS, MirrorImage
+
     targets = [t for t in targets if settings.target(t).weights == "bucket"]
     if not targets or not settings.models.bucket:
         return [StageModel(settings, t) for t in targets]  # skip lines: nothing to stage
@@ -91,6 +99,7 @@ def stage_in_cluster_steps(settings, targets: list[str]) -> list:
         grants.setdefault(grant.key, grant)
     steps += list(grants.values())
     steps += [namespace_step(settings, targets[0]), KubeObject(stager_account(settings))]
+    steps += [*([ArtifactRepository(settings)] if with_repository else []), MirrorImage(settings, TOOLS)]
     steps += [StageInCluster(settings, t) for t in targets]
     return steps
 
@@ -157,7 +166,7 @@ class StageInCluster(KubeStep):
         self.target = settings.target(target_name)
         self.name = f"stage {self.target.model_id} ({target_name}) in the cluster"
         self.key = f"staging.{target_name}"
-        self.needs = (Credentials.key, Project.key, Bucket.key)
+        self.needs = (Credentials.key, Project.key, Bucket.key, TOOLS_IMAGE_STEP)
 
     # ---- observe
     def observe(self, ctx):
@@ -195,9 +204,11 @@ class StageInCluster(KubeStep):
             return Plan([Change(f"attach to Job {name}, already staging {self.target.model_id}@{obs.revision[:12]} "
                                 f"({running} pod(s) running)", "update", apply=lambda ctx: self._follow(ctx, name))],
                         facts={**facts, "attached": True})
+        from gptoss_gke.images import tools_image
+
         detail = [*local.changes[0].detail,
                   f"Job {ctx.settings.kube.namespace}/{name}: {pods} pod(s) on CPU nodes, each {POD_CPU} CPU, "
-                  f"{self._memory(ctx)[0]} memory, {RETRIES_PER_POD} retries per pod",
+                  f"{self._memory(ctx)[0]} memory, {RETRIES_PER_POD} retries per pod, image {tools_image(ctx)}",
                   f"ConfigMap {name}-code: this checkout (code sha256 checked in the pod)"]
         if ctx.settings.hf_token:
             detail.append(f"Secret {name}-hf-token: the Hugging Face token (HF_TOKEN in the pods' environment)")

@@ -75,14 +75,16 @@ def stage_model_steps(settings, targets: list[str]) -> list[Step]:
     return steps
 
 
-def staging_steps(settings, targets: list[str], *, in_cluster: bool | None = None) -> list[Step]:
+def staging_steps(settings, targets: list[str], *, in_cluster: bool | None = None,
+                  with_repository: bool = True) -> list[Step]:
     """Local or in-cluster staging, as ``--in-cluster`` (when given) or ``models.stage_in`` says. The
-    in-cluster steps (and the Kubernetes client they need) are imported only when chosen."""
+    in-cluster steps (and the Kubernetes client they need) are imported only when chosen; they mirror the
+    pods' image, after the Artifact Registry repository unless the chain has it (``with_repository=False``)."""
     cluster = in_cluster if in_cluster is not None else settings.models.stage_in == "cluster"
     if cluster:
         from gptoss_gke.staging.incluster import stage_in_cluster_steps
 
-        return stage_in_cluster_steps(settings, targets)
+        return stage_in_cluster_steps(settings, targets, with_repository=with_repository)
     return stage_model_steps(settings, targets)
 
 
