@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -255,6 +256,119 @@ def test_a_refused_token_fails_with_the_fix_before_any_job(tmp_path, hf_hub, gcs
     assert stage.status == "failed" and "refused the HF token" in stage.error and stage.fix, out
     assert not kube_emulator.objects("Job", "gptoss") and bogus not in out
     assert hf_hub.bytes_served == 0
+
+
+def _claim(fake_gcs, folder):
+    """The folder's claim (generation, document), or None."""
+    blob = fake_gcs.client().bucket("test-models").get_blob(folder.rstrip("/") + ".partial/.in-progress")
+    return (blob.generation, json.loads(blob.download_as_bytes())) if blob is not None else None
+
+
+def test_a_local_run_is_refused_while_the_job_writes_the_folder_and_is_a_no_op_after(
+        tmp_path, hf_hub, gcs_front, fake_gcs, kube_emulator, tools, gcp_emulator):
+    from tests.conftest import run_inv
+    from tests.emulators.gcp import gcloud_env
+
+    sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=20 * MiB, n_shards=3, copy_size=MiB)
+    s = _settings(tmp_path, hf_hub, kube_emulator, sha, tools)
+    name = job_name(s.target("ironwood"), sha)
+    folder = model_folder(s, s.target("ironwood"), sha)
+    gcp_emulator.add_project("test-project", PROJECT_NUMBER)
+    env = {**gcloud_env(gcp_emulator, tmp_path, "test-project"), "GPTOSS_ENV_DIR": str(tmp_path / "env"),
+           "GPTOSS_MODELS__STAGE_IN": "local", "HF_ENDPOINT": hf_hub.url, "STORAGE_EMULATOR_HOST": gcs_front.url,
+           "NO_COLOR": "1"}
+    hf_hub.slow(MiB)
+    first: dict = {}
+    paused: list[int] = []
+    t = threading.Thread(target=lambda: first.update(zip(("results", "out"), _run(s))), daemon=True)
+    t.start()
+    try:
+        # The Job's pods are paused mid-transfer (SIGSTOP: alive, running, writing nothing) while the local runs
+        # look, so the Job is running for as long as they take, however loaded the machine.
+        deadline = time.monotonic() + 60
+        while len(paused) < 3 and time.monotonic() < deadline:
+            paused += [i for i in range(3) if i not in paused and kube_emulator.controllers.jobs.kill(name, i,
+                                                                                                     signal.SIGSTOP)]
+            time.sleep(0.02)
+        assert len(paused) == 3, paused
+        generation, doc = _claim(fake_gcs, folder)
+        # The orchestrator holds the folder on the Job's behalf: the claim names the Job and its cluster.
+        assert doc["job"]["namespace"] == "gptoss" and doc["job"]["name"] == name, doc
+        assert doc["job"]["server"] == f"127.0.0.1:{kube_emulator.port}"
+
+        report = tmp_path / "busy.json"
+        busy = run_inv(["stage-model", "--target=ironwood", f"--report={report}"], env)
+        out = busy.stdout + busy.stderr
+        assert busy.returncode == 1, out
+        assert (f"a staging Job is writing gs://test-models/{folder}: Job gptoss/{name} on cluster "
+                f"test-project/us-central1/gptoss (running)") in out, out
+        assert "`inv stage-model --in-cluster` attaches to it" in out and f"kubectl -n gptoss delete job {name}" in out
+        steps = json.loads(report.read_text())["steps"]
+        assert steps[-1]["status"] == "failed" and not any(st["status"] == "changed" for st in steps)
+        assert _claim(fake_gcs, folder) == (generation, doc)  # not taken, not touched
+
+        # Where the Job cannot be read (a context that is not in the kubeconfig), the folder is never "free".
+        blind = run_inv(["stage-model", "--target=ironwood"], {**env, "GPTOSS_KUBE__CONTEXT": "elsewhere"})
+        out = blind.stdout + blind.stderr
+        assert blind.returncode == 1, out
+        assert f"is claimed by the staging Job gptoss/{name}" in out and "whether it still runs cannot be read" in out
+        assert "get-credentials" in out and "clear its claim: gcloud storage rm" in out
+        assert _claim(fake_gcs, folder) == (generation, doc)
+        assert kube_emulator.get("Job", "gptoss", name)["status"].get("active")  # still writing all along
+    finally:
+        hf_hub.slow(None)
+        for i in paused:
+            kube_emulator.controllers.jobs.kill(name, i, signal.SIGCONT)
+        t.join(timeout=120)
+    assert first["results"][-1].status == "changed", first["out"]
+    assert _claim(fake_gcs, folder) is None  # followed to its end: released
+
+    after = run_inv(["stage-model", "--target=ironwood"], env)
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert "(manifest verified)" in after.stdout and "changed=0" in after.stdout, after.stdout
+
+
+def test_the_job_is_not_started_while_a_local_run_holds_the_folder(tmp_path, hf_hub, gcs_front, fake_gcs,
+                                                                   kube_emulator, tools):
+    import datetime as dt
+
+    sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=MiB, n_shards=2, copy_size=MiB)
+    s = _settings(tmp_path, hf_hub, kube_emulator, sha, tools)
+    folder = model_folder(s, s.target("ironwood"), sha)
+    now = dt.datetime.now(dt.timezone.utc).isoformat()
+    bucket = fake_gcs.client().create_bucket("test-models")
+    bucket.blob(folder.rstrip("/") + ".partial/.in-progress").upload_from_string(
+        json.dumps({"host": "laptop-3", "pid": 4242, "started": now, "heartbeat": now}))
+    claim = _claim(fake_gcs, folder)
+    results, out = _run(s)
+    assert results[-1].status == "failed", out
+    assert results[-1].error.startswith(f"another stage-model run is writing gs://test-models/{folder}")
+    assert "on laptop-3 (pid 4242)" in results[-1].error
+    assert not kube_emulator.objects("Job", "gptoss") and _claim(fake_gcs, folder) == claim
+    assert hf_hub.bytes_served_for(REPO_ID, "model-00000-of-00002.safetensors") == 0
+
+
+def test_a_job_claim_is_live_while_its_job_runs_however_old_and_stale_once_it_ended():
+    import datetime as dt
+
+    from gptoss_gke.staging.claim import MARKER_STALE_S, RunMarker
+
+    long_ago = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=10 * MARKER_STALE_S)).isoformat()
+    just_now = dt.datetime.now(dt.timezone.utc).isoformat()
+    job = {"namespace": "gptoss", "name": "stage-ironwood-abc", "cluster": "p/us-central1/gptoss"}
+
+    def marker(started, state):
+        m = RunMarker("b", "models/x/abc.partial/.in-progress", 7, {"host": "h", "started": started, "job": job})
+        m.job_state = state
+        return m
+
+    # The inv that followed it was stopped hours ago (no heartbeat since): the Job still writes, so it holds.
+    assert marker(long_ago, "running").stale_because() is None
+    assert marker(long_ago, None).stale_because() is None  # not read: nobody may take it
+    assert marker(just_now, "gone").stale_because() is None  # written just before its Job is created
+    assert "has complete" in marker(long_ago, "complete").stale_because()
+    assert "has failed" in marker(just_now, "failed").stale_because()
+    assert "is gone" in marker(long_ago, "gone").stale_because()
 
 
 def test_pod_failures_are_explained_with_the_fix():

@@ -24,6 +24,7 @@ steps instead of the local transfer:
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import time
@@ -41,6 +42,7 @@ from gptoss_gke.k8s.manifests import render, render_template
 from gptoss_gke.k8s.objects import KubeObject
 from gptoss_gke.k8s.podcode import BOOTSTRAP
 from gptoss_gke.staging.chunks import PROGRESS_KEY
+from gptoss_gke.staging.claim import FolderClaim
 from gptoss_gke.staging.hub import HF_SDK
 from gptoss_gke.staging.shares import default_pods
 from gptoss_gke.staging.state import manifest_ok, stale_uploads
@@ -192,18 +194,26 @@ class StageInCluster(KubeStep):
             return Plan([Change(f"stage {self.target.model_id} with a Job in namespace {ctx.settings.kube.namespace}",
                                 "create", apply=lambda ctx: None)])
         obs, job = current["obs"], current["job"]
+        name = job_name(self.target, obs.revision)
+        state = job_state(job) if job else None
+        mine = obs.marker is not None and obs.marker.names_job(ctx.settings.kube.namespace, name)
+        if state == "running" and (mine or obs.marker is None):
+            # The folder's claim is this Job's: what is missing is its to stage, and ours to follow.
+            local = self.local.plan(ctx, dataclasses.replace(obs, marker=None))
+            if not local.changes:
+                return local
+            running = (job.get("status") or {}).get("active", 0)
+            return Plan([Change(f"attach to Job {name}, already staging {self.target.model_id}@{obs.revision[:12]} "
+                                f"({running} pod(s) running)", "update",
+                                apply=lambda ctx: self._follow(ctx, name, self._held(ctx, obs.marker, mine)))],
+                        facts={**local.facts, "job": name, "attached": True})
+        # Another run's live claim (a local run, --on, another Job) is refused here, with who holds it; a stale
+        # one (ours included: its Job finished or is gone) is taken over.
         local = self.local.plan(ctx, obs)
         if not local.changes or not local.facts.get("files_to_move"):
             return local  # staged (no Job is created), or only the manifest to write: done here
-        name = job_name(self.target, obs.revision)
         pods = ctx.settings.models.stage_pods or default_pods(obs.files)
         facts = {**local.facts, "job": name}
-        state = job_state(job) if job else None
-        if state == "running":
-            running = (job.get("status") or {}).get("active", 0)
-            return Plan([Change(f"attach to Job {name}, already staging {self.target.model_id}@{obs.revision[:12]} "
-                                f"({running} pod(s) running)", "update", apply=lambda ctx: self._follow(ctx, name))],
-                        facts={**facts, "attached": True})
         from gptoss_gke.images import tools_image
 
         detail = [*local.changes[0].detail,
@@ -225,12 +235,36 @@ class StageInCluster(KubeStep):
         return f"{budget_mib + 512}Mi", f"{budget_mib + 1024}Mi"
 
     # ---- act
+    def _job_ref(self, ctx, name: str) -> dict:
+        """What the folder's claim says of the Job: enough for another run to read it, and to tell its cluster."""
+        from gptoss_gke.k8s.client import context_server, host_port
+
+        s = ctx.settings
+        server, _ = context_server(s)
+        return {"namespace": s.kube.namespace, "name": name, "context": s.kube_context,
+                "cluster": f"{s.project}/{s.cluster_location}/{s.cluster.name}",
+                **({"server": host_port(server)} if server else {})}
+
+    def _held(self, ctx, marker, mine: bool) -> FolderClaim | None:
+        """The claim taken for the Job this run attaches to (by the run that created it), to remove at its end."""
+        return FolderClaim.held(ctx, gcs_client(ctx).bucket(self.local.bucket), marker) if mine else None
+
     def _run(self, ctx, obs, name: str, pods: int, *, replace: bool) -> None:
-        if replace:
-            self._delete_job(ctx, name)
-        objects = self._objects(ctx, obs, name, pods)
-        for obj in objects:
-            KubeObject(obj)._apply(ctx)
+        # The folder's claim first, on the Job's behalf (a run that claimed it a moment ago wins, and no Job is
+        # made); kept while the Job runs, whatever happens to this run, and removed when it is followed to its end.
+        folder = model_folder(ctx.settings, self.target, obs.revision)
+        claim = FolderClaim(ctx, gcs_client(ctx).bucket(self.local.bucket), folder, obs.revision, obs.marker,
+                            job=self._job_ref(ctx, name)).take()
+        try:
+            if replace:
+                self._delete_job(ctx, name)
+            objects = self._objects(ctx, obs, name, pods)
+            for obj in objects:
+                KubeObject(obj)._apply(ctx)
+        except Exception as exc:
+            if not isinstance(exc, Interrupted):  # (interrupted: the Job may exist; the claim stays with it)
+                claim.release()  # no Job was made to hold it
+            raise
         # The code and the token belong to the Job: they go when it goes (after success, ttlSecondsAfterFinished;
         # teardown deletes a failed one), by Kubernetes' garbage collector.
         job = self._read_job(ctx, name)
@@ -239,7 +273,7 @@ class StageInCluster(KubeStep):
             if obj["kind"] in ("ConfigMap", "Secret"):
                 obj["metadata"]["ownerReferences"] = [owner]
                 KubeObject(obj)._apply(ctx)
-        self._follow(ctx, name)
+        self._follow(ctx, name, claim)
 
     def _delete_job(self, ctx, name: str) -> None:
         from kubernetes.dynamic.exceptions import NotFoundError
@@ -281,8 +315,10 @@ class StageInCluster(KubeStep):
             "env": env, "cpu": POD_CPU, "memory": memory, "memory_limit": limit, "code_configmap": f"{name}-code"})
         return objects
 
-    def _follow(self, ctx, name: str) -> None:
-        """Until the Job completes or fails: one progress line for all its pods, from their JSON log lines."""
+    def _follow(self, ctx, name: str, claim: FolderClaim | None) -> None:
+        """Until the Job completes or fails: one progress line for all its pods, from their JSON log lines. Then
+        the folder's claim (``claim``: the one taken for this Job) is removed; an interrupted run leaves it to the
+        Job, which keeps writing."""
         s = ctx.settings
         seen: dict[str, dict] = {}
         last_line = 0.0
@@ -290,6 +326,8 @@ class StageInCluster(KubeStep):
         while True:
             job = self._read_job(ctx, name)
             if job is None:
+                if claim is not None:
+                    claim.release()
                 raise StepError(f"Job {s.kube.namespace}/{name} disappeared while staging",
                                 "someone deleted it; re-run (what was staged is kept and resumed)")
             pods = self._pods(ctx, name)
@@ -304,21 +342,26 @@ class StageInCluster(KubeStep):
             if state == "complete":
                 break
             if state == "failed":
+                if claim is not None:
+                    claim.release()  # it writes no more: a re-run (here, locally or as a new Job) takes over
                 raise self._failure(ctx, job, pods)
             try:
                 ctx.sleep(s.kube.poll_interval_s)
             except Interrupted:
                 # Stopping it would be a new write: it is said instead, with the command.
-                ctx.printer.line(f"    the Job {name} keeps staging in the cluster: a re-run attaches to it; "
-                                 f"`kubectl -n {s.kube.namespace} delete job {name}` stops it (what it staged is "
-                                 f"kept and resumed)", "dim")
+                ctx.printer.line(f"    the Job {name} keeps staging in the cluster, and holds the folder's claim "
+                                 f"until it ends: a re-run attaches to it; `kubectl -n {s.kube.namespace} delete job "
+                                 f"{name}` stops it (what it staged is kept and resumed)", "dim")
                 raise
         self._finish(ctx)
+        if claim is not None:
+            claim.release()
 
     def _finish(self, ctx) -> None:
         """The Job is done: list the folder again, abort what the pods left open (a pod killed before its first
-        resume record leaves an upload its retry cannot know of), and write the manifest here (no folder
-        claim: the Job that wrote the files is done, and a second run that attached writes the same one)."""
+        resume record leaves an upload its retry cannot know of), and write the manifest here (under the Job's
+        claim, removed after: the Job that wrote the files is done, and a second run that attached writes the
+        same manifest)."""
         obs = self.local.observe(ctx)
         plan = self.local.plan(ctx, obs)
         if plan.facts.get("files_to_move"):

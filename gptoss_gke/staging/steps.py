@@ -131,6 +131,8 @@ class StageModel(Step):
         hub.check_access(revision, min(files, key=lambda f: f.size).path)
         folder = model_folder(ctx.settings, self.target, revision)
         objects, partials, manifest, exists, marker = self._list(ctx, folder)
+        if marker is not None and marker.job and not self.share:
+            marker.observe_job(ctx)  # a Job's claim is live while the Job is: read it, or fail (never blind)
         obs = Observed(requested, revision, files, len(repo_files) - len(files), objects, partials, manifest, exists,
                        marker=marker)
         if exists:
@@ -293,6 +295,14 @@ class StageModel(Step):
         if marker is None:
             return []
         why = marker.stale_because()
+        if why is None and marker.job:
+            job = marker.job
+            raise StepError(
+                f"a staging Job is writing {where}: {marker.describe()}; a second run on the folder would race on "
+                f"its partial files",
+                f"wait for it: `inv stage-model --in-cluster` attaches to it and follows it to the end (what it stages "
+                f"is kept), then re-run. To stop it instead: `kubectl -n {job['namespace']} delete job {job['name']}` "
+                f"(its claim is then taken over)")
         if why is None:
             raise StepError(
                 f"another stage-model run is writing {where}: {marker.describe()}; two runs on one folder would "
