@@ -21,7 +21,7 @@ import pytest
 from gptoss_gke.config import load_settings
 from gptoss_gke.core import Runner
 from gptoss_gke.core.retry import RetryPolicy
-from gptoss_gke.staging.incluster import STAGER_ACCOUNT, job_name, stage_in_cluster_steps
+from gptoss_gke.staging.incluster import REQUIREMENTS_LOCK, STAGER_ACCOUNT, job_name, stage_in_cluster_steps
 from gptoss_gke.staging.state import MANIFEST_NAME
 from gptoss_gke.staging.steps import model_folder
 from tests.conftest import in_process
@@ -126,6 +126,9 @@ def test_first_run_stages_with_three_pods_then_a_rerun_creates_no_job(tmp_path, 
     assert tools.dst.manifest_digest(tools.dest_name, "3.12-slim") == amd64
     assert all(tools.dst.has_blob(tools.dest_name, b) for b in tools.image.blobs("linux/amd64"))
     assert spec["serviceAccountName"] == STAGER_ACCOUNT
+    # What the pods install when their image lacks the modules: the checked-in lock, as it is.
+    code = kube_emulator.get("ConfigMap", "gptoss", f"{name}-code")
+    assert code["data"]["requirements.txt"] == REQUIREMENTS_LOCK.read_text()
     assert not spec.get("tolerations") and "nvidia.com/gpu" not in json.dumps(spec)  # never on an accelerator
     assert "staged 62.9 MB of 62.9 MB" in out, out
     # The pods ran the checkout that was sent: the digest check passed and the report line says so.
@@ -424,3 +427,136 @@ def test_inv_deploy_ironwood_stages_in_the_cluster_end_to_end(deploy_world, hf_h
 
     again = w.inv("deploy", "--target=ironwood", "--skip-smoke", env={"HF_ENDPOINT": hf_hub.url})
     assert again.returncode == 0 and "(manifest verified)" in again.stdout, again.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# The pods' requirements: hash-locked, checked against what the code needs, installed only as locked
+
+
+def _lock() -> dict[str, tuple[str, list[str]]]:
+    """The lock as {canonical name: (version, sha256 hashes)}."""
+    from packaging.utils import canonicalize_name
+
+    text = REQUIREMENTS_LOCK.read_text().replace("\\\n", " ")
+    out = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        pin, *options = line.split()
+        name, _, ver = pin.partition("==")
+        assert ver and ";" not in pin, f"not an exact pin: {line}"
+        out[canonicalize_name(name)] = (ver, [o.split(":", 1)[1] for o in options if o.startswith("--hash=sha256:")])
+    return out
+
+
+def test_the_lock_covers_the_staging_code_and_satisfies_pyproject():
+    from importlib.metadata import requires
+
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    from gptoss_gke.remote.steps import STAGING_MODULES
+
+    lock = _lock()
+    assert all(len(h) >= 1 and all(len(x) == 64 for x in h) for _, h in lock.values()), "a pin without its hashes"
+    # What the staging distributions need, transitively, as their installed metadata declares it, on the pods'
+    # Python (3.12) on linux, x86_64 and arm64.
+    pods = [{**default_environment(), "python_version": "3.12", "python_full_version": "3.12.0",
+             "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix", "platform_machine": m,
+             "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}
+            for m in ("x86_64", "aarch64")]
+    needed, todo = set(), [canonicalize_name(d) for d in STAGING_MODULES.values()]
+    while todo:
+        dist = todo.pop()
+        if dist in needed:
+            continue
+        needed.add(dist)
+        for spec in requires(dist) or []:
+            req = Requirement(spec)
+            if req.marker is None or any(req.marker.evaluate(env) for env in pods):
+                todo.append(canonicalize_name(req.name))
+    assert needed - set(lock) == set(), "regenerate the lock: scripts/lock_stager_requirements.py"
+    # pyproject.toml's constraints on the staging distributions (as the installed project declares them: the
+    # suite reinstalls it) hold for the locked versions: a constraint moved without the lock fails here, so the
+    # lock cannot silently rot.
+    declared = [spec for spec in requires("gptoss-gke") if "extra ==" not in spec]
+    assert len(declared) >= len(set(STAGING_MODULES.values()))
+    for spec in declared:
+        req = Requirement(spec)
+        name = canonicalize_name(req.name)
+        if name in lock:  # (the staging distributions, and what they reach that we constrain too)
+            assert req.specifier.contains(Version(lock[name][0])), (
+                f"pyproject.toml wants {spec}, the lock pins {lock[name][0]}: "
+                f"regenerate it (scripts/lock_stager_requirements.py)")
+
+
+def _wheel(name: str, version: str, main: str) -> bytes:
+    """A tiny pure-Python wheel whose ``python -m <name>`` prints ``main``."""
+    import base64
+    import io
+    import zipfile
+
+    files = {f"{name}/__init__.py": b"", f"{name}/__main__.py": f"print({main!r})\n".encode(),
+             f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+             f"{name}-{version}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
+                                                  b"Tag: py3-none-any\n"}
+    record = "".join(f"{p},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},"
+                     f"{len(d)}\n" for p, d in files.items()) + f"{name}-{version}.dist-info/RECORD,,\n"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for p, d in {**files, f"{name}-{version}.dist-info/RECORD": record.encode()}.items():
+            z.writestr(p, d)
+    return buf.getvalue()
+
+
+def test_the_bootstrap_installs_only_wheels_whose_hash_the_lock_names(tmp_path):
+    """The pod's own program (BOOTSTRAP) against a loopback simple index serving one tiny wheel: the locked hash
+    installs it and runs it; any other hash is refused before anything is installed or run."""
+    import functools
+    import http.server
+    import subprocess
+    import sys
+
+    from gptoss_gke.k8s.podcode import BOOTSTRAP
+    from gptoss_gke.remote.shipping import code_bundle
+
+    wheel = _wheel("tinypkg", "1.0", "tinypkg ran")
+    index = tmp_path / "index"
+    (index / "simple" / "tinypkg").mkdir(parents=True)
+    (index / "tinypkg-1.0-py3-none-any.whl").write_bytes(wheel)
+    (index / "simple" / "tinypkg" / "index.html").write_text(
+        '<a href="../../tinypkg-1.0-py3-none-any.whl">tinypkg-1.0-py3-none-any.whl</a>')
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(index))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    bundle = code_bundle()
+    try:
+        def boot(name: str, digest: str):
+            code, work = tmp_path / name / "code", tmp_path / name / "work"
+            code.mkdir(parents=True)
+            work.mkdir()
+            (code / "code.tar.gz").write_bytes(bundle.data)
+            (code / "requirements.txt").write_text(f"tinypkg==1.0 \\\n    --hash=sha256:{digest}\n")
+            env = {"PATH": "/usr/bin:/bin", "GPTOSS_CODE_DIR": str(code), "GPTOSS_WORK_DIR": str(work),
+                   "GPTOSS_CODE_SHA256": hashlib.sha256(bundle.data).hexdigest(), "GPTOSS_MODULES": "tinypkg",
+                   "GPTOSS_MAIN": "tinypkg", "HOME": str(work), "PIP_CONFIG_FILE": "/dev/null",
+                   "PIP_INDEX_URL": f"http://127.0.0.1:{server.server_address[1]}/simple/"}
+            proc = subprocess.run([sys.executable, "-c", BOOTSTRAP], env=env, capture_output=True, text=True,
+                                  timeout=120)
+            return proc, work
+
+        ok, work = boot("locked", hashlib.sha256(wheel).hexdigest())
+        assert ok.returncode == 0 and "tinypkg ran" in ok.stdout, ok.stdout + ok.stderr
+        assert (work / "deps" / "tinypkg" / "__main__.py").is_file()
+
+        bad, work = boot("tampered", hashlib.sha256(b"another file").hexdigest())
+        assert bad.returncode == 1, bad.stdout + bad.stderr
+        assert "DO NOT MATCH THE HASHES" in bad.stdout + bad.stderr
+        assert "tinypkg ran" not in bad.stdout and not (work / "deps" / "tinypkg").exists()
+    finally:
+        server.shutdown()
+        server.server_close()
