@@ -168,10 +168,9 @@ def source_ref(settings, key: str) -> ImageRef:
     try:
         return parse_reference(spec.source)
     except ValueError as exc:
+        example = "docker.io/library/python:3.12-slim" if key == TOOLS else "docker.io/vllm/vllm-openai:v0.12.0"
         raise StepError(f"{spec.setting} {spec.source!r} is not an image reference: {exc}",
-                        f"fix {spec.setting} in {settings.env_file}, e.g. "
-                        f"{'docker.io/library/python:3.12-slim' if key == TOOLS else 'docker.io/vllm/vllm-openai:v0.12.0'}"
-                        ) from None
+                        f"fix {spec.setting} in {settings.env_file}, e.g. {example}") from None
 
 
 def destination(settings, key: str) -> ImageRef:

@@ -6,9 +6,10 @@ default) and, when the image lacks them, installs the staging code's requirement
 of the transitive closure pinned with `==` and the sha256 of each of that version's wheels, nothing else.
 
 Inputs: the distributions `remote.steps.STAGING_MODULES` names, with the constraints pyproject.toml declares
-for them; pyproject.toml's other dependencies constrain the closure where it reaches them. The closure is resolved with `uv pip compile --only-binary :all: --generate-hashes` for Python 3.12
-on manylinux_2_28 x86_64 and on manylinux_2_28 aarch64 (what GKE's CPU nodes run; glibc 2.28 wheels install on
-the newer glibc of Debian-based python images); both must pin the same versions, so one file serves both.
+for them; pyproject.toml's other dependencies constrain the closure where it reaches them. The closure is
+resolved with `uv pip compile --only-binary :all: --generate-hashes` for Python 3.12 on manylinux_2_28
+x86_64 and on manylinux_2_28 aarch64 (what GKE's CPU nodes run; glibc 2.28 wheels install on the newer glibc
+of Debian-based python images); both must pin the same versions, so one file serves both.
 Run it when those dependencies change (tests/test_stage_in_cluster.py fails while the lock no longer satisfies
 pyproject.toml or lacks a dependency the installed distributions declare):
 

@@ -87,7 +87,8 @@ class RunMarker:
         from gptoss_gke.staging.incluster import job_state
 
         s, job = ctx.settings, self.job
-        held = f"gs://{self.bucket}/{self.name.rsplit(PARTIAL_SUFFIX, 1)[0]}/ is claimed by the staging {self.job_text()}"
+        folder = self.name.rsplit(PARTIAL_SUFFIX, 1)[0]
+        held = f"gs://{self.bucket}/{folder}/ is claimed by the staging {self.job_text()}"
         clear = f"if you know that Job is gone, clear its claim: {self.clear_command()}"
         server, _ = context_server(s)
         if server is None:

@@ -195,7 +195,7 @@ class StageInCluster(KubeStep):
         name = job_name(self.target, obs.revision)
         state = job_state(job) if job else None
         mine = obs.marker is not None and obs.marker.names_job(ctx.settings.kube.namespace, name)
-        if state == "running" and (mine or obs.marker is None):
+        if state == "running" and (mine or obs.marker is None or obs.marker.stale_because() is not None):
             # The folder's claim is this Job's: what is missing is its to stage, and ours to follow.
             local = self.local.plan(ctx, dataclasses.replace(obs, marker=None))
             if not local.changes:
