@@ -1,4 +1,8 @@
-"""Serving images: mirrored into Artifact Registry with skopeo (no Docker daemon), pinned by digest.
+"""Images: mirrored into Artifact Registry with skopeo (no Docker daemon), pinned by digest.
+
+An image is named by a key: each target's serving image (key: the target's name, source
+``targets.<t>.image``), and the tools image our in-cluster Jobs run this checkout on (key :data:`TOOLS`,
+source ``models.stager_image``). One mirror, one pin and one purge serve every key.
 
 What is compared, so that "already there" is exact and a re-run copies nothing:
 
@@ -9,6 +13,9 @@ What is compared, so that "already there" is exact and a re-run copies nothing:
   multi-platform index the wanted digest is the one the index lists for the platform; that manifest is
   copied *by that digest*, byte for byte, so the destination tag points at it. For a single-platform
   source the wanted digest is the source's own (after checking its config names the platform).
+* A source named by digest (``…@sha256:…``) is mirrored as that digest, whatever the platform setting: the
+  digest the user pinned is the digest that runs (an index is copied whole, ``--all``; the node picks its
+  platform from it). To copy one platform only, pin that platform's own manifest digest.
 * The destination tag is read the same way; equal digests → nothing to do. The copy always names the
   source by digest, so what is copied is what was compared even if the tag moves meanwhile.
 
@@ -57,11 +64,39 @@ _NETWORK = re.compile(r"\bEOF\b|connection reset|connection refused|broken pipe|
 _RATE = re.compile(r"toomanyrequests|rate limit|\b429\b", re.I)
 
 
-def tools_image(ctx) -> str:
-    """The small Python image our in-cluster Jobs run this checkout's code on (the staging Job today).
+TOOLS = "tools"  # the key of the tools image (no target is named so: targets come from the catalogue)
 
-    The one place that decides it, so every Job that needs it gets the same reference."""
-    return ctx.settings.models.stager_image
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What one key names: the source reference and the setting it comes from (named in every error)."""
+
+    key: str
+    source: str
+    setting: str  # "targets.l4.image", "models.stager_image"
+    title: str  # how plans and recaps call it
+
+
+def image_spec(settings, key: str) -> ImageSpec:
+    if key == TOOLS:
+        return ImageSpec(key, settings.models.stager_image, "models.stager_image",
+                         "tools image (models.stager_image)")
+    return ImageSpec(key, settings.target(key).image, f"targets.{key}.image", f"image {key}")
+
+
+def image_keys() -> list[str]:
+    """Every key an environment may mirror: what another environment's purge must keep if shared."""
+    return [*CATALOGUE, TOOLS]
+
+
+def tools_image(ctx) -> str:
+    """The small Python image our in-cluster Jobs run this checkout's code on (the staging Job, the smoke Job):
+    its copy in our repository, pinned by digest, as :func:`pinned_image` pins a target's image.
+
+    The one place that decides it, so every Job that needs it gets the same reference. A chain that runs such
+    a Job mirrors it first (``MirrorImage(settings, TOOLS)`` after the repository, as in-cluster staging does);
+    the pin is read from the same once-per-run observation of the source that step makes."""
+    return pinned_image(ctx, TOOLS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,23 +163,23 @@ def parse_reference(text: str) -> ImageRef:
     return ImageRef(registry, path, tag, digest)
 
 
-def source_ref(settings, target_name: str) -> ImageRef:
-    image = settings.target(target_name).image
+def source_ref(settings, key: str) -> ImageRef:
+    spec = image_spec(settings, key)
     try:
-        return parse_reference(image)
+        return parse_reference(spec.source)
     except ValueError as exc:
-        raise StepError(f"targets.{target_name}.image {image!r} is not an image reference: {exc}",
-                        f"fix targets.{target_name}.image in {settings.env_file}, e.g. "
-                        f"docker.io/vllm/vllm-openai:v0.12.0") from None
+        example = "docker.io/library/python:3.12-slim" if key == TOOLS else "docker.io/vllm/vllm-openai:v0.12.0"
+        raise StepError(f"{spec.setting} {spec.source!r} is not an image reference: {exc}",
+                        f"fix {spec.setting} in {settings.env_file}, e.g. {example}") from None
 
 
-def destination(settings, target_name: str) -> ImageRef:
-    """Where the target's image lives in our repository: the source's path, under the repository.
+def destination(settings, key: str) -> ImageRef:
+    """Where the image of ``key`` lives in our repository: the source's path, under the repository.
 
     A remote repository serves Docker Hub's paths as they are (``…/<repo>/vllm/vllm-openai``), and a
     copy uses the same layout, so both modes pin the same kind of reference.
     """
-    src = source_ref(settings, target_name)
+    src = source_ref(settings, key)
     tag = src.tag or f"sha256-{src.digest.split(':', 1)[1]}"
     return ImageRef(registry_host(settings), f"{settings.project}/{settings.registry.repository}/{src.path}", tag)
 
@@ -257,9 +292,9 @@ def _inspect(ctx, ref: ImageRef, *, anonymous: bool) -> tuple[str, str, dict] | 
     return digest, media_type, manifest
 
 
-def _source_error(settings, target_name: str, ref: ImageRef, exc: CommandFailed) -> Exception:
+def _source_error(settings, key: str, ref: ImageRef, exc: CommandFailed) -> Exception:
     text = exc.stderr
-    fix_ref = f"check targets.{target_name}.image in {settings.env_file}"
+    fix_ref = f"check {image_spec(settings, key).setting} in {settings.env_file}"
     if _NETWORK.search(text):
         return CannotObserve(f"cannot reach {ref.registry} to read {ref}: {_last(text)}",
                              "check the network or proxy, then re-run")
@@ -300,20 +335,20 @@ def _last(text: str) -> str:
     return (m.group(1).replace('\\"', '"') if m else line)[-600:]
 
 
-def observe_source(ctx, target_name: str) -> SourceState:
-    """Resolve the target's source image to digests, once per run."""
+def observe_source(ctx, key: str) -> SourceState:
+    """Resolve the source image of ``key`` to digests, once per run."""
 
     def read() -> SourceState:
         s = ctx.settings
-        ref = source_ref(s, target_name)
+        ref = source_ref(s, key)
         try:
             found = _inspect(ctx, ref, anonymous=True)
         except CommandFailed as exc:
-            raise _source_error(s, target_name, ref, exc) from None
+            raise _source_error(s, key, ref, exc) from None
         if found is None:
             what = f"tag {ref.tag}" if ref.tag else f"digest {ref.digest}"
             raise StepError(f"source image {ref} not found: {what} does not exist in {ref.repo}",
-                            f"check targets.{target_name}.image in {s.env_file} (list the tags: skopeo list-tags "
+                            f"check {image_spec(s, key).setting} in {s.env_file} (list the tags: skopeo list-tags "
                             f"docker://{ref.repo})")
         digest, media_type, manifest = found
         if ref.digest and digest != ref.digest:
@@ -323,9 +358,11 @@ def observe_source(ctx, target_name: str) -> SourceState:
         if state.is_index:
             state.platforms = {_platform_key(m.get("platform", {})): m["digest"] for m in manifest.get("manifests", [])
                                if m.get("platform", {}).get("os") not in (None, "unknown")}
-        if platform == "all" or s.registry.mode == "remote":
+        if platform == "all" or s.registry.mode == "remote" or (ref.digest and state.is_index):
+            # (pinned by digest: that digest is what runs, so an index is kept whole)
             state.wanted = digest
-            state.chosen = "all platforms" if state.is_index else "single-platform image"
+            state.chosen = ("all platforms" + (" (the index pinned by digest)" if ref.digest else "")
+                            if state.is_index else "single-platform image")
         elif state.is_index:
             match = next((m for m in manifest.get("manifests", []) if _matches(m.get("platform", {}), platform)),
                          None)
@@ -339,7 +376,7 @@ def observe_source(ctx, target_name: str) -> SourceState:
             state.chosen = _check_single_platform(ctx, ref.at(digest), platform)
         return state
 
-    return ctx.fact(f"image.{target_name}.source", read)
+    return ctx.fact(f"image.{key}.source", read)
 
 
 def _check_single_platform(ctx, ref: ImageRef, platform: str) -> str:
@@ -359,10 +396,10 @@ def _check_single_platform(ctx, ref: ImageRef, platform: str) -> str:
     return f"single-platform {have} image"
 
 
-def observe_destination(ctx, target_name: str) -> str | None:
+def observe_destination(ctx, key: str) -> str | None:
     """The digest the destination tag holds now (None: absent). Never cached: copies change it."""
     s = ctx.settings
-    dest = destination(s, target_name)
+    dest = destination(s, key)
     if s.registry.host is None and describe_repository(ctx) is None:
         return None  # no repository yet (AR answers "denied" for images in a missing repository)
     try:
@@ -372,39 +409,40 @@ def observe_destination(ctx, target_name: str) -> str | None:
     return found[0] if found else None
 
 
-def pinned_image(ctx, target_name: str) -> str:
-    """The reference manifests use: the mirrored image by digest (observed once per run).
+def pinned_image(ctx, key: str) -> str:
+    """The reference manifests use: the mirrored image of ``key`` by digest (observed once per run).
 
     In a dry-run that could not observe the source, the tag reference, marked as not pinned.
     """
 
     def pin() -> str:
-        dest = destination(ctx.settings, target_name)
+        dest = destination(ctx.settings, key)
         try:
-            src = observe_source(ctx, target_name)
+            src = observe_source(ctx, key)
         except CannotObserve as exc:
             if not ctx.dry_run:
                 raise
-            ctx.printer.line(f"  image for {target_name} is NOT pinned ({exc.problem}): using the tag {dest}", "dim")
+            what = "the tools image" if key == TOOLS else f"image for {key}"
+            ctx.printer.line(f"  {what} is NOT pinned ({exc.problem}): using the tag {dest}", "dim")
             return str(dest)
         return str(dest.at(src.wanted))
 
-    return ctx.fact(f"image.{target_name}", pin)
+    return ctx.fact(f"image.{key}", pin)
 
 
 # ---------------------------------------------------------------------------------------------
 # Steps
 
 
-def _copy_argv(ctx, target_name: str, src: SourceState | None) -> list[str]:
+def _copy_argv(ctx, key: str, src: SourceState | None) -> list[str]:
     s = ctx.settings
-    dest = destination(s, target_name)
+    dest = destination(s, key)
     platform = s.registry.platform
     prefix: list[str] = []
     flags = ["--preserve-digests", "--src-no-creds", *_tls(s, "src-", "dest-")]
     if src is None:  # not observed (dry-run): copy the tag, letting skopeo pick the platform
-        source = source_ref(s, target_name)
-        if platform == "all":
+        source = source_ref(s, key)
+        if platform == "all" or source.digest:
             flags.insert(0, "--all")
         else:
             os_name, arch, *variant = platform.split("/")
@@ -421,40 +459,42 @@ def _copy_argv(ctx, target_name: str, src: SourceState | None) -> list[str]:
 
 
 class MirrorImage(Step):
-    """The target's serving image in our repository, at the source's digest for the configured platform."""
+    """The image of ``key`` (a target's serving image, or the tools image) in our repository, at the source's
+    digest for the configured platform (or the digest the source is pinned at)."""
 
     section = "images"
 
-    def __init__(self, settings, target_name: str):
-        self.target_name = target_name
-        self.name = f"image {target_name}"
-        self.key = f"image.{target_name}"
+    def __init__(self, settings, key: str):
+        self.image_key = key
+        self.name = image_spec(settings, key).title
+        self.key = f"image.{key}"
         self.needs = (Credentials.key, ArtifactRepository.key)
 
     def observe(self, ctx):
-        src = observe_source(ctx, self.target_name)
+        src = observe_source(ctx, self.image_key)
         if ctx.settings.registry.mode == "remote":
             return {"source": src, "dest": None}
-        return {"source": src, "dest": observe_destination(ctx, self.target_name)}
+        return {"source": src, "dest": observe_destination(ctx, self.image_key)}
 
     def plan(self, ctx, current) -> Plan:
         s = ctx.settings
-        dest = destination(s, self.target_name)
+        dest = destination(s, self.image_key)
         if s.registry.mode == "remote":
             return self._plan_remote(ctx, current, dest)
         if current is None:
-            return Plan([Change(f"copy {source_ref(s, self.target_name)} → {dest} "
-                                f"({'all platforms' if s.registry.platform == 'all' else s.registry.platform}); "
+            src_ref = source_ref(s, self.image_key)
+            whole = s.registry.platform == "all" or src_ref.digest
+            return Plan([Change(f"copy {src_ref} → {dest} ({'all platforms' if whole else s.registry.platform}); "
                                 f"not pinned: source not observed", "create",
-                                argv=_copy_argv(ctx, self.target_name, None))],
+                                argv=_copy_argv(ctx, self.image_key, None))],
                         diff={"image": "not observed"}, facts={"pinned": None, "image": str(dest)})
         src, have = current["source"], current["dest"]
-        pinned = pinned_image(ctx, self.target_name)
+        pinned = pinned_image(ctx, self.image_key)
         facts = {"pinned": pinned, "source": str(src.ref), "source_digest": src.digest, "digest": src.wanted,
                  "platform": src.chosen}
         if have == src.wanted:
             return noop(f"{dest} already at {src.wanted} (source unchanged); pinned {pinned}", **facts)
-        argv = _copy_argv(ctx, self.target_name, src)
+        argv = _copy_argv(ctx, self.image_key, src)
         if have is None:
             change = Change(f"copy {src.ref} ({src.chosen}) → {dest}, pinned {pinned}", "create", argv=argv,
                             timeout=COPY_TIMEOUT_S)
@@ -465,35 +505,35 @@ class MirrorImage(Step):
 
     def _plan_remote(self, ctx, current, dest: ImageRef) -> Plan:
         s = ctx.settings
-        src_ref = source_ref(s, self.target_name)
+        src_ref = source_ref(s, self.image_key)
         if src_ref.registry != "docker.io":
-            raise StepError(f"registry.mode remote fronts Docker Hub, but targets.{self.target_name}.image is on "
-                            f"{src_ref.registry}", f"set registry.mode: copy in {s.env_file}")
+            raise StepError(f"registry.mode remote fronts Docker Hub, but {image_spec(s, self.image_key).setting} "
+                            f"is on {src_ref.registry}", f"set registry.mode: copy in {s.env_file}")
         if current is None:
             return noop(f"nodes pull {dest} through the remote repository (not pinned: source not observed)",
                         pinned=None, image=str(dest))
-        pinned = pinned_image(ctx, self.target_name)
+        pinned = pinned_image(ctx, self.image_key)
         return noop(f"nodes pull through the remote repository from Docker Hub; pinned {pinned}", pinned=pinned,
                     source=str(current["source"].ref), digest=current["source"].wanted)
 
     def apply(self, ctx, change: Change) -> None:
-        dest = destination(ctx.settings, self.target_name)
+        dest = destination(ctx.settings, self.image_key)
         ctx.printer.line(f"  copying registry-to-registry (no local daemon, nothing stored here) → {dest.repo}",
                          "dim")
-        _skopeo_write(ctx, self.target_name, change, reads_source=True)
+        _skopeo_write(ctx, self.image_key, change, reads_source=True)
 
 
-def _skopeo_write(ctx, target_name: str, change: Change, *, reads_source: bool = False) -> None:
+def _skopeo_write(ctx, key: str, change: Change, *, reads_source: bool = False) -> None:
     """A skopeo command that writes to our repository (a copy, a delete), the destination token in a private
     auth file; its failure in words (the source's, when skopeo could not read it)."""
-    dest = destination(ctx.settings, target_name)
+    dest = destination(ctx.settings, key)
     with dest_auth_file(ctx) as auth_file:
         try:
             ctx.shell.write(change.argv, env={"REGISTRY_AUTH_FILE": auth_file}, timeout=change.timeout,
                             purpose=change.summary)
         except CommandFailed as exc:
             if reads_source and "initializing source" in exc.stderr:  # skopeo: "could not read the source"
-                raise _source_error(ctx.settings, target_name, source_ref(ctx.settings, target_name), exc) from None
+                raise _source_error(ctx.settings, key, source_ref(ctx.settings, key), exc) from None
             raise _dest_error(ctx.settings, dest, exc, writing=True) from None
 
 
@@ -521,7 +561,7 @@ def _tags_sharing(ctx, dest: ImageRef, digest: str) -> list[str]:
 def _mirrors(other, ref: ImageRef) -> bool:
     """Does another environment's settings mirror into the same tag?"""
     try:
-        return any(destination(other, t) == ref for t in CATALOGUE)
+        return any(destination(other, k) == ref for k in image_keys())
     except StepError:
         return False
 
@@ -535,23 +575,23 @@ class PurgeImage(Step):
     section = "images"
     needs = (Credentials.key,)
 
-    def __init__(self, settings, target_name: str, others: dict | None = None):
-        self.key = f"image.{target_name}.purge"
-        self.target_name = target_name
+    def __init__(self, settings, key: str, others: dict | None = None):
+        self.key = f"image.{key}.purge"
+        self.image_key = key
         self.others = others or {}
-        self.name = f"mirrored image {target_name}"
+        self.name = f"mirrored {image_spec(settings, key).title}"
 
     def observe(self, ctx):
         repo = describe_repository(ctx)
         if repo is None and ctx.settings.registry.host is None:
             return {"repo": None, "digest": None, "also_tagged": []}
-        digest = observe_destination(ctx, self.target_name)
-        dest = destination(ctx.settings, self.target_name)
+        digest = observe_destination(ctx, self.image_key)
+        dest = destination(ctx.settings, self.image_key)
         return {"repo": repo, "digest": digest, "also_tagged": _tags_sharing(ctx, dest, digest) if digest else []}
 
     def plan(self, ctx, current) -> Plan:
         s = ctx.settings
-        dest = destination(s, self.target_name)
+        dest = destination(s, self.image_key)
         if s.registry.mode == "remote":
             return noop("remote repository: nothing was copied (its cache goes with the repository)")
         if current is None:
@@ -585,18 +625,20 @@ class PurgeImage(Step):
         if change.argv[0] != SKOPEO:
             gcloud.write(ctx, change.argv, what=change.summary)
             return
-        _skopeo_write(ctx, self.target_name, change)
+        _skopeo_write(ctx, self.image_key, change)
 
 
 def _ours(settings, repo: dict) -> bool:
     return gcp_owner_problem(repo.get("labels"), settings) is None
 
 
-def mirror_image_steps(settings, targets: list[str]) -> list[Step]:
-    """The repository, then each target's image. Put `Credentials()` first (deploy and the task do)."""
-    return [ArtifactRepository(settings), *[MirrorImage(settings, t) for t in targets]]
+def mirror_image_steps(settings, keys: list[str]) -> list[Step]:
+    """The repository, then the image of each key (targets, :data:`TOOLS`). Put `Credentials()` first (deploy and
+    the task do)."""
+    return [ArtifactRepository(settings), *[MirrorImage(settings, k) for k in keys]]
 
 
-def purge_image_steps(settings, targets: list[str], others: dict | None = None) -> list[Step]:
-    """``others``: the other environments (name → Settings or load error): what they share is kept."""
-    return [*[PurgeImage(settings, t, others) for t in targets], PurgeRepository(settings, others)]
+def purge_image_steps(settings, keys: list[str], others: dict | None = None) -> list[Step]:
+    """The image of each key (targets, :data:`TOOLS`), then the repository if ours. ``others``: the other
+    environments (name → Settings or load error): what they share is kept."""
+    return [*[PurgeImage(settings, k, others) for k in keys], PurgeRepository(settings, others)]

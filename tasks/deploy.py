@@ -36,7 +36,8 @@ def deploy_chain(s, targets: list[str], f) -> list:
         *mirror_image_steps(s, targets),  # the repository, then each target's image, pinned by digest
         # the bucket, its IAM grant and the weights, for targets served from a bucket
         # (here, or as a Job in the cluster when models.stage_in says so)
-        *staging_steps(s, [t for t in targets if s.target(t).weights == "bucket"]),
+        # (the in-cluster Job's image after the repository mirror_image_steps put above)
+        *staging_steps(s, [t for t in targets if s.target(t).weights == "bucket"], with_repository=False),
         *compile_cache.grant_steps(s, targets),  # the XLA cache's prefix of the bucket, writable by the pods only
     ]
     applied: set[str] = set()

@@ -17,7 +17,8 @@ from gptoss_gke.flags import Switch
     yes=Switch("do not ask before deleting (needed without a terminal)"),
     purge_model=Switch("also delete the staged weights under our bucket folder, our IAM binding, and the "
                        "in-cluster model cache"),
-    purge_images=Switch("also delete the mirrored images (and the repository, if we created it)"),
+    purge_images=Switch("also delete the mirrored images (and the repository, if we created it); the tools image "
+                        "of the in-cluster Jobs only with --target=all (the default)"),
     delete_cluster=Switch("delete the cluster itself (only if this environment created it); its load balancers "
                           "and disks are deleted first"),
     scale_to_zero=Switch("keep the node pools but scale them to zero, for a quick return"),
@@ -75,7 +76,7 @@ def teardown_chain(settings, targets: list[str], f, others: dict) -> list:
     from gptoss_gke.flags import ALL
     from gptoss_gke.gcp.cluster import DeleteCluster, DeleteNodePool
     from gptoss_gke.gcp.project import Credentials
-    from gptoss_gke.images import purge_image_steps
+    from gptoss_gke.images import TOOLS, purge_image_steps
     from gptoss_gke.k8s.client import KubernetesApi
     from gptoss_gke.k8s.computeclass import DeleteComputeClasses
     from gptoss_gke.k8s.objects import DELETE_ORDER, DeleteKubeObjects
@@ -91,8 +92,8 @@ def teardown_chain(settings, targets: list[str], f, others: dict) -> list:
     steps += kube
     if f.purge_model:
         steps += purge_model_steps(settings, targets, others) + compile_cache.revoke_steps(settings, targets, others)
-    if f.purge_images:
-        steps += purge_image_steps(settings, targets, others)
+    if f.purge_images:  # the tools image (in-cluster Jobs) is every target's: it goes with all of them
+        steps += purge_image_steps(settings, [*targets, *([TOOLS] if f.target == ALL else [])], others)
     # Never while the objects on them could not be seen (unless --force says so).
     after_kube = tuple(step.key for step in kube)
     if not f.delete_cluster:  # the cluster takes its ComputeClasses with it

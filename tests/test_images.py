@@ -421,3 +421,66 @@ def test_purge_deletes_only_the_tag_we_pushed_never_tags_others_share(world):
     results, out, _ = run(world, settings, purge_image_steps(settings, ["l4"], {"staging": world.settings()}))
     assert "kept: environment staging uses it too" in results[0].reason
     assert world.dst.manifest_digest(world.dest_name, "v1") == digest
+
+
+# ---------------------------------------------------------------------------------------------
+# The tools image (models.stager_image): the same mirror, pin and purge, under its own key
+
+
+def test_tools_image_pinned_by_digest_is_mirrored_as_that_digest_once_and_purged(world):
+    from gptoss_gke.config import load_settings
+    from gptoss_gke.images import TOOLS, tools_image
+    from tests.envfiles import BASE, registry
+
+    publish(world.src, NAME, "v1", world.tmp)
+    python = publish(world.src, "library/python", "3.12-slim", world.tmp, platforms=BOTH)
+    # The user pins the multi-platform index by digest: that digest is what must run, not one of its platforms.
+    pinned_source = f"{world.src.host}/library/python@{python.digest}"
+    folder = write_env(world.tmp, BASE, registry(world.dst.host),
+                       {"targets": {"l4": {"image": f"{world.src.host}/{NAME}:v1"}},
+                        "models": {"stager_image": pinned_source}, "retry": {"attempts": 1}})
+    env = {**world.env, "GPTOSS_ENV_DIR": folder}
+    world.emu.add_repository(PROJECT, "us-central1", "gptoss")  # someone else's: purge removes only our image
+    report = world.tmp / "report.json"
+    dest = f"{PROJECT}/gptoss/library/python"
+    tag = f"sha256-{python.digest.split(':')[1]}"
+
+    first = run_inv(["mirror-image", "--target=l4", "--tools", f"--report={report}"], env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "TASK [images : tools image (models.stager_image)]" in first.stdout
+    assert world.dst.manifest_digest(dest, tag) == python.digest  # the index itself, under a tag naming it
+    assert all(world.dst.has_blob(dest, b) for p in BOTH for b in python.blobs(p))
+    [tools_step] = [s for s in json.loads(report.read_text())["steps"] if s["key"] == "image.tools"]
+    assert tools_step["facts"]["pinned"] == f"{world.dst.host}/{dest}@{python.digest}"
+    copies = [c for c in world.calls("skopeo copy") if "library/python" in c]
+    assert len(copies) == 1 and "--all" in copies[0].split() and f"library/python@{python.digest}" in copies[0]
+
+    again = run_inv(["mirror-image", "--target=l4", "--tools"], env)
+    assert again.returncode == 0 and "RECAP ok=4 changed=0" in again.stdout, again.stdout + again.stderr
+    assert len([c for c in world.calls("skopeo copy") if "library/python" in c]) == 1
+
+    settings = load_settings(environ={"GPTOSS_ENV_DIR": folder})
+    results, out, ctx = run(world, settings, purge_image_steps(settings, [TOOLS]))
+    assert [r.status for r in results] == ["changed", "ok"], out
+    assert results[0].name == "mirrored tools image (models.stager_image)"
+    assert world.dst.manifest_digest(dest, tag) is None
+    assert world.dst.manifest_digest(f"{PROJECT}/gptoss/{NAME}", "v1") is not None  # the target's image stays
+    # What a Job is given (read once per run, as the purge's observation did): our copy, by the pinned digest.
+    assert tools_image(ctx) == f"{world.dst.host}/{dest}@{python.digest}"
+    assert_no_secret_anywhere(world, first.stdout + first.stderr, again.stdout, out)
+
+
+def test_teardown_purges_the_tools_image_only_with_every_target(tmp_path):
+    from gptoss_gke.config import load_settings
+    from gptoss_gke.flags import ALL, Flags
+    from tasks.teardown import teardown_chain
+
+    settings = load_settings(environ={"GPTOSS_ENV_DIR": write_env(tmp_path, {"project": PROJECT})})
+
+    def keys(target):
+        flags = Flags({"target": target, "purge_model": False, "purge_images": True, "delete_cluster": False,
+                       "scale_to_zero": False, "force": False})
+        return [s.key for s in teardown_chain(settings, ["l4"], flags, {})]
+
+    assert "image.tools.purge" in keys(ALL)
+    assert "image.tools.purge" not in keys(("l4",)) and "image.l4.purge" in keys(("l4",))

@@ -165,16 +165,17 @@ def _ingress_has_host(s: Settings):
                    "a DNS name such as gptoss.example.org")
 
 
-@reads("registry.mode", "targets")
+@reads("registry.mode", "targets", "models.stager_image")
 def _remote_mode_fronts_docker_hub(s: Settings):
     if s.registry.mode != "remote":
         return
     from gptoss_gke.images import parse_reference
 
-    for name in s.targets:
-        ref = parse_reference(s.target(name).image)
+    images = [(("targets", name, "image"), s.target(name).image) for name in s.targets]
+    for where, image in [*images, (("models", "stager_image"), s.models.stager_image)]:
+        ref = parse_reference(image)
         if ref.registry != "docker.io":
-            yield (("targets", name, "image"), f"is on {ref.registry}, but registry.mode remote fronts Docker Hub",
+            yield (where, f"is on {ref.registry}, but registry.mode remote fronts Docker Hub",
                    "a docker.io image, or registry.mode: copy")
 
 

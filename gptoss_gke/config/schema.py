@@ -122,7 +122,8 @@ class ModelStoreSettings(_Strict):
     # Where the transfer runs: here (local), or as an Indexed Job in the cluster's region (cluster).
     stage_in: Literal["local", "cluster"] = "local"
     stage_pods: int | None = Field(default=None, ge=1, le=64)  # the Job's pods; default: sized to the model
-    stager_image: Printable = "python:3.12-slim"  # what the staging pods run our code on
+    # The tools image our in-cluster Jobs run this checkout on: mirrored into the repository, pinned by digest.
+    stager_image: ImageReference = "python:3.12-slim"
 
 
 class KubeSettings(_Strict):

@@ -205,13 +205,13 @@ def offline_image(settings, target_name: str) -> tuple[str, bool]:
     """(image reference, pinned?) without reading a registry.
 
     Deploy pins the mirrored image by the digest it reads. Offline that digest is known only when the
-    settings already name the image by digest and mirror every platform (a copy with ``--all
-    --preserve-digests`` keeps the source's digest); otherwise the mirrored tag stands in for it.
+    settings already name the image by digest (a source pinned by digest is mirrored as that digest, with
+    ``--preserve-digests``); otherwise the mirrored tag stands in for it.
     """
     from gptoss_gke.images import destination, source_ref
 
     src, dest = source_ref(settings, target_name), destination(settings, target_name)
-    if src.digest and settings.registry.platform == "all":
+    if src.digest:
         return str(dest.at(src.digest)), True
     return str(dest), False
 

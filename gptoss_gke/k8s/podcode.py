@@ -2,11 +2,13 @@
 
 A Job's pod starts from a small stock Python image (:func:`gptoss_gke.images.tools_image`) with the
 ConfigMap ``manifests/jobs/code-configmap.yaml`` mounted read-only at :data:`CODE_DIR`: this checkout as a
-tarball (``code.tar.gz``), the run's request (``request.json``, no secret) and the pinned requirements.
-:data:`BOOTSTRAP` (the container's ``python -c``) checks the tarball's sha256 against
-``GPTOSS_CODE_SHA256``, unpacks it, installs the pinned requirements only if the image lacks one of
-``GPTOSS_MODULES`` (empty: the standard library is enough), and runs the module ``GPTOSS_MAIN`` names.
-Secrets reach the pod only through ``secretKeyRef`` (never the ConfigMap, the manifest or argv).
+tarball (``code.tar.gz``), the run's request (``request.json``, no secret) and the requirements, hash-locked
+(``requirements.txt``; the staging Job sends ``staging/stager-requirements.txt``). :data:`BOOTSTRAP` (the
+container's ``python -c``) checks the tarball's sha256 against ``GPTOSS_CODE_SHA256``, unpacks it, installs
+the requirements only if the image lacks one of ``GPTOSS_MODULES`` (empty: the standard library is enough),
+with :func:`pip_install_argv` (imported from the unpacked code: one pip line, here and in the tests), and runs
+the module ``GPTOSS_MAIN`` names. Secrets reach the pod only through ``secretKeyRef`` (never the ConfigMap, the
+manifest or argv).
 
 Only the standard library is imported here: :data:`BOOTSTRAP` runs before anything else is there.
 """
@@ -37,12 +39,24 @@ with tarfile.open(os.path.join(code_dir, "code.tar.gz")) as t:
 deps = os.path.join(work, "deps")
 needed = [m for m in os.environ.get("GPTOSS_MODULES", "").split(",") if m]
 if any(importlib.util.find_spec(m.split(".")[0]) is None for m in needed):
-    print("gptoss-gke pod: installing the pinned requirements", flush=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-cache-dir", "--disable-pip-version-check",
-                    "--target", deps, "-r", os.path.join(code_dir, "requirements.txt")], check=True)
+    print("gptoss-gke pod: installing the hash-locked requirements", flush=True)
+    sys.path.insert(0, dest)
+    from gptoss_gke.k8s.podcode import pip_install_argv
+    if subprocess.run(pip_install_argv(sys.executable, os.path.join(code_dir, "requirements.txt"), deps)).returncode:
+        print("gptoss-gke pod: installing the requirements failed (see pip's lines above)", flush=True)
+        sys.exit(1)
 os.environ["PYTHONPATH"] = os.pathsep.join([dest, deps])
 os.execv(sys.executable, [sys.executable, "-u", "-m", os.environ["GPTOSS_MAIN"]])
 """
+
+
+def pip_install_argv(python: str, requirements: str, target: str) -> list[str]:
+    """The one pip line that installs a pod's requirements into ``target``: only what the file names
+    (``--no-deps``), each a wheel (``--only-binary=:all:``: nothing is built, no setup.py runs) whose sha256 is
+    one the file lists (``--require-hashes``: a changed or substituted file is refused, and so is a line
+    without a hash or an exact ``==`` pin)."""
+    return [python, "-m", "pip", "install", "--quiet", "--no-cache-dir", "--disable-pip-version-check", "--no-input",
+            "--require-hashes", "--only-binary=:all:", "--no-deps", "--target", target, "-r", requirements]
 
 
 def read_request() -> dict:

@@ -75,14 +75,16 @@ def stage_model_steps(settings, targets: list[str]) -> list[Step]:
     return steps
 
 
-def staging_steps(settings, targets: list[str], *, in_cluster: bool | None = None) -> list[Step]:
+def staging_steps(settings, targets: list[str], *, in_cluster: bool | None = None,
+                  with_repository: bool = True) -> list[Step]:
     """Local or in-cluster staging, as ``--in-cluster`` (when given) or ``models.stage_in`` says. The
-    in-cluster steps (and the Kubernetes client they need) are imported only when chosen."""
+    in-cluster steps (and the Kubernetes client they need) are imported only when chosen; they mirror the
+    pods' image, after the Artifact Registry repository unless the chain has it (``with_repository=False``)."""
     cluster = in_cluster if in_cluster is not None else settings.models.stage_in == "cluster"
     if cluster:
         from gptoss_gke.staging.incluster import stage_in_cluster_steps
 
-        return stage_in_cluster_steps(settings, targets)
+        return stage_in_cluster_steps(settings, targets, with_repository=with_repository)
     return stage_model_steps(settings, targets)
 
 
@@ -129,6 +131,8 @@ class StageModel(Step):
         hub.check_access(revision, min(files, key=lambda f: f.size).path)
         folder = model_folder(ctx.settings, self.target, revision)
         objects, partials, manifest, exists, marker = self._list(ctx, folder)
+        if marker is not None and marker.job and not self.share:
+            marker.observe_job(ctx)  # a Job's claim is live while the Job is: read it, or fail (never blind)
         obs = Observed(requested, revision, files, len(repo_files) - len(files), objects, partials, manifest, exists,
                        marker=marker)
         if exists:
@@ -291,6 +295,14 @@ class StageModel(Step):
         if marker is None:
             return []
         why = marker.stale_because()
+        if why is None and marker.job:
+            job = marker.job
+            raise StepError(
+                f"a staging Job is writing {where}: {marker.describe()}; a second run on the folder would race on "
+                f"its partial files",
+                f"wait for it: `inv stage-model --in-cluster` attaches to it and follows it to the end (what it stages "
+                f"is kept), then re-run. To stop it instead: `kubectl -n {job['namespace']} delete job {job['name']}` "
+                f"(its claim is then taken over)")
         if why is None:
             raise StepError(
                 f"another stage-model run is writing {where}: {marker.describe()}; two runs on one folder would "
