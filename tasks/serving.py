@@ -2,7 +2,8 @@
 
 Each is one step that only looks or measures (a check): ok or failed, never changed. Only
 `bench --in-cluster` changes something: it runs a Job in the cluster. (`smoke --via=service` runs its
-client as a short Job too, and deletes it once read: nothing of it stays.)
+client as a short Job too, and deletes it once read: nothing of it stays; its image, the tools image, is
+mirrored into Artifact Registry first if it is not there yet.)
 """
 
 from gptoss_gke.cli import playbook_task
@@ -18,11 +19,17 @@ from gptoss_gke.flags import Choice, Integer, Switch
 )
 def smoke(c, f):
     """/health, the served model, streamed answers (TTFT, tok/s), 401 without the key: through the Service or a pod."""
+    from gptoss_gke.gcp.project import Credentials
+    from gptoss_gke.images import TOOLS, mirror_image_steps
     from gptoss_gke.playbook import playbook
-    from gptoss_gke.serving.smoke import Smoke
+    from gptoss_gke.serving.smoke import VIA_SERVICE, Smoke
 
     with playbook(c, "smoke", f) as pb:
-        pb.run([Smoke(pb.settings, t, via=f.via) for t in pb.ctx.targets])
+        checks = [Smoke(pb.settings, t, via=f.via) for t in pb.ctx.targets]
+        # The smoke Job runs on the tools image: in Artifact Registry first (a no-op once it is there).
+        image = [Credentials(), *mirror_image_steps(pb.settings, [TOOLS])] if any(
+            c.via == VIA_SERVICE for c in checks) else []
+        pb.run([*image, *checks])
 
 
 @playbook_task(

@@ -409,11 +409,15 @@ SPOT = ("--set", "targets.l4.capacity=spot-with-fallback", "--set", "models.buck
 def test_the_smoke_job_is_hardened_schema_valid_cpu_only_and_gets_the_key_only_by_reference():
     import kubernetes_validate
 
+    from gptoss_gke.images import TOOLS
     from tests.conftest import in_process
 
     s = Settings(project="test-project", models={"bucket": "test-project-models"},
                  targets={"l4": {"capacity": "spot-with-fallback"}})
     ctx, _ = in_process(s)
+    # What images.tools_image pins once the tools image is mirrored (tests/test_images.py mirrors it for real).
+    pinned = "us-central1-docker.pkg.dev/test-project/gptoss/library/python@sha256:" + "b" * 64
+    ctx.fact(f"image.{TOOLS}", lambda: pinned)
     step = Smoke(s, "l4")
     assert step.via == "service" and step.generations == 4  # 2 replicas, 2 requests each
     assert Smoke(s, "l4", via="pod").generations == 1
@@ -445,7 +449,7 @@ def test_the_smoke_job_is_hardened_schema_valid_cpu_only_and_gets_the_key_only_b
         "name": "vllm-api-key", "key": "VLLM_API_KEY"}}}
     assert env["GPTOSS_SMOKE_URL"]["value"] == "http://gptoss-l4.gptoss.svc.cluster.local:80"
     assert env["GPTOSS_MAIN"]["value"] == "gptoss_gke.serving.smoke_pod" and env["GPTOSS_MODULES"]["value"] == ""
-    assert c["image"] == s.models.stager_image  # images.tools_image: the staging Job's image
+    assert c["image"] == pinned  # images.tools_image: the staging Job's image, pinned by digest
     request = json.loads(cm["data"]["request.json"])
     assert set(request) == {"task", "smoke", "request_timeout_s", "code"}  # what to check, never the key
     assert request["smoke"]["generations"] == 4 and request["smoke"]["api_key_secret"] == "gptoss/vllm-api-key"

@@ -376,13 +376,17 @@ def test_setup_cluster_and_deploy_l4_spot_with_fallback_end_to_end(deploy_world,
     from tests.emulators.hfhub import make_gptoss_like_repo
     from tests.emulators.kube.chaos import ServiceProxy, SpotCluster
     from tests.gcs import PROJECT_NUMBER
+    from tests.registry import publish
 
     w = deploy_world
     w.gcp.add_project("test-project", PROJECT_NUMBER)
     sha = make_gptoss_like_repo(hf_hub, "openai/gpt-oss-20b", shard_size=1024 * 1024, n_shards=2,
                                 copy_size=1024 * 1024)
     env = {"HF_ENDPOINT": hf_hub.url, "HF_TOKEN": hf_hub.token, "HF_HUB_DISABLE_TELEMETRY": "1"}
-    sets = [*SPOT_FALLBACK, "--set", f"targets.l4.model_revision={sha}"]
+    # The smoke Job's image (the tools image, python:3.12-slim on Docker Hub) on the loopback "Docker Hub".
+    publish(w.src, "library/python", "3.12-slim", w.tmp)
+    sets = [*SPOT_FALLBACK, "--set", f"targets.l4.model_revision={sha}",
+            "--set", f"models.stager_image={w.src.host}/library/python:3.12-slim"]
     setup = w.inv("setup-cluster", "--target=l4", *sets, env=env)
     assert setup.returncode == 0, setup.stdout + setup.stderr
     pools = [w.gcp.get_nodepool("test-project", "us-central1", "gptoss", n) for n in ("l4-gptoss-spot", "l4-gptoss-fallback")]
@@ -436,6 +440,11 @@ def test_setup_cluster_and_deploy_l4_spot_with_fallback_end_to_end(deploy_world,
         assert key and key not in out + deploy.stderr and key not in report.read_text()
         sent = [r for r in w.kube.requests if r.body and ("/jobs" in r.path or "/configmaps" in r.path)]
         assert any("/jobs" in r.path for r in sent) and any("/configmaps" in r.path for r in sent)
+        # The Job ran the tools image mirrored into "Artifact Registry", pinned by digest.
+        [image] = {r.body["spec"]["template"]["spec"]["containers"][0]["image"] for r in sent
+                   if "/jobs" in r.path and (r.body.get("spec") or {}).get("template")}
+        assert image.startswith(f"{w.dst.host}/test-project/gptoss/library/python@sha256:"), image
+        assert "TASK [images : tools image (models.stager_image)]" in out
         assert not any(key in json.dumps(r.body) for r in sent)  # the Job and its ConfigMap never carry it
         [log] = [lines for name, _, _, lines in w.kube.kubelet._logs if name.startswith("smoke-l4-")]
         assert any('"check": "without_key", "ok": true' in ln for ln in log) and not any(key in ln for ln in log)
@@ -510,12 +519,18 @@ def _smoke_world(kube_emulator, **kw):
     return cluster, proxy, sel
 
 
+# The tools image as images.tools_image pins it once mirrored: the smoke Job's pod runs here whatever it names.
+PINNED_TOOLS = "us-central1-docker.pkg.dev/test-project/gptoss/library/python@sha256:" + "c" * 64
+
+
 def _run_smoke(settings, **kw):
     from gptoss_gke.core import Runner
+    from gptoss_gke.images import TOOLS
     from gptoss_gke.serving.smoke import Smoke
     from tests.conftest import in_process
 
     ctx, out = in_process(settings)
+    ctx.fact(f"image.{TOOLS}", lambda: PINNED_TOOLS)  # mirrored already (the end-to-end test mirrors it for real)
     step = Smoke(settings, "l4", **kw)
     [result] = Runner(ctx).run([step])
     return result, out.getvalue(), step
@@ -590,20 +605,23 @@ def test_the_smoke_test_through_a_service_without_ready_endpoints_fails_with_the
     assert _smoke_leftovers(kube_emulator) == []
 
 
-def test_ctrl_c_while_following_the_smoke_job_stops_and_says_how_to_delete_it(kube_emulator, tmp_path):
+def test_ctrl_c_while_following_the_smoke_job_stops_and_says_how_to_delete_it(deploy_world, kube_emulator):
     """Interrupt means stop: no new write (the Job is not deleted by the interrupted run), and the run
-    names the command that deletes it."""
-    import os
+    names the command that deletes it. (`inv smoke` mirrors the Job's tools image first: the deploy world
+    has the registries and gcloud for it.)"""
     import signal
     import subprocess
 
     from tests.conftest import INV, REPO
-    from tests.envfiles import kube_env
+    from tests.envfiles import merged, write_env
+    from tests.registry import publish
 
+    w = deploy_world
     cluster, proxy, _ = _smoke_world(kube_emulator)  # no replica Ready: the pod keeps asking for /health
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPTOSS_", "HF_", "KUBECONFIG"))}
-    spot = {"targets": {"l4": {"capacity": "spot-with-fallback"}}}
-    env.update(GPTOSS_ENV_DIR=kube_env(tmp_path, kube_emulator, spot), NO_COLOR="1")
+    publish(w.src, "library/python", "3.12-slim", w.tmp)
+    settings = merged(w.settings, {"targets": {"l4": {"capacity": "spot-with-fallback"}},
+                                   "models": {"stager_image": f"{w.src.host}/library/python:3.12-slim"}})
+    env = {**w.env, "GPTOSS_ENV_DIR": write_env(w.tmp / "spot", settings)}
     proc = None
     try:
         proxy.start()
