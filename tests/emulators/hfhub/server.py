@@ -94,6 +94,8 @@ class HubEmulator(_FaultControls, _ApiRoutes, _DownloadRoutes):
         self._requests: list[RequestRecord] = []
         self._bytes_total = 0
         self._bytes_by_file: dict[tuple[str, str], int] = defaultdict(int)
+        self._sending: dict[tuple[str, str], int] = defaultdict(int)  # bodies of a file being sent right now
+        self._peak_sending: dict[tuple[str, str], int] = defaultdict(int)
         self._rules: list[_Rule] = []
         self._bps: float | None = None
         self._secret = os.urandom(16)
