@@ -311,8 +311,19 @@ def _floors() -> list[tuple[str, float]]:
     n = rounds * len(block)
     first_touch = per_gb(fresh, n) - per_gb(copy, n)
     return [("sha256 (the hub's hash of every LFS file)", per_gb(sha, n)),
-            ("crc32c x2 (each part, and the file so far)", 2 * per_gb(crc, n)),
+            ("crc32c (each part; the file's is combined from them)", per_gb(crc, n)),
             ("fresh memory, first touch (up to the chunk budget)", max(first_touch, 0.0))]
+
+
+def _curl(argv: list[str], size: int) -> tuple[float, float]:
+    """(MB/s curl reports, curl's own CPU-seconds per GB)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return float(out) / 1e6, cpu / (size / 1e9)
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import hashlib
 
 import google_crc32c
 
-from gptoss_gke.staging.chunks import Buffer, ChunkMemory, extend_crc32c
+from gptoss_gke.staging.chunks import Buffer, ChunkMemory, combine_crc32c, extend_crc32c
 from gptoss_gke.staging.streams import StreamController
 
 MB = 1_000_000
@@ -99,3 +99,11 @@ def test_chunk_memory_is_reused_and_hashes_read_it_in_place():
     short = Buffer(None, 10, memory)
     short.write(b"0123456789")
     assert bytes(short.body()) == b"0123456789" and short._data is not block
+
+
+def test_the_files_crc32c_follows_from_its_parts_without_reading_them_again():
+    parts = [bytes(range(256)) * 40, b"", b"x", bytes(reversed(range(256))) * 3 + b"tail"]
+    crc = 0
+    for part in parts:
+        crc = combine_crc32c(crc, google_crc32c.value(part), len(part))
+    assert crc == google_crc32c.value(b"".join(parts))

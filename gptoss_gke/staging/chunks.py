@@ -234,6 +234,47 @@ def extend_crc32c(crc: int, data) -> int:
     return extend(crc, ctypes.addressof(memory), len(data))
 
 
+def combine_crc32c(crc_a: int, crc_b: int, length_b: int) -> int:
+    """crc32c of A followed by B, from the crc32c of each and B's length (zlib's crc32_combine, for the
+    crc32c polynomial): the file's crc32c follows from its parts' without reading the bytes a second time."""
+    if length_b <= 0:
+        return crc_a
+    return _gf2_times(_zeros_operator(length_b), crc_a) ^ crc_b
+
+
+_CRC32C_REFLECTED = 0x82F63B78
+
+
+def _gf2_times(matrix: list[int], vector: int) -> int:
+    total, i = 0, 0
+    while vector:
+        if vector & 1:
+            total ^= matrix[i]
+        vector >>= 1
+        i += 1
+    return total
+
+
+def _gf2_square(matrix: list[int]) -> list[int]:
+    return [_gf2_times(matrix, column) for column in matrix]
+
+
+@functools.lru_cache(maxsize=16)
+def _zeros_operator(nbytes: int) -> list[int]:
+    """The matrix that moves a crc32c register past ``nbytes`` zero bytes (cached: parts share a length)."""
+    step = [_CRC32C_REFLECTED] + [1 << n for n in range(31)]  # past one zero bit
+    for _ in range(3):
+        step = _gf2_square(step)  # 2, 4, 8 bits: one byte
+    result = [1 << n for n in range(32)]
+    while nbytes:
+        if nbytes & 1:
+            result = [_gf2_times(step, column) for column in result]
+        nbytes >>= 1
+        if nbytes:
+            step = _gf2_square(step)
+    return result
+
+
 @functools.lru_cache(maxsize=1)
 def _native_crc32c_extend():
     try:

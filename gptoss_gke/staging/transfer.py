@@ -40,7 +40,8 @@ from gptoss_gke.core.report import format_size
 from gptoss_gke.core.retry import is_transient_exception
 from gptoss_gke.errors import StepError, ToolError
 from gptoss_gke.gcp.storage import MultipartUploads, TransientError, b64_crc32c, gcs_error
-from gptoss_gke.staging.chunks import Budget, Buffer, ChunkMemory, Progress, Tuning, extend_crc32c
+from gptoss_gke.staging.chunks import (Budget, Buffer, ChunkMemory, Progress, Tuning, combine_crc32c,
+                                       extend_crc32c)
 from gptoss_gke.staging.claim import marker_name
 from gptoss_gke.staging.hub import HubHttpError, HubRepo, RepoFile
 from gptoss_gke.staging.state import (CRC_KEY, ETAG_KEY, PARTIAL_SUFFIX, SHA_KEY, UPLOAD_KEY, ResumePoint, StagedObject,
@@ -384,8 +385,8 @@ class Transfer:
         * sha256 of the whole file (LFS files): equal to the one the hub publishes, or nothing is completed;
           the only check that these are the hub's bytes (the git blob id plays that part for small files).
         * crc32c of the chunk: sent with its part; GCS refuses a part whose body differs (the way to GCS).
-        * crc32c of the file so far: the completed object's crc32c must equal it (GCS's assembly of the
-          parts), and a resume record keeps it.
+        * crc32c of the file so far (combined from the chunks', no second pass): the completed object's
+          crc32c must equal it (GCS's assembly of the parts), and a resume record keeps it.
         * MD5, only for parts an earlier run uploaded: GCS lists a part's ETag as its MD5, so a part is
           checked against the hub's bytes without reading it back (MD5 costs as much as sha256: never on a
           fresh upload, where the crc32c above already covers the part).
@@ -400,10 +401,10 @@ class Transfer:
                 md5 = hashlib.md5(usedforsecurity=False) if i < job.verify_below else None
                 for piece in b.pieces():
                     job.sha.update(piece)
-                    job.crc = extend_crc32c(job.crc, piece)
                     chunk_crc = extend_crc32c(chunk_crc, piece)
                     if md5 is not None:
                         md5.update(piece)
+                job.crc = combine_crc32c(job.crc, chunk_crc, b.size)
                 job.next_hash += 1
                 if job.next_hash == job.n:
                     job.digest = job.sha.hexdigest()
