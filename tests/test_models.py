@@ -288,6 +288,9 @@ def test_ranges_in_flight_grow_while_each_one_more_brings_more(tmp_path, hf_hub,
     assert f"ranges in flight per file, adapted to the hub: {shard} 2 → {streams['end']}" in out
     assert hf_hub.peak_concurrent_for(REPO_ID, shard) > 2  # the hub saw it: more of the file's ranges at once
     assert hf_hub.peak_concurrent_for(REPO_ID, shard) <= s.models.workers
+    # A range read to its end leaves its connection to the next one (no new handshake per chunk).
+    content_gets = [q for q in hf_hub.find_requests("GET", r"/resolve/") if q.bytes_sent]
+    assert hf_hub.connections_accepted < len(content_gets), (hf_hub.connections_accepted, len(content_gets))
     blob = fake_gcs.client().bucket(BUCKET).get_blob(folder + shard)
     assert blob.metadata["sha256"] == hf_hub.file_info(REPO_ID, shard, sha)["sha256"]
     assert blob.download_as_bytes() == hf_hub.content(REPO_ID, shard, sha)

@@ -5,7 +5,11 @@ Range GET of the hub's resolve URL (plain ``requests``, whatever HTTP client the
 huggingface_hub uses; the CDN redirect is followed and the token is dropped when the host or port
 changes). Chunks of every file share ``models.workers`` download threads and as many upload threads, so
 a 4 GB shard is pulled and pushed over many connections at once, small files don't wait behind large
-ones, and each chunk's upload overlaps the next chunks' downloads.
+ones, and each chunk's upload overlaps the next chunks' downloads. How many ranges of one file are in
+flight adapts to what the hub gives that file (``staging/streams.py``): it starts at half the workers and
+grows while one more range still brings more, so a fast edge is not held to a fixed count and a
+struggling one (no gain, 429s, resets) is not pushed harder. The body is read from the socket straight
+into the chunk's memory, which is reused for later chunks.
 
 *Integrity.* SHA-256 cannot be computed out of order, so chunks are hashed strictly in file order as they
 arrive together with a running crc32c. A file of several chunks is one XML API multipart upload to its
@@ -49,7 +53,7 @@ from gptoss_gke.staging.state import (CRC_KEY, ETAG_KEY, PARTIAL_SUFFIX, SHA_KEY
 from gptoss_gke.staging.streams import SAMPLE_S, StreamController
 
 
-PIECE = 1024 * 1024  # one socket read into one bytes object (and how often a slow range is noticed)
+PIECE = 1024 * 1024  # one read from the socket into the chunk (and how often a slow range is noticed)
 # A range slower than a quarter of the others' median after this long is cut and asked for again (the rest of
 # it) on a new connection: one slow CDN edge must not set the pace of the whole file.
 HEDGE_AFTER_S = 2.0
@@ -202,7 +206,6 @@ class Transfer:
         """Start every chunk's download, files in order, each file keeping at most its controller's count of
         ranges in flight and all files together at most models.workers. A file at its count leaves the free
         workers to the next files (small files never wait behind a large one)."""
-        started: set[int] = set()
         while True:
             with self.sched:
                 while True:
@@ -220,12 +223,10 @@ class Transfer:
                 job.next_index += 1
                 job.in_flight += 1
                 self.in_flight += 1
-                if id(job) not in started:
+                if index == 0:  # the file's first range: its first measuring window starts
                     job.window_start = time.monotonic()
-            if id(job) not in started:
-                started.add(id(job))
-                if job.n > 1 and job.upload_id is None:
-                    self._guard(self._start, job)
+            if index == 0 and job.n > 1 and job.upload_id is None:
+                self._guard(self._start, job)
             _, length = job.span(index)
             if self._stopping() or not self.budget.acquire(length):
                 self._range_over(job)

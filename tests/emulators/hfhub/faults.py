@@ -109,12 +109,19 @@ class _FaultControls:
         with self._lock:
             return self._peak_sending[(repo_id, path)]
 
+    @property
+    def connections_accepted(self) -> int:
+        """TCP connections clients opened (keep-alive: one may carry many requests)."""
+        with self._lock:
+            return self._accepted
+
     def reset_stats(self) -> None:
         with self._lock:
             self._requests.clear()
             self._bytes_total = 0
             self._bytes_by_file.clear()
             self._peak_sending.clear()
+            self._accepted = 0
 
     # ---------------------------------------------------------------- faults
     def corrupt(self, repo_id: str, path: str, offset: int, times: int | None = None) -> None:
