@@ -23,8 +23,11 @@ tutorial way, re-run <= 0.05x).
 
 ``--cpu N``: instead, the client's cost: our step alone (the hub and the GCS front each in their own
 process, so this process's CPU time is the client's), N runs into an emptied folder; CPU-seconds per GB
-moved (user + system of this process) and MB/s, min/median/max, beside this machine's limits: a plain
-``curl`` of one shard from the loopback hub, and one single-stream upload of it to the GCS emulator.
+moved (user + system of this process, and the system part and page faults alone) and MB/s, min/median/max,
+with the machine's load before each run, beside this machine's limits: a plain ``curl`` of one shard from the
+loopback hub, one single-stream upload of it to the GCS emulator, and the floor of each part of the work
+every byte needs (sha256, crc32c, fresh memory), each measured alone. A run's CPU includes its fixed costs
+(listing, claim, manifest: ~0.2 CPU-s; the first run also imports the SDKs), so small totals read higher.
 
 Needs the ``hf`` CLI (huggingface_hub) in the virtualenv and gcloud on PATH. Everything listens on
 127.0.0.1; gcloud gets a throwaway config, a dummy token and both switches that keep it off the network.
@@ -198,7 +201,8 @@ gcs.stop()
 
 
 def cpu_mode(args) -> None:
-    """Client CPU-seconds per GB and MB/s of our step, beside curl and a single-stream upload."""
+    """Client CPU-seconds per GB and MB/s of our step, beside curl, a single-stream upload and the floor of
+    each part of the work."""
     import resource
     import statistics
 
@@ -215,43 +219,100 @@ def cpu_mode(args) -> None:
 
             client = storage.Client(project="bench", credentials=AnonymousCredentials(),
                                     client_options={"api_endpoint": urls["backend"]})
-            cpu, system, rates, loads = [], [], [], []
-            moved = 0
+            cpu, system, faults, rates, loads = [], [], [], [], []
+            moved, streams = 0, {}
             for _ in range(args.cpu):
                 for blob in client.list_blobs(BUCKET, prefix="models/"):
                     blob.delete()
+                loads.append(load())  # before the run: what the machine carried without us
                 before = resource.getrusage(resource.RUSAGE_SELF)
                 wall, transfer = run_ours(tmp, hub, urls["front"])
                 after = resource.getrusage(resource.RUSAGE_SELF)
                 moved = transfer.get("bytes_uploaded") or 0
-                cpu.append((after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) / (moved / 1e9))
-                system.append((after.ru_stime - before.ru_stime) / (moved / 1e9))
+                streams = transfer.get("streams") or {}
+                per_gb = moved / 1e9
+                cpu.append((after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) / per_gb)
+                system.append((after.ru_stime - before.ru_stime) / per_gb)
+                faults.append((after.ru_minflt - before.ru_minflt) / per_gb)
                 rates.append(moved / wall / 1e6)
-                loads.append(load())
             shard_url = f"{hub.url}/{REPO_ID}/resolve/{hub.sha}/model-00000-of-{args.shards - 1:05d}.safetensors"
             curl = _curl(["curl", "-sS", "-o", "/dev/null", "-w", "%{speed_download}", shard_url], shard)
             blob = tmp / "shard.bin"
             subprocess.run(["curl", "-sS", "-o", str(blob), shard_url], check=True)
+            # -T streams the file (--data-binary @file would first read all of it into curl's memory).
             upload = _curl(["curl", "-sS", "-o", "/dev/null", "-w", "%{speed_upload}", "-X", "POST",
-                            "-H", "Content-Type: application/octet-stream", "--data-binary", f"@{blob}",
+                            "-H", "Content-Type: application/octet-stream", "-T", str(blob),
                             f"{urls['backend']}/upload/storage/v1/b/{BUCKET}/o?uploadType=media&name=bench/one"],
                            shard)
         finally:
             hub.stop()
             gcs_proc.stdin.close()
             gcs_proc.wait(timeout=30)
+    parts = _floors()
 
     def mmm(values, fmt):
         return "  ".join(f"{n} {fmt.format(f(values))}" for n, f in
                          (("min", min), ("median", statistics.median), ("max", max)))
 
     print(f"model staging client cost, {args.shards} shards x {args.shard_mib} MiB ({moved / 1e9:.2f} GB), "
-          f"{args.cpu} runs, python {sys.version.split()[0]}, {os.cpu_count()} cores, load {mmm(loads, '{:.1f}')}")
+          f"{args.cpu} runs, python {sys.version.split()[0]}, {os.cpu_count()} cores")
+    print(f"  load   before each run (1-min average; the bench's hub and GCS processes add ~2 while it runs) "
+          f"{mmm(loads, '{:.1f}')}")
     print(f"  ours   CPU-s/GB  {mmm(cpu, '{:5.2f}')}")
     print(f"  ours   MB/s      {mmm(rates, '{:6.0f}')}")
-    print(f"  ours   of which system (kernel) CPU-s/GB {mmm(system, '{:5.2f}')}")
+    print(f"  ours   of which system (kernel) CPU-s/GB {mmm(system, '{:5.2f}')};  page faults per GB "
+          f"{mmm(faults, '{:,.0f}')}")
+    if streams:
+        print("  ours   ranges in flight per file (start → end, peak), last run: " + ", ".join(
+            f"{path.split('-of-')[0]} {s['start']} → {s['end']} ({s['peak']})" for path, s in streams.items()))
     print(f"  limit  curl from the loopback hub (one stream)        : {curl[0]:6.0f} MB/s, {curl[1]:5.2f} CPU-s/GB")
     print(f"  limit  one single-stream upload to the GCS emulator   : {upload[0]:6.0f} MB/s, {upload[1]:5.2f} CPU-s/GB")
+    for name, value in parts:
+        print(f"  floor  {name:<47}: {value:5.2f} CPU-s/GB")
+
+
+def _floors() -> list[tuple[str, float]]:
+    """CPU-seconds per GB of the work every staged byte needs, each measured alone in this process."""
+    import hashlib
+    import resource
+
+    from gptoss_gke.staging.chunks import extend_crc32c, new_memory
+
+    def per_gb(fn, nbytes: int) -> float:
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        fn()
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        return (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) / (nbytes / 1e9)
+
+    block = bytearray(os.urandom(64 * 1024 * 1024))
+    view = memoryview(block)
+    rounds = 8
+
+    def sha():
+        h = hashlib.sha256()
+        for _ in range(rounds):
+            h.update(view)
+
+    def crc():
+        c = 0
+        for _ in range(rounds):
+            c = extend_crc32c(c, view)
+
+    def fresh():  # a new block written once, as a chunk is when the memory is not reused
+        for _ in range(rounds):
+            m = new_memory(len(block))
+            memoryview(m)[:] = view
+
+    def copy():  # the same write into memory already there: what the page faults add is the difference
+        m = memoryview(new_memory(len(block)))
+        for _ in range(rounds):
+            m[:] = view
+
+    n = rounds * len(block)
+    first_touch = per_gb(fresh, n) - per_gb(copy, n)
+    return [("sha256 (the hub's hash of every LFS file)", per_gb(sha, n)),
+            ("crc32c (each part; the file's is combined from them)", per_gb(crc, n)),
+            ("fresh memory, first touch (up to the chunk budget)", max(first_touch, 0.0))]
 
 
 def _curl(argv: list[str], size: int) -> tuple[float, float]:

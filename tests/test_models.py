@@ -271,6 +271,31 @@ def test_a_slow_range_is_cut_and_the_rest_asked_for_again_on_a_new_connection(tm
     assert blob.download_as_bytes() == hf_hub.content(REPO_ID, slow, sha)
 
 
+def test_ranges_in_flight_grow_while_each_one_more_brings_more(tmp_path, hf_hub, gcs_front, fake_gcs):
+    """A CDN edge caps each connection (the emulator paces every response on its own, 4 MB/s), so one more
+    range of a file in flight brings more: the file's count grows past where it started (half of
+    models.workers) instead of staying fixed, and the file is verified as always."""
+    shard = "model-00000-of-00000.safetensors"
+    sha = make_gptoss_like_repo(hf_hub, REPO_ID, shard_size=10 * CHUNK_MIB * MiB, n_shards=1, copy_size=MiB)
+    hf_hub.slow(4_000_000)
+    s = settings_for(tmp_path, hf_hub, sha)
+    assert s.models.workers == 4
+    folder = folder_of(s, sha)
+    [r], out, _ = _run_only_stage(s, fake_gcs)
+    assert r.status == "changed", out
+    streams = r.facts["transfer"]["streams"][shard]
+    assert streams["start"] == 2 and streams["end"] > 2, (streams, out)
+    assert f"ranges in flight per file, adapted to the hub: {shard} 2 → {streams['end']}" in out
+    assert hf_hub.peak_concurrent_for(REPO_ID, shard) > 2  # the hub saw it: more of the file's ranges at once
+    assert hf_hub.peak_concurrent_for(REPO_ID, shard) <= s.models.workers
+    # A range read to its end leaves its connection to the next one (no new handshake per chunk).
+    content_gets = [q for q in hf_hub.find_requests("GET", r"/resolve/") if q.bytes_sent]
+    assert hf_hub.connections_accepted < len(content_gets), (hf_hub.connections_accepted, len(content_gets))
+    blob = fake_gcs.client().bucket(BUCKET).get_blob(folder + shard)
+    assert blob.metadata["sha256"] == hf_hub.file_info(REPO_ID, shard, sha)["sha256"]
+    assert blob.download_as_bytes() == hf_hub.content(REPO_ID, shard, sha)
+
+
 @pytest.mark.parametrize("case", ["revision", "repo"])
 def test_missing_repo_or_revision_fails_clearly_before_any_byte_moves(tmp_path, hf_hub, gcs_front, fake_gcs, case):
     if case == "revision":
@@ -445,7 +470,7 @@ def _killed_run_state(gcs_front, fake_gcs, hub, sha, folder, path, parts: dict[i
     upload = mpu.start(folder + path, {SHA_KEY: f.sha256, "hf-revision": sha})
     crc = 0
     for number in sorted(parts):
-        buf = Buffer(None)
+        buf = Buffer(None, len(parts[number]))
         buf.write(parts[number])
         part_crc = google_crc32c.value(parts[number])
         etag = mpu.put_part(folder + path, upload, number, buf, part_crc)

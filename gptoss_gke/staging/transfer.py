@@ -5,7 +5,11 @@ Range GET of the hub's resolve URL (plain ``requests``, whatever HTTP client the
 huggingface_hub uses; the CDN redirect is followed and the token is dropped when the host or port
 changes). Chunks of every file share ``models.workers`` download threads and as many upload threads, so
 a 4 GB shard is pulled and pushed over many connections at once, small files don't wait behind large
-ones, and each chunk's upload overlaps the next chunks' downloads.
+ones, and each chunk's upload overlaps the next chunks' downloads. How many ranges of one file are in
+flight adapts to what the hub gives that file (``staging/streams.py``): it starts at half the workers and
+grows while one more range still brings more, so a fast edge is not held to a fixed count and a
+struggling one (no gain, 429s, resets) is not pushed harder. The body is read from the socket straight
+into the chunk's memory, which is reused for later chunks.
 
 *Integrity.* SHA-256 cannot be computed out of order, so chunks are hashed strictly in file order as they
 arrive together with a running crc32c. A file of several chunks is one XML API multipart upload to its
@@ -37,16 +41,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 from gptoss_gke.core import interrupt
 from gptoss_gke.core.report import format_size
+from gptoss_gke.core.retry import is_transient_exception
 from gptoss_gke.errors import StepError, ToolError
 from gptoss_gke.gcp.storage import MultipartUploads, TransientError, b64_crc32c, gcs_error
-from gptoss_gke.staging.chunks import Budget, Buffer, Progress, Tuning
+from gptoss_gke.staging.chunks import (Budget, Buffer, ChunkMemory, Progress, Tuning, combine_crc32c,
+                                       extend_crc32c)
 from gptoss_gke.staging.claim import marker_name
 from gptoss_gke.staging.hub import HubHttpError, HubRepo, RepoFile
 from gptoss_gke.staging.state import (CRC_KEY, ETAG_KEY, PARTIAL_SUFFIX, SHA_KEY, UPLOAD_KEY, ResumePoint, StagedObject,
                                       chunk_name, partial_dir)
+from gptoss_gke.staging.streams import SAMPLE_S, StreamController
 
 
-PIECE = 1024 * 1024  # one socket read into one bytes object (and how often a slow range is noticed)
+PIECE = 1024 * 1024  # one read from the socket into the chunk (and how often a slow range is noticed)
 # A range slower than a quarter of the others' median after this long is cut and asked for again (the rest of
 # it) on a new connection: one slow CDN edge must not set the pace of the whole file.
 HEDGE_AFTER_S = 2.0
@@ -57,7 +64,8 @@ RATE_WINDOW = 16  # the ranges whose rates make "the others"
 class _FileJob:
     """One file in flight: its chunks, the in-order hasher, what is uploaded."""
 
-    def __init__(self, f: RepoFile, chunk: int, resume: ResumePoint | None, pdir: str, name: str):
+    def __init__(self, f: RepoFile, chunk: int, resume: ResumePoint | None, pdir: str, name: str,
+                 streams: StreamController):
         self.f = f
         self.name = name  # the final object
         # Non-LFS files (configs, templates: small by the hub's rules) are one piece, checked against
@@ -79,6 +87,13 @@ class _FileJob:
         self.failed: str | None = None
         self.upload_id = resume.upload_id if resume else None  # the multipart upload, when several parts
         self.etags: dict[int, str] = dict(resume.etags) if resume else {}
+        # Ranges in flight (under Transfer.sched): how many now, how many wanted, the window being measured.
+        self.streams = streams
+        self.next_index = 0  # the next chunk to download
+        self.in_flight = 0
+        self.window_start = 0.0
+        self.window_bytes = 0
+        self.window_errors = 0
 
     def span(self, index: int) -> tuple[int, int]:
         start = index * self.chunk
@@ -97,9 +112,14 @@ class Transfer:
         self.revision = revision
         self.tuning = tuning
         self.sweep_records = sweep_records  # False in a pod of the Job: the other pods' records are theirs
+        # Each file starts with half the workers' ranges in flight (a few streams are safe at any CDN edge)
+        # and may grow to all of them while the hub gives more for each (staging/streams.py).
         self.jobs = [_FileJob(f, tuning.chunk, resume.get(f.path), partial_dir(folder, f, tuning.chunk),
-                              folder + f.path)
+                              folder + f.path, StreamController(max(1, tuning.workers // 2), tuning.workers))
                      for f in sorted(files, key=lambda f: (f.size > tuning.chunk, f.path))]
+        self.memory = None if tuning.temp_dir else ChunkMemory(tuning.chunk)
+        self.sched = threading.Condition()  # ranges in flight: per file and in all (at most models.workers)
+        self.in_flight = 0
         self.resumed = sum(r.offset for r in resume.values())
         self.budget = Budget(tuning.budget)
         self.errors: list[str] = []
@@ -119,7 +139,9 @@ class Transfer:
 
     def stats(self) -> dict:
         return {"files_moved": len(self.done), "bytes_downloaded": self.bytes_down, "bytes_uploaded": self.bytes_up,
-                "resumed_bytes": self.resumed, "ranges_reissued": self.reissued}
+                "resumed_bytes": self.resumed, "ranges_reissued": self.reissued,
+                "streams": {j.f.path: {"start": j.streams.start, "peak": j.streams.peak, "end": j.streams.streams}
+                            for j in self.jobs if j.n > 1}}
 
     # -- orchestration
     def run(self) -> None:
@@ -139,23 +161,13 @@ class Transfer:
         self.up_pool = ThreadPoolExecutor(workers, thread_name_prefix="gcs-put")
         try:
             # Ctrl-C/SIGTERM: no chunk starts after it, and a wait for local space ends at once.
-            with self.stop.on_interrupt(self.budget.abort):
-                for job in self.jobs:
-                    if self._stopping():
-                        break
-                    if job.n > 1 and job.upload_id is None:
-                        self._guard(self._start, job)
-                    for index in range(job.n):
-                        if self._stopping() or job.failed:
-                            break
-                        _, length = job.span(index)
-                        if not self.budget.acquire(length):
-                            break
-                        self.down_pool.submit(self._guard, self._download, job, index, length)
+            with self.stop.on_interrupt(self._wake):
+                self._dispatch()
         finally:
             self.down_pool.shutdown(wait=True)
             self.up_pool.shutdown(wait=True)
             self.progress.close()
+        self._report_streams()
         self._cleanup_failed()
         if self.fatal is None and self.stop.is_set():
             self.fatal = self.stop.error(f"while staging into gs://{self.bucket.name}/{self.folder} (parts already "
@@ -181,32 +193,111 @@ class Transfer:
             with self.lock:
                 if self.fatal is None:
                     self.fatal = exc
-            self.budget.abort()
+            self._wake()
+
+    def _wake(self) -> None:
+        """The run stops: a wait for local space or for a free stream ends at once."""
+        self.budget.abort()
+        with self.sched:
+            self.sched.notify_all()
+
+    # -- which chunk downloads next
+    def _dispatch(self) -> None:
+        """Start every chunk's download, files in order, each file keeping at most its controller's count of
+        ranges in flight and all files together at most models.workers. A file at its count leaves the free
+        workers to the next files (small files never wait behind a large one)."""
+        while True:
+            with self.sched:
+                while True:
+                    if self._stopping():
+                        return
+                    open_jobs = [j for j in self.jobs if j.next_index < j.n and not j.failed]
+                    if not open_jobs:
+                        return
+                    job = next((j for j in open_jobs if j.in_flight < j.streams.streams), None) \
+                        if self.in_flight < self.tuning.workers else None
+                    if job is not None:
+                        break
+                    self.sched.wait(0.5)
+                index = job.next_index
+                job.next_index += 1
+                job.in_flight += 1
+                self.in_flight += 1
+                if index == 0:  # the file's first range: its first measuring window starts
+                    job.window_start = time.monotonic()
+            if index == 0 and job.n > 1 and job.upload_id is None:
+                self._guard(self._start, job)
+            _, length = job.span(index)
+            if self._stopping() or not self.budget.acquire(length):
+                self._range_over(job)
+                return
+            self.down_pool.submit(self._guard, self._download, job, index, length)
+
+    def _range_over(self, job: _FileJob) -> None:
+        with self.sched:
+            job.in_flight -= 1
+            self.in_flight -= 1
+            self.sched.notify_all()
+
+    def _measure(self, job: _FileJob, nbytes: int, error: bool = False) -> None:
+        """Bytes of ``job`` that arrived (or a transient error); every SAMPLE_S the window becomes a sample
+        for the file's controller, and a higher count lets the dispatcher start another range at once."""
+        now = time.monotonic()
+        with self.sched:
+            job.window_bytes += nbytes
+            job.window_errors += error
+            elapsed = now - job.window_start
+            if elapsed < SAMPLE_S and not error:
+                return
+            before = job.streams.streams
+            job.streams.sample(job.window_bytes, elapsed, job.window_errors)
+            job.window_start, job.window_bytes, job.window_errors = now, 0, 0
+            if job.streams.streams > before:
+                self.sched.notify_all()
+
+    def _report_streams(self) -> None:
+        moved = [j for j in self.jobs if j.n > 1 and j.streams.peak != j.streams.start]
+        if moved:
+            self.ctx.printer.line("    ranges in flight per file, adapted to the hub: " + ", ".join(
+                f"{j.f.path} {j.streams.start} → {j.streams.streams} (peak {j.streams.peak})" for j in moved), "dim")
 
     # -- per chunk
     def _download(self, job: _FileJob, index: int, length: int) -> None:
-        if self._stopping() or job.failed:
-            self.budget.release(length)
-            return
-        start, _ = job.span(index)
-        buf = Buffer(self.tuning.temp_dir)
         try:
-            self.ctx.retrying(lambda: self._fetch(job.f, start, length, buf), f"downloading {job.f.path}")
-        except Exception as exc:
-            buf.close()
-            self.budget.release(length)
-            if isinstance(exc, ToolError):  # (an interrupt among them)
-                raise
-            raise self.hub.explain(exc, self.revision) from None
+            if self._stopping() or job.failed:
+                self.budget.release(length)
+                return
+            start, _ = job.span(index)
+            buf = Buffer(self.tuning.temp_dir, length, self.memory)
+
+            def attempt() -> None:
+                try:
+                    self._fetch(job, start, length, buf)
+                except Exception as exc:
+                    if is_transient_exception(exc):  # a 429, a 5xx, a reset: the file's controller backs off
+                        self._measure(job, 0, error=True)
+                    raise
+
+            try:
+                self.ctx.retrying(attempt, f"downloading {job.f.path}")
+            except Exception as exc:
+                buf.close()
+                self.budget.release(length)
+                if isinstance(exc, ToolError):  # (an interrupt among them)
+                    raise
+                raise self.hub.explain(exc, self.revision) from None
+        finally:
+            self._range_over(job)
         self._offer(job, index, buf)
 
-    def _fetch(self, f: RepoFile, start: int, length: int, buf: Buffer) -> None:
+    def _fetch(self, job: _FileJob, start: int, length: int, buf: Buffer) -> None:
         """One chunk from the hub. A range far slower than the others (one slow CDN edge) is cut and the rest
         of it asked for again on a new connection, keeping what arrived: at most MAX_REISSUES times."""
+        f = job.f
         buf.reset()
         reissues = 0
         while True:
-            slow = self._fetch_range(f, start, length, buf, hedge=reissues < MAX_REISSUES)
+            slow = self._fetch_range(job, start, length, buf, hedge=reissues < MAX_REISSUES)
             if not slow:
                 return
             reissues += 1
@@ -215,8 +306,9 @@ class Transfer:
             self.ctx.note(f"    {f.path}: a range came at {slow}; asked for the rest of it again on a new "
                           f"connection", "dim")
 
-    def _fetch_range(self, f: RepoFile, start: int, length: int, buf: Buffer, *, hedge: bool) -> str | None:
+    def _fetch_range(self, job: _FileJob, start: int, length: int, buf: Buffer, *, hedge: bool) -> str | None:
         """Fetch what ``buf`` still lacks of the chunk; returns the rate when it was cut as too slow."""
+        f = job.f
         headers = dict(self.headers)
         headers["Accept-Encoding"] = "identity"  # the bytes as published, so sizes and hashes hold
         have = buf.size
@@ -231,20 +323,34 @@ class Transfer:
                                    url)
                 err.response = r  # is_transient reads the status from here (429, 5xx)
                 raise err
-            if ranged and r.status_code != 206:
-                raise StepError(f"{self.hub.endpoint} ignored a Range request for {f.path} (HTTP {r.status_code})",
+            if ranged and (r.status_code != 206 or not r.headers.get("Content-Range", "").startswith(
+                    f"bytes {start + have}-{start + length - 1}/")):
+                raise StepError(f"{self.hub.endpoint} did not answer a Range request for {f.path} with that range "
+                                f"(HTTP {r.status_code}, Content-Range {r.headers.get('Content-Range')})",
                                 "use the Hugging Face Hub or a mirror that supports byte ranges")
-            got = 0
-            # We asked for identity: the bytes come as sent, straight from urllib3 without its decoded-buffer
-            # copy (iter_content would put every piece through it). Were the body encoded anyway, decode it.
+            # We asked for identity: the body is read from http.client's response (under urllib3's) straight
+            # into the chunk's memory, with no bytes object per read. Were it encoded anyway (or that response
+            # not there), urllib3 decodes it and its pieces are copied in.
             encoded = bool(r.headers.get("Content-Encoding", "identity") not in ("", "identity"))
-            stream = r.iter_content(PIECE) if encoded else r.raw.stream(PIECE, decode_content=False)
-            for piece in stream:
+            raw = None if encoded else getattr(r.raw, "_fp", None)
+            pieces = None if hasattr(raw, "readinto") else (
+                r.iter_content(PIECE) if encoded else r.raw.stream(PIECE, decode_content=False))
+            got = 0
+            while buf.size < length:
                 self.stop.check(f"while downloading {f.path}")
-                buf.write(piece)
-                got += len(piece)
+                if pieces is None:
+                    n = raw.readinto(buf.space(min(PIECE, length - buf.size)))
+                    buf.commit(n)
+                else:
+                    piece = next(pieces, b"")
+                    n = len(piece)
+                    buf.write(piece)
+                if not n:
+                    break
+                got += n
                 with self.lock:
-                    self.bytes_down += len(piece)
+                    self.bytes_down += n
+                self._measure(job, n)
                 if hedge and buf.size < length:
                     slow = self._too_slow(got, time.monotonic() - began)
                     if slow:
@@ -252,6 +358,10 @@ class Transfer:
                         return slow
             if buf.size != length:
                 raise TransientError(f"short read of {f.path}: {buf.size} of {length} bytes")
+            if pieces is None and raw.isclosed():
+                # Read to its end: the connection goes back to the pool for the next range (no new TLS
+                # handshake and TCP slow start per chunk); closing the response would drop it.
+                r.raw.release_conn()
             self._rate(got, time.monotonic() - began)
             return None
 
@@ -270,9 +380,18 @@ class Transfer:
         return f"{format_size(rate)}/s (the others: {format_size(typical)}/s)" if rate < typical / 4 else None
 
     def _offer(self, job: _FileJob, index: int, buf: Buffer) -> None:
-        """Hash chunks strictly in order; each hashed chunk goes to the upload pool with the crc32c after it."""
-        import google_crc32c
+        """Hash chunks strictly in order; each hashed chunk goes to the upload pool with the crc32c after it.
 
+        Each hash is there for one guarantee, and each reads the chunk's memory in place:
+        * sha256 of the whole file (LFS files): equal to the one the hub publishes, or nothing is completed;
+          the only check that these are the hub's bytes (the git blob id plays that part for small files).
+        * crc32c of the chunk: sent with its part; GCS refuses a part whose body differs (the way to GCS).
+        * crc32c of the file so far (combined from the chunks', no second pass): the completed object's
+          crc32c must equal it (GCS's assembly of the parts), and a resume record keeps it.
+        * MD5, only for parts an earlier run uploaded: GCS lists a part's ETag as its MD5, so a part is
+          checked against the hub's bytes without reading it back (MD5 costs as much as sha256: never on a
+          fresh upload, where the crc32c above already covers the part).
+        """
         ready, verified = [], []
         with job.lock:
             job.pending[index] = buf
@@ -283,10 +402,10 @@ class Transfer:
                 md5 = hashlib.md5(usedforsecurity=False) if i < job.verify_below else None
                 for piece in b.pieces():
                     job.sha.update(piece)
-                    job.crc = google_crc32c.extend(job.crc, piece)
-                    chunk_crc = google_crc32c.extend(chunk_crc, piece)
+                    chunk_crc = extend_crc32c(chunk_crc, piece)
                     if md5 is not None:
                         md5.update(piece)
+                job.crc = combine_crc32c(job.crc, chunk_crc, b.size)
                 job.next_hash += 1
                 if job.next_hash == job.n:
                     job.digest = job.sha.hexdigest()

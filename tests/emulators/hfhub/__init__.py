@@ -37,8 +37,9 @@ constant memory. sha256 / git oids of synthetic files are computed lazily (first
 cached process-wide.
 
 Test hooks: ``bytes_served`` (+ per file), ``requests`` (method, path, range, had_token, status, ...; the
-token value is never stored), ``corrupt``, ``drop_after``, ``inject``, ``slow``, ``slow_edge`` (one response
-crawls), ``commit`` (move a branch).
+token value is never stored), ``peak_concurrent_for`` (most bodies of a file sent at once), ``corrupt``,
+``drop_after``, ``inject``, ``slow`` (every response paced on its own, like a CDN edge's per-connection cap),
+``slow_edge`` (one response crawls), ``commit`` (move a branch).
 """
 
 from __future__ import annotations

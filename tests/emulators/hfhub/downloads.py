@@ -118,10 +118,20 @@ class _DownloadRoutes:
         key = (repo_id, entry.path)
         drop = self._take_rule("drop", repo_id=repo_id, path=entry.path)
         corrupt = self._take_rule("corrupt", repo_id=repo_id, path=entry.path)
-        limit = drop.nbytes if drop else None
         slow = self._take_rule("slow", repo_id=repo_id, path=entry.path)
         bps = slow.nbytes if slow else self._bps
         chunk = _SEND_CHUNK if not bps else int(max(1024, min(64 * 1024, bps / 20)))
+        with self._lock:
+            self._sending[key] += 1
+            self._peak_sending[key] = max(self._peak_sending[key], self._sending[key])
+        try:
+            self._send_body(h, rec, key, entry, start, end, chunk, bps, corrupt, drop)
+        finally:
+            with self._lock:
+                self._sending[key] -= 1
+
+    def _send_body(self, h, rec, key, entry: _FileEntry, start: int, end: int, chunk: int, bps, corrupt, drop) -> None:
+        limit = drop.nbytes if drop else None
         pos, sent = start, 0
         t0 = time.monotonic()
         for data in entry.source.iter_range(start, end, chunk):

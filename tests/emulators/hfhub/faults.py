@@ -104,11 +104,24 @@ class _FaultControls:
         return [r for r in self.requests if (method is None or r.method == method)
                 and (rx is None or rx.search(r.path)) and (server is None or r.server == server)]
 
+    def peak_concurrent_for(self, repo_id: str, path: str) -> int:
+        """The most GET bodies of that file the emulator was sending at one moment (ranges in flight)."""
+        with self._lock:
+            return self._peak_sending[(repo_id, path)]
+
+    @property
+    def connections_accepted(self) -> int:
+        """TCP connections clients opened (keep-alive: one may carry many requests)."""
+        with self._lock:
+            return self._accepted
+
     def reset_stats(self) -> None:
         with self._lock:
             self._requests.clear()
             self._bytes_total = 0
             self._bytes_by_file.clear()
+            self._peak_sending.clear()
+            self._accepted = 0
 
     # ---------------------------------------------------------------- faults
     def corrupt(self, repo_id: str, path: str, offset: int, times: int | None = None) -> None:
@@ -143,7 +156,8 @@ class _FaultControls:
             self._rules.append(_Rule("slow", times, repo_id=repo_id, path=path, nbytes=int(bytes_per_second)))
 
     def slow(self, bytes_per_second: float | None) -> None:
-        """Throttle every file-content response to ``bytes_per_second`` (None: full speed)."""
+        """Throttle every file-content response to ``bytes_per_second`` (None: full speed). Each response is
+        paced on its own, as a CDN edge caps each connection: n ranges in flight get n times the rate."""
         self._bps = float(bytes_per_second) if bytes_per_second else None
 
     def clear_faults(self) -> None:

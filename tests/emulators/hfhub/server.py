@@ -42,6 +42,8 @@ class _Server(ThreadingHTTPServer):
     def process_request(self, request, client_address):
         with self.conn_lock:
             self.connections.add(request)
+        with self.hub._lock:
+            self.hub._accepted += 1
         super().process_request(request, client_address)
 
     def shutdown_request(self, request):
@@ -94,6 +96,9 @@ class HubEmulator(_FaultControls, _ApiRoutes, _DownloadRoutes):
         self._requests: list[RequestRecord] = []
         self._bytes_total = 0
         self._bytes_by_file: dict[tuple[str, str], int] = defaultdict(int)
+        self._sending: dict[tuple[str, str], int] = defaultdict(int)  # bodies of a file being sent right now
+        self._peak_sending: dict[tuple[str, str], int] = defaultdict(int)
+        self._accepted = 0  # TCP connections accepted, hub and CDN listeners together
         self._rules: list[_Rule] = []
         self._bps: float | None = None
         self._secret = os.urandom(16)
