@@ -89,7 +89,8 @@ def test_chunk_memory_is_reused_and_hashes_read_it_in_place():
     view[:] = data
     first.commit(len(data))
     [whole] = list(first.pieces())
-    assert extend_crc32c(7, whole) == google_crc32c.extend(7, data)
+    assert extend_crc32c(7, whole) == google_crc32c.extend(7, data)  # in place, through the C library
+    assert extend_crc32c(7, data) == google_crc32c.extend(7, data)  # bytes: the copying way, the fallback's
     assert hashlib.sha256(whole).hexdigest() == hashlib.sha256(data).hexdigest()
     assert bytes(first.body()) == data
     block = first._data

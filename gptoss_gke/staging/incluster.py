@@ -54,8 +54,9 @@ STAGER_ROLE = "roles/storage.objectUser"  # objects: create, get, list, delete; 
 COMPONENT = {"app.kubernetes.io/component": "model-staging"}
 REVISION_LABEL = "gptoss-gke/revision"
 TOOLS_IMAGE_STEP = "image.tools"  # MirrorImage(settings, images.TOOLS): the Job's image is pinned after it
-# Sizing from bench/bench_stage_model.py: ~2.7 CPU-s per GB moved, so half a core carries ~185 MB/s (more than
-# the CDN gives one pod); memory holds the chunk budget (2 × workers × chunk) plus the interpreter.
+# Sizing from bench/bench_stage_model.py: 1.4 CPU-s per GB moved once the chunk memory is reused (1.9 for a run
+# smaller than the chunk budget), so half a core carries 260-350 MB/s (more than the CDN gives one pod);
+# memory holds the chunk budget (2 × workers × chunk) plus the interpreter.
 POD_CPU = "500m"
 RETRIES_PER_POD = 4
 JOB_TTL_S = 600
