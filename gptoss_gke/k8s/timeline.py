@@ -369,16 +369,17 @@ def read_pod_timeline(k, namespace: str, pod: dict, *, container: str = "vllm", 
     return timeline
 
 
-def pod_log(k, namespace: str, name: str, *, container: str = "vllm", tail_lines: int | None = None) -> list[str]:
-    """The container's log with the kubelet's timestamps; [] while it has not started."""
+def pod_log(k, namespace: str, name: str, *, container: str = "vllm", tail_lines: int | None = None,
+            timestamps: bool = True) -> list[str]:
+    """The container's log (with the kubelet's timestamps unless told otherwise); [] while it has not started."""
     from kubernetes.client.exceptions import ApiException
 
     query = {"tail_lines": tail_lines} if tail_lines else {"limit_bytes": _LOG_LIMIT_BYTES}
     try:
-        text = k.core.read_namespaced_pod_log(name, namespace, container=container, timestamps=True, **query)
+        text = k.core.read_namespaced_pod_log(name, namespace, container=container, timestamps=timestamps, **query)
     except ApiException:
         return []
-    return text.splitlines()
+    return (text or "").splitlines()
 
 
 def last_startup_annotation(timeline: Timeline, previous: dict | None = None) -> str:

@@ -229,7 +229,7 @@ class Smoke(KubeCheck):  # Kubernetes errors in words (see k8s.client.explain)
         return objects
 
     def _through_service(self, ctx) -> None:
-        from gptoss_gke.k8s.client import kube
+        from gptoss_gke.k8s.jobs import apply_owned_by_job
         from gptoss_gke.k8s.objects import KubeObject
         from gptoss_gke.k8s.secret import read_api_key
 
@@ -244,11 +244,7 @@ class Smoke(KubeCheck):  # Kubernetes errors in words (see k8s.client.explain)
             for obj in objects:
                 KubeObject(obj)._apply(ctx)
             # The code belongs to the Job: it goes when the Job goes (Kubernetes' garbage collector).
-            job = kube(ctx).resource("batch/v1", "Job").get(name=self.job, namespace=ns).to_dict()
-            [cm] = [o for o in objects if o["kind"] == "ConfigMap"]
-            cm["metadata"]["ownerReferences"] = [{"apiVersion": "batch/v1", "kind": "Job", "name": self.job,
-                                                  "uid": job["metadata"]["uid"]}]
-            KubeObject(cm)._apply(ctx)
+            apply_owned_by_job(ctx, self.job, [o for o in objects if o["kind"] == "ConfigMap"])
             ctx.printer.line(f"  Job {ns}/{self.job}: {self.generations} generation(s) to {url}")
             records, state, pod, why = self._follow(ctx)
         except Interrupted:
@@ -276,7 +272,7 @@ class Smoke(KubeCheck):  # Kubernetes errors in words (see k8s.client.explain)
         from kubernetes.dynamic.exceptions import NotFoundError
 
         from gptoss_gke.k8s.client import kube
-        from gptoss_gke.k8s.jobs import job_state
+        from gptoss_gke.k8s.jobs import job_pods, job_state
 
         ns = ctx.settings.kube.namespace
         k = kube(ctx)
@@ -289,8 +285,7 @@ class Smoke(KubeCheck):  # Kubernetes errors in words (see k8s.client.explain)
             except NotFoundError:
                 raise StepError(f"Job {ns}/{self.job} disappeared during the smoke test",
                                 f"someone deleted it; re-run `inv smoke --target={self.target.name}`") from None
-            pods = [k.api_client.sanitize_for_serialization(p) for p in
-                    k.core.list_namespaced_pod(ns, label_selector=f"job-name={self.job}").items]
+            pods = job_pods(ctx, self.job)
             pod = max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "") if pods else None
             line = _pod_line(pod)
             if line != shown:
@@ -312,16 +307,9 @@ class Smoke(KubeCheck):  # Kubernetes errors in words (see k8s.client.explain)
             ctx.sleep(min(ctx.settings.kube.poll_interval_s, 2.0))
 
     def _log(self, ctx, pod: dict) -> list[str]:
-        from kubernetes.client.exceptions import ApiException
+        from gptoss_gke.k8s.jobs import job_pod_log
 
-        from gptoss_gke.k8s.client import kube
-
-        try:
-            text = kube(ctx).core.read_namespaced_pod_log(pod["metadata"]["name"], ctx.settings.kube.namespace,
-                                                          container="smoke")
-        except ApiException:
-            return []  # not started yet, or gone
-        return [ctx.redact(line) for line in (text or "").splitlines()]
+        return job_pod_log(ctx, pod, container="smoke")
 
     def _delete(self, ctx) -> None:
         """The Job and its pod, and the code ConfigMap (its garbage collection would too, a little later)."""
@@ -407,10 +395,10 @@ def _container_state(pod: dict | None) -> dict:
 
 
 def _job_failure(job: dict) -> str:
-    for c in (job.get("status") or {}).get("conditions") or []:
-        if c.get("type") in ("Failed", "FailureTarget") and c.get("status") == "True":
-            return f"the Job failed ({c.get('reason') or 'no reason'}: {c.get('message') or '-'})"
-    return "the Job failed"
+    from gptoss_gke.k8s.jobs import failed_condition
+
+    c = failed_condition(job)
+    return f"the Job failed ({c.get('reason') or 'no reason'}: {c.get('message') or '-'})" if c else "the Job failed"
 
 
 def _stuck(pod: dict | None) -> str | None:

@@ -38,7 +38,8 @@ from gptoss_gke.gcp.storage import (GCS_SDK, Bucket, BucketIamBinding, PrefixGra
                                     gcs_client, workload_principal)
 from gptoss_gke.k8s.client import SDK as KUBE_SDK
 from gptoss_gke.k8s.client import KubeStep, kube
-from gptoss_gke.k8s.jobs import job_state
+from gptoss_gke.k8s.jobs import (apply_owned_by_job, failed_condition, job_pod_log, job_pods,
+                                 job_state)
 from gptoss_gke.k8s.manifests import render, render_template
 from gptoss_gke.k8s.objects import KubeObject
 from gptoss_gke.k8s.podcode import BOOTSTRAP
@@ -53,6 +54,7 @@ STAGER_ACCOUNT = "gptoss-stager"
 STAGER_ROLE = "roles/storage.objectUser"  # objects: create, get, list, delete; multipart uploads. No bucket admin.
 COMPONENT = {"app.kubernetes.io/component": "model-staging"}
 REVISION_LABEL = "gptoss-gke/revision"
+STAGE_CONTAINER = "stage"  # the container of manifests/staging/job.yaml
 TOOLS_IMAGE_STEP = "image.tools"  # MirrorImage(settings, images.TOOLS): the Job's image is pinned after it
 # Sizing from bench/bench_stage_model.py: 1.4 CPU-s per GB moved once the chunk memory is reused (1.9 for a run
 # smaller than the chunk budget), so half a core carries 260-350 MB/s (more than the CDN gives one pod);
@@ -267,12 +269,7 @@ class StageInCluster(KubeStep):
             raise
         # The code and the token belong to the Job: they go when it goes (after success, ttlSecondsAfterFinished;
         # teardown deletes a failed one), by Kubernetes' garbage collector.
-        job = self._read_job(ctx, name)
-        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job["metadata"]["uid"]}
-        for obj in objects:
-            if obj["kind"] in ("ConfigMap", "Secret"):
-                obj["metadata"]["ownerReferences"] = [owner]
-                KubeObject(obj)._apply(ctx)
+        apply_owned_by_job(ctx, name, [o for o in objects if o["kind"] in ("ConfigMap", "Secret")])
         self._follow(ctx, name, claim)
 
     def _delete_job(self, ctx, name: str) -> None:
@@ -330,7 +327,7 @@ class StageInCluster(KubeStep):
                     claim.release()
                 raise StepError(f"Job {s.kube.namespace}/{name} disappeared while staging",
                                 "someone deleted it; re-run (what was staged is kept and resumed)")
-            pods = self._pods(ctx, name)
+            pods = job_pods(ctx, name)
             for p in pods:
                 rec = self._last_progress(ctx, p)
                 if rec:
@@ -373,23 +370,8 @@ class StageInCluster(KubeStep):
             folder = model_folder(ctx.settings, self.target, obs.revision)
             self.local._write_manifest(ctx, gcs_client(ctx).bucket(self.local.bucket), folder, obs)
 
-    def _pods(self, ctx, name: str) -> list[dict]:
-        items = kube(ctx).core.list_namespaced_pod(ctx.settings.kube.namespace,
-                                                   label_selector=f"job-name={name}").items
-        return [kube(ctx).api_client.sanitize_for_serialization(p) for p in items]
-
-    def _log(self, ctx, p: dict, lines: int) -> list[str]:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            text = kube(ctx).core.read_namespaced_pod_log(p["metadata"]["name"], ctx.settings.kube.namespace,
-                                                          tail_lines=lines)
-        except ApiException:
-            return []  # not started yet, or gone: the next poll looks again
-        return [ctx.redact(line) for line in (text or "").splitlines()]
-
     def _last_progress(self, ctx, p: dict) -> dict | None:
-        for line in reversed(self._log(ctx, p, 20)):
+        for line in reversed(job_pod_log(ctx, p, container=STAGE_CONTAINER, tail_lines=20)):
             if PROGRESS_KEY in line:
                 try:
                     return json.loads(line[line.index("{"):])
@@ -401,10 +383,11 @@ class StageInCluster(KubeStep):
         failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"] or pods
         tails = []
         for p in failed[-3:]:
-            lines = [ln for ln in self._log(ctx, p, 40) if PROGRESS_KEY not in ln]
+            log = job_pod_log(ctx, p, container=STAGE_CONTAINER, tail_lines=40)
+            lines = [ln for ln in log if PROGRESS_KEY not in ln]
             tails.append((p["metadata"]["name"], lines))
-        reason = next((c.get("message") or c.get("reason") for c in (job.get("status") or {}).get("conditions") or []
-                       if c.get("type") == "Failed" and c.get("status") == "True"), "failed")
+        failed_as = failed_condition(job) or {}
+        reason = failed_as.get("message") or failed_as.get("reason") or "failed"
         problem, fix = explain_failure([ln for _, ls in tails for ln in ls])
         shown = "".join(f"\n    --- {n} (last lines) ---" + "".join(f"\n    {ln}" for ln in ls[-8:])
                         for n, ls in tails)
