@@ -464,10 +464,15 @@ class MirrorImage(Step):
 
     section = "images"
 
+    @staticmethod
+    def step_key(image_key: str) -> str:
+        """The key of the step that mirrors ``image_key``: what a step that runs the image ``needs``."""
+        return f"image.{image_key}"
+
     def __init__(self, settings, key: str):
         self.image_key = key
         self.name = image_spec(settings, key).title
-        self.key = f"image.{key}"
+        self.key = self.step_key(key)
         self.needs = (Credentials.key, ArtifactRepository.key)
 
     def observe(self, ctx):

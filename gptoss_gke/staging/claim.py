@@ -84,7 +84,7 @@ class RunMarker:
         """Read the claim's Job through the Kubernetes API (kube.context); CannotObserve, with the fix, when it
         cannot be read or the context reaches another cluster than the one the claim names."""
         from gptoss_gke.k8s.client import context_fix, context_server, explain, host_port, kube
-        from gptoss_gke.staging.incluster import job_state
+        from gptoss_gke.k8s.jobs import job_state
 
         s, job = ctx.settings, self.job
         folder = self.name.rsplit(PARTIAL_SUFFIX, 1)[0]

@@ -55,7 +55,6 @@ STAGER_ROLE = "roles/storage.objectUser"  # objects: create, get, list, delete; 
 COMPONENT = {"app.kubernetes.io/component": "model-staging"}
 REVISION_LABEL = "gptoss-gke/revision"
 STAGE_CONTAINER = "stage"  # the container of manifests/staging/job.yaml
-TOOLS_IMAGE_STEP = "image.tools"  # MirrorImage(settings, images.TOOLS): the Job's image is pinned after it
 # Sizing from bench/bench_stage_model.py: 1.4 CPU-s per GB moved once the chunk memory is reused (1.9 for a run
 # smaller than the chunk budget), so half a core carries 260-350 MB/s (more than the CDN gives one pod);
 # memory holds the chunk budget (2 × workers × chunk) plus the interpreter.
@@ -165,12 +164,15 @@ class StageInCluster(KubeStep):
     sdk_modules = GCS_SDK + HF_SDK + KUBE_SDK
 
     def __init__(self, settings, target_name: str):
+        from gptoss_gke.images import TOOLS, MirrorImage
+
         self.local = StageModel(settings, target_name)
         self.target_name = target_name
         self.target = settings.target(target_name)
         self.name = f"stage {self.target.model_id} ({target_name}) in the cluster"
         self.key = f"staging.{target_name}"
-        self.needs = (Credentials.key, Project.key, Bucket.key, TOOLS_IMAGE_STEP)
+        # The Job's image is pinned after the tools image is mirrored.
+        self.needs = (Credentials.key, Project.key, Bucket.key, MirrorImage.step_key(TOOLS))
 
     # ---- observe
     def observe(self, ctx):
